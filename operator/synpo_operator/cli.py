@@ -1,0 +1,96 @@
+"""The `synpo` command line. Each sub-command lives in the module that implements it; this file only wires
+them together, and turns expected errors (bad input files) into one-screen messages instead of tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from . import __version__
+from .api.loader import SpecError
+
+# Modules that add their own sub-commands with `register(subparsers)`; imported lazily so that a missing
+# optional extra (kopf, torch) only matters to the command that needs it.
+PLUGINS = (
+    "synpo_operator.localrun",          # synpo run, synpo report
+    "synpo_operator.handlers_cli",      # synpo operator
+    "synpo_operator.devcluster.cli",    # synpo dev-cluster
+)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .api.loader import load_file
+    from .api.run import SynPORun
+    from .render import describe_plan
+
+    resource = load_file(args.file)
+    if args.manifests:
+        if not isinstance(resource, SynPORun):
+            raise SpecError(args.file, ["kind: --manifests needs a SynPORun"])
+        from .executors.manifests import render_run_manifests
+
+        import yaml
+
+        print(yaml.safe_dump_all(render_run_manifests(resource), sort_keys=False, width=120), end="")
+        return 0
+    print(describe_plan(resource))
+    return 0
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from .api.crd import crd_files, render_all
+
+    if args.write:
+        out = Path(args.write)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in crd_files().items():
+            (out / name).write_text(text, encoding="utf-8")
+            print(f"wrote {out / name}")
+    else:
+        print(render_all(), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synpo", description="SynPO: self-boosting LLM alignment, on "
+                                     "Kubernetes or on one machine.")
+    parser.add_argument("--version", action="version", version=f"synpo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    plan = sub.add_parser("plan", help="validate a run file and print its stage graph")
+    plan.add_argument("file", help="a YAML file holding one SynPORun or SynPOSchedule")
+    plan.add_argument("--manifests", action="store_true", help="print the Jobs the operator would create")
+    plan.set_defaults(func=_plan)
+
+    crds = sub.add_parser("crds", help="print the CustomResourceDefinitions (generated from the API models)")
+    crds.add_argument("--write", metavar="DIR", help="write one file per CRD into DIR instead")
+    crds.set_defaults(func=_crds)
+
+    for module in PLUGINS:
+        try:
+            register: Callable[[argparse._SubParsersAction], None] = importlib.import_module(module).register
+        except ModuleNotFoundError as err:
+            if err.name and not module.startswith(err.name):  # the plugin exists but needs a missing extra
+                raise
+            continue
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SpecError as err:
+        print(err.render(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue where it stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

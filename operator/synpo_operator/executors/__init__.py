@@ -1,0 +1,1 @@
+"""Executors carry out the planner's decisions: `jobs` (Kubernetes Jobs) and `local` (subprocesses)."""
