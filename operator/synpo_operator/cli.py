@@ -30,9 +30,9 @@ def _plan(args: argparse.Namespace) -> int:
     if args.manifests:
         if not isinstance(resource, SynPORun):
             raise SpecError(args.file, ["kind: --manifests needs a SynPORun"])
-        from .executors.manifests import render_run_manifests
-
         import yaml
+
+        from .executors.manifests import render_run_manifests
 
         print(yaml.safe_dump_all(render_run_manifests(resource), sort_keys=False, width=120), end="")
         return 0

@@ -39,6 +39,9 @@ def _no_traversal(value: str) -> str:
 DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
 # A URI or path without '..' segments.
 SafePath = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_no_traversal)]
+# Values of label and annotation maps (Kubernetes bounds them; so do we, for CEL cost and sanity).
+LabelValue = Annotated[str, Field(max_length=63)]
+AnnotationValue = Annotated[str, Field(max_length=4096)]
 # A Kubernetes resource quantity such as "8Gi" or "500m".
 Quantity = Annotated[str, Field(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")]
 
@@ -117,5 +120,5 @@ class ObjectMeta(ApiModel):
     """Run name: a DNS label of at most 40 characters, so that child Job names stay within 63."""
     namespace: str | None = Field(default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     """Namespace (the operator's default namespace when omitted)."""
-    labels: dict[str, str] | None = None
-    annotations: dict[str, str] | None = None
+    labels: dict[str, LabelValue] | None = None
+    annotations: dict[str, AnnotationValue] | None = None

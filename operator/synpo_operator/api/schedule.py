@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from .common import ApiModel, Condition, ObjectMeta
+from .common import AnnotationValue, ApiModel, Condition, LabelValue, ObjectMeta
 from .run import SynPORunSpec
 
 
@@ -24,9 +24,9 @@ class ScheduleMeta(ObjectMeta):
 class RunTemplateMeta(ApiModel):
     """Labels and annotations copied onto every run the schedule creates."""
 
-    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    labels: dict[str, LabelValue] = Field(default_factory=dict, max_length=64)
     """Labels for created runs."""
-    annotations: dict[str, str] = Field(default_factory=dict, max_length=64)
+    annotations: dict[str, AnnotationValue] = Field(default_factory=dict, max_length=64)
     """Annotations for created runs."""
 
 

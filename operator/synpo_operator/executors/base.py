@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..plan.planner import Start, StageState
+from ..plan.planner import StageState, Start
 
 
 class Executor(Protocol):

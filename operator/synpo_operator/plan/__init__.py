@@ -1,7 +1,7 @@
 """Pure planning: the SynPO stage graph and the decision of what runs next."""
 
 from .graph import STAGES, Artifact, StageId, StageNode, evaluated_iterations, model_artifact, stage_graph
-from .planner import Decision, Start, StagePhase, StageState, plan
+from .planner import Decision, StagePhase, StageState, Start, plan
 from .stage_config import run_root, stage_config
 
 __all__ = [

@@ -1,0 +1,14 @@
+# The two commands of the README. Both are idempotent and work on a fresh machine.
+.PHONY: quickstart test setup lint
+
+setup:
+	bash scripts/setup.sh
+
+quickstart: setup
+	.venv/bin/synpo run examples/quickstart.yaml
+
+test: setup
+	bash scripts/test.sh
+
+lint: setup
+	.venv/bin/ruff check operator workloads tests bench

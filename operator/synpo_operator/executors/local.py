@@ -1,0 +1,198 @@
+"""LocalExecutor: runs each stage as a local subprocess (`synpo run`, `synpo operator --executor local`).
+
+State lives in the artifact store, exactly as in the cluster: a stage is done when its manifest says so,
+so a run interrupted at any point continues where it stopped, and finished stages are never redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..api.run import SynPORunSpec
+from ..plan.graph import StageNode, stage_graph
+from ..plan.planner import StagePhase, StageState, Start
+from ..plan.stage_config import run_root, stage_config
+
+PROGRESS_PREFIX = "SYNPO_PROGRESS "
+"""Stage programs print `SYNPO_PROGRESS {"done": n, "total": m, "unit": "..."}` lines; shown as bars."""
+
+
+def _store():
+    # Imported lazily: the operator image may run without the workloads package when using Jobs.
+    from synpo_workloads import store
+
+    return store
+
+
+@dataclass
+class _Attempt:
+    node: StageNode
+    attempt: int
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+
+class LocalExecutor:
+    """Runs the stages of one run as subprocesses of this process."""
+
+    def __init__(self, spec: SynPORunSpec, *, name: str, namespace: str = "default",
+                 storage_root: str | None = None, python: str = sys.executable,
+                 extra_env: dict[str, str] | None = None):
+        self.spec = spec
+        self.name = name
+        self.namespace = namespace
+        root = storage_root or spec.storage.uri
+        if root is None:
+            raise ValueError("spec.storage: local execution needs storage.uri (a local directory or fsspec URI), "
+                             "not a PVC volume")
+        if "://" not in root:
+            root = str(Path(root).expanduser().resolve())
+        self.storage_root = root
+        self.root = run_root(root, namespace, name)
+        local = "://" not in self.root
+        self.state_dir = Path(self.root if local else Path.home() / ".cache/synpo/runs" / namespace / name)
+        self.logs_dir = self.state_dir / "logs"
+        self.python = python
+        self.extra_env = extra_env or {}
+        self._nodes = {n.key: n for n in stage_graph(spec)}
+        self._attempts: dict[str, _Attempt] = {}
+
+    # --- Executor interface ---------------------------------------------------------------------------
+
+    def observe(self) -> dict[str, StageState]:
+        store = _store()
+        states: dict[str, StageState] = {}
+        for key, node in self._nodes.items():
+            current = self._attempts.get(key)
+            if current and any(p.poll() is None for p in current.procs):
+                states[key] = StageState(StagePhase.RUNNING, current.attempt)
+            elif store.stage_done(self.output(node), node.shards):
+                states[key] = StageState(StagePhase.SUCCEEDED, current.attempt if current else 1)
+            elif current:
+                states[key] = self._failed(current)
+        return states
+
+    def start(self, start: Start) -> None:
+        node = start.stage
+        current = self._attempts.get(node.key)
+        if current and current.attempt >= start.attempt:
+            return
+        config_path = self.state_dir / "configs" / f"{node.key}.json"
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        config = stage_config(self.spec, node, namespace=self.namespace, run=self.name,
+                              storage_root=self.storage_root)
+        config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        attempt = _Attempt(node, start.attempt)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._spec_env(), **self.extra_env}
+        for shard in range(node.shards):
+            suffix = f"-shard-{shard}" if node.shards > 1 else ""
+            log = self.logs_dir / f"{node.key}{suffix}.log"
+            result = self.state_dir / "results" / f"{node.key}{suffix}.json"
+            result.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a", encoding="utf-8") as out:
+                out.write(f"\n=== {node.key}{suffix} attempt {start.attempt} "
+                          f"at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+                out.flush()
+                attempt.procs.append(subprocess.Popen(
+                    [self.python, "-m", "synpo_workloads", node.id.name, "--config", str(config_path),
+                     "--shard", str(shard)],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env={**env, "SYNPO_TERMINATION_LOG": str(result)}, start_new_session=True))
+            attempt.logs.append(log)
+        self._attempts[node.key] = attempt
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        store = _store()
+        return {key: store.stage_result(self.output(node), node.shards)
+                for key, node in self._nodes.items() if store.stage_done(self.output(node), node.shards)}
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        procs = [p for a in self._attempts.values() for p in a.procs if p.poll() is None]
+        for proc in procs:
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+
+    # --- helpers --------------------------------------------------------------------------------------
+
+    def output(self, node: StageNode) -> str:
+        return stage_config(self.spec, node, namespace=self.namespace, run=self.name,
+                            storage_root=self.storage_root)["output"]
+
+    def running(self) -> dict[str, _Attempt]:
+        return {k: a for k, a in self._attempts.items() if any(p.poll() is None for p in a.procs)}
+
+    def progress(self, key: str) -> dict[str, Any] | None:
+        """The newest progress line the stage printed, if any."""
+        attempt = self._attempts.get(key)
+        latest = None
+        for log in attempt.logs if attempt else []:
+            tail = _tail(log, 8192)
+            for line in tail.splitlines():
+                if line.startswith(PROGRESS_PREFIX):
+                    try:
+                        latest = json.loads(line[len(PROGRESS_PREFIX):])
+                    except json.JSONDecodeError:
+                        pass
+        return latest
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a stage process exits or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for a in self.running().values() for p in a.procs) or not self.running():
+                return
+            time.sleep(0.2)
+
+    def _spec_env(self) -> dict[str, str]:
+        # Secret references cannot be resolved without a cluster: such variables are taken from this
+        # process's environment (inherited as is), literal values are set.
+        return {e.name: e.value for e in self.spec.env if e.value is not None}
+
+    def _failed(self, attempt: _Attempt) -> StageState:
+        codes = [p.returncode for p in attempt.procs]
+        bad = next((i for i, c in enumerate(codes) if c != 0), None)
+        if bad is None:  # exited 0 but its manifest is missing or invalid
+            return StageState(StagePhase.FAILED, attempt.attempt,
+                              f"exited 0 without a valid manifest; log: {attempt.logs[0]}")
+        last = _last_error_line(attempt.logs[bad])
+        reason = f"exit code {codes[bad]}" + (f": {last}" if last else "")
+        return StageState(StagePhase.FAILED, attempt.attempt, f"{reason} (log: {attempt.logs[bad]})")
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path, size: int) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _last_error_line(log: Path) -> str:
+    lines = [ln.strip() for ln in _tail(log, 16384).splitlines()
+             if ln.strip() and not ln.startswith((PROGRESS_PREFIX, "==="))]
+    return lines[-1][:500] if lines else ""
