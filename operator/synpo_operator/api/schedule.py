@@ -40,14 +40,16 @@ class RunTemplate(ApiModel):
 
 
 class PromotionSpec(ApiModel):
-    """Continual mode: which finished run's model becomes the base of the next run."""
+    """Continual mode: which finished run's model becomes the base of the next run (the promotion gate)."""
 
     enabled: bool = True
     """Start each run from the last promoted model (the template's model.base until one is promoted)."""
-    min_improvement: float = Field(default=0.0, ge=0.0, le=1.0)
-    """Promote only when the new model's win rate beats the promoted one's by more than this."""
     metric: Literal["winRate", "lcWinRate", "score"] = "winRate"
-    """Evaluation metric the gate compares (from the run's last iteration)."""
+    """What the gate compares, from the run's last evaluated iteration. winRate and lcWinRate are pairwise
+    against the run's own M0, which in continual mode is the promoted model, so they must exceed 0.5;
+    score (the first judge's mean score) must exceed the promoted model's score."""
+    min_improvement: float = Field(default=0.0, ge=0.0, le=1000.0)
+    """The margin by which the new model must beat the promoted one (0.5 + this for win rates)."""
 
 
 class SynPOScheduleSpec(ApiModel):
@@ -102,8 +104,12 @@ class PromotedModel(ApiModel):
     """Where it is stored."""
     run: str = Field(max_length=63)
     """The run that produced it."""
-    win_rate: float | None = None
-    """Its evaluation (promotion.metric)."""
+    metric: str | None = Field(default=None, max_length=32)
+    """The metric the gate used."""
+    value: float | None = None
+    """Its value for the promoted model."""
+    score: float | None = None
+    """The promoted model's mean judge score (the baseline for score-gated promotion)."""
     promoted_at: str | None = None
     """When it was promoted."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import signal
 import subprocess
 import sys
@@ -65,6 +66,7 @@ class LocalExecutor:
         self.extra_env = extra_env or {}
         self._nodes = {n.key: n for n in stage_graph(spec)}
         self._attempts: dict[str, _Attempt] = {}
+        self._done: set[str] = set()  # verified once (checksums of model files are not cheap), then trusted
 
     # --- Executor interface ---------------------------------------------------------------------------
 
@@ -75,7 +77,8 @@ class LocalExecutor:
             current = self._attempts.get(key)
             if current and any(p.poll() is None for p in current.procs):
                 states[key] = StageState(StagePhase.RUNNING, current.attempt)
-            elif store.stage_done(self.output(node), node.shards):
+            elif key in self._done or store.stage_done(self.output(node), node.shards):
+                self._done.add(key)
                 states[key] = StageState(StagePhase.SUCCEEDED, current.attempt if current else 1)
             elif current:
                 states[key] = self._failed(current)
@@ -113,8 +116,9 @@ class LocalExecutor:
 
     def results(self) -> dict[str, dict[str, Any]]:
         store = _store()
+        self.observe()
         return {key: store.stage_result(self.output(node), node.shards)
-                for key, node in self._nodes.items() if store.stage_done(self.output(node), node.shards)}
+                for key, node in self._nodes.items() if key in self._done}
 
     def stop(self, grace_seconds: float = 10.0) -> None:
         procs = [p for a in self._attempts.values() for p in a.procs if p.poll() is None]
@@ -131,8 +135,7 @@ class LocalExecutor:
     # --- helpers --------------------------------------------------------------------------------------
 
     def output(self, node: StageNode) -> str:
-        return stage_config(self.spec, node, namespace=self.namespace, run=self.name,
-                            storage_root=self.storage_root)["output"]
+        return posixpath.join(self.root, node.output)
 
     def running(self) -> dict[str, _Attempt]:
         return {k: a for k, a in self._attempts.items() if any(p.poll() is None for p in a.procs)}
