@@ -147,3 +147,158 @@ def promotion_decision(spec: SynPOScheduleSpec, candidate: Evaluation,
     return PromotionDecision(beats, value, incumbent,
                              f"{verdict} {candidate.run}: {metric} {value:.4f} vs incumbent {incumbent:.4f} "
                              f"(needs > {incumbent + margin:.4f})")
+
+
+# ---- the whole reconcile step, pure: (schedule, its runs, now) → what to do --------------------------------
+
+SCHEDULE_LABEL = "synpo.dev/schedule"
+PROMOTION_ANNOTATION = "synpo.dev/promotion"
+FINISHED = ("Succeeded", "Failed")
+
+
+@dataclass
+class ScheduleOutcome:
+    status: dict
+    """The schedule's new status (camelCase)."""
+    create: list[dict] = field(default_factory=list)
+    """SynPORun bodies to create (409 AlreadyExists means a previous attempt did: fine)."""
+    delete: list[str] = field(default_factory=list)
+    """Runs to delete (Replace policy, history limits)."""
+    annotate: dict[str, str] = field(default_factory=dict)
+    """Run name → promotion verdict to record on it, so each run is judged once."""
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    """(type, reason, message) Events for the schedule."""
+    promotions: list[tuple[str, bool]] = field(default_factory=list)
+    """(run, promoted) decisions made now, for metrics."""
+    requeue_seconds: float = 60.0
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _evaluation(run: dict) -> Evaluation:
+    status = run.get("status") or {}
+    iterations = [i for i in status.get("iterations") or [] if isinstance(i, dict)]
+    evaluated = [i for i in iterations if i.get("index", 0) > 0 and
+                 any(i.get(k) is not None for k in ("winRate", "lcWinRate", "score"))]
+    last = evaluated[-1] if evaluated else {}
+    trained = [i for i in iterations if i.get("model")]
+    baseline = next((i for i in iterations if i.get("index") == 0), {})
+    return Evaluation(run=run["metadata"]["name"], model=(trained[-1]["model"] if trained else ""),
+                      win_rate=last.get("winRate"), lc_win_rate=last.get("lcWinRate"), score=last.get("score"),
+                      baseline_score=baseline.get("score"))
+
+
+def reconcile_schedule(body: dict, runs: list[dict], *, now: datetime,
+                       capacity_left: int | None = None) -> ScheduleOutcome:
+    """One step of a schedule. `body`: the SynPOSchedule as served; `runs`: the SynPORuns it owns."""
+    from .api.schedule import SynPOSchedule
+
+    meta = body["metadata"]
+    schedule = SynPOSchedule.model_validate({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec")})
+    spec = schedule.spec
+    old = body.get("status") or {}
+    promoted = PromotedModel.model_validate(old["promoted"]) if old.get("promoted") else None
+    out = ScheduleOutcome(status={})
+
+    def phase(run: dict) -> str:
+        return (run.get("status") or {}).get("phase") or "Pending"
+
+    # 1. The promotion gate, once per finished successful run, oldest first.
+    last_success = _time(old.get("lastSuccessfulTime"))
+    decision_text = old.get("lastPromotionDecision")
+    succeeded = sorted((r for r in runs if phase(r) == "Succeeded"),
+                       key=lambda r: (r.get("status") or {}).get("completionTime") or "")
+    for run in succeeded:
+        done_at = _time((run.get("status") or {}).get("completionTime"))
+        if done_at and (last_success is None or done_at > last_success):
+            last_success = done_at
+        name = run["metadata"]["name"]
+        if not spec.promotion.enabled or PROMOTION_ANNOTATION in (run["metadata"].get("annotations") or {}):
+            continue
+        candidate = _evaluation(run)
+        verdict = promotion_decision(spec, candidate, promoted)
+        if verdict.promote and not candidate.model:
+            verdict = PromotionDecision(False, verdict.candidate, verdict.incumbent,
+                                        f"not promoted {name}: the run reports no trained model")
+        decision_text = verdict.message
+        out.annotate[name] = "promoted" if verdict.promote else "refused"
+        out.promotions.append((name, verdict.promote))
+        out.events.append(("Normal" if verdict.promote else "Warning",
+                           "ModelPromoted" if verdict.promote else "PromotionRefused", verdict.message))
+        if verdict.promote:
+            score = candidate.score if candidate.score is not None else (promoted.score if promoted else None)
+            promoted = PromotedModel(model=candidate.model, run=name, metric=spec.promotion.metric,
+                                     value=verdict.candidate, score=score, promoted_at=_rfc3339(now))
+
+    # 2. History limits.
+    finished = [FinishedRun(r["metadata"]["name"], phase(r) == "Succeeded",
+                            _time((r.get("status") or {}).get("completionTime")) or now)
+                for r in runs if phase(r) in FINISHED]
+    out.delete += runs_to_prune(finished, successful_limit=spec.successful_runs_history_limit,
+                                failed_limit=spec.failed_runs_history_limit)
+
+    # 3. Whether a run is due.
+    active = sorted(r["metadata"]["name"] for r in runs if phase(r) not in FINISHED)
+    created = _time(meta.get("creationTimestamp")) or now
+    last_schedule = _time(old.get("lastScheduleTime"))
+    decision = decide(spec, now=now, created=created, last_schedule=last_schedule, active=active,
+                      capacity_left=capacity_left)
+    if decision.delete:
+        out.delete += list(decision.delete)
+        out.events.append(("Normal", "RunReplaced", f"deleting active run(s) {', '.join(decision.delete)} "
+                                                    f"(concurrencyPolicy Replace)"))
+        active = [a for a in active if a not in decision.delete]
+    if decision.create is not None:
+        name = run_name(meta["name"], decision.create)
+        run_spec = spec.run_template.spec.to_api()
+        if spec.promotion.enabled and promoted:
+            run_spec["model"]["base"] = promoted.model
+        out.create.append({
+            "apiVersion": "synpo.dev/v1alpha1", "kind": "SynPORun",
+            "metadata": {
+                "name": name, "namespace": meta.get("namespace"),
+                "labels": {**spec.run_template.metadata.labels, SCHEDULE_LABEL: meta["name"]},
+                "annotations": {**spec.run_template.metadata.annotations,
+                                "synpo.dev/scheduled-at": _rfc3339(decision.create)},
+                "ownerReferences": [{"apiVersion": "synpo.dev/v1alpha1", "kind": "SynPOSchedule",
+                                     "name": meta["name"], "uid": meta["uid"], "controller": True,
+                                     "blockOwnerDeletion": True}],
+            },
+            "spec": run_spec,
+        })
+        active.append(name)
+        last_schedule = decision.create
+        out.events.append(("Normal", "RunCreated", f"created run {name} for {_rfc3339(decision.create)}"
+                           + (f" from promoted model of {promoted.run}" if promoted and spec.promotion.enabled
+                              else "")))
+    elif decision.skipped and decision.missed:
+        out.events.append(("Warning" if decision.reason == "TooManyMissedTimes" else "Normal",
+                           decision.reason, decision.skipped))
+
+    ready = decision.reason not in ("TooManyMissedTimes",)
+    out.status = {
+        "observedGeneration": meta.get("generation"),
+        "active": sorted(active),
+        "lastScheduleTime": _rfc3339(last_schedule) if last_schedule else None,
+        "lastSuccessfulTime": _rfc3339(last_success) if last_success else None,
+        "promoted": promoted.to_api() if promoted else None,
+        "lastPromotionDecision": decision_text,
+        "conditions": [
+            {"type": "Ready", "status": "True" if ready else "False", "reason": decision.reason or "Waiting",
+             "message": decision.skipped or (f"next run at {_rfc3339(decision.requeue_at)}"
+                                             if decision.requeue_at else ""),
+             "observedGeneration": meta.get("generation"), "lastTransitionTime": _rfc3339(now)},
+            {"type": "Suspended", "status": "True" if spec.suspend else "False",
+             "reason": "Suspended" if spec.suspend else "Active", "message": "",
+             "observedGeneration": meta.get("generation"), "lastTransitionTime": _rfc3339(now)},
+        ],
+    }
+    if decision.requeue_at:
+        out.requeue_seconds = max(1.0, (decision.requeue_at - now).total_seconds())
+    return out

@@ -8,10 +8,13 @@ import pytest
 
 from synpo_operator.api.schedule import PromotedModel, SynPOScheduleSpec
 from synpo_operator.schedule import (
+    PROMOTION_ANNOTATION,
+    SCHEDULE_LABEL,
     Evaluation,
     FinishedRun,
     decide,
     promotion_decision,
+    reconcile_schedule,
     run_name,
     runs_to_prune,
 )
@@ -108,3 +111,64 @@ def test_promotion_gate_on_score_compares_with_the_promoted_model():
     promoted = PromotedModel(model="/m1", run="r1", metric="score", value=0.70, score=0.70)
     assert not promotion_decision(s, Evaluation("r2", "/m2", score=0.705), promoted).promote
     assert promotion_decision(s, Evaluation("r2", "/m2", score=0.72), promoted).promote
+
+
+# --- the pure reconcile step ------------------------------------------------------------------------------
+
+def schedule_body(**spec_overrides) -> dict:
+    return {"apiVersion": "synpo.dev/v1alpha1", "kind": "SynPOSchedule",
+            "metadata": {"name": "hourly", "namespace": "ns", "uid": "u-1", "generation": 1,
+                         "creationTimestamp": "2026-11-02T00:00:00Z"},
+            "spec": spec(**spec_overrides).to_api()}
+
+
+def run_body(name: str, phase: str, completed: str | None = None, iterations=None, annotations=None) -> dict:
+    return {"metadata": {"name": name, "annotations": annotations or {}},
+            "status": {"phase": phase, "completionTime": completed, "iterations": iterations or []}}
+
+
+def test_reconcile_creates_an_owned_run_with_the_template():
+    out = reconcile_schedule(schedule_body(), [], now=T0 + timedelta(hours=1, seconds=1))
+    (run,) = out.create
+    assert run["metadata"]["name"] == run_name("hourly", T0 + timedelta(hours=1))
+    assert run["metadata"]["labels"][SCHEDULE_LABEL] == "hourly"
+    assert run["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert run["spec"]["model"]["base"] == "m"
+    assert out.status["active"] == [run["metadata"]["name"]]
+    assert out.status["lastScheduleTime"] == "2026-11-02T01:00:00Z"
+
+
+def test_reconcile_promotes_then_starts_from_the_promoted_model():
+    done = run_body("hourly-1", "Succeeded", "2026-11-02T00:50:00Z",
+                    iterations=[{"index": 0, "score": 0.5}, {"index": 1, "winRate": 0.7, "score": 0.6,
+                                                             "model": "/ws/ns/hourly-1/iter-1/train/model"}])
+    out = reconcile_schedule(schedule_body(), [done], now=T0 + timedelta(hours=1, seconds=1))
+    assert out.annotate == {"hourly-1": "promoted"} and out.promotions == [("hourly-1", True)]
+    assert out.status["promoted"]["model"] == "/ws/ns/hourly-1/iter-1/train/model"
+    assert out.create[0]["spec"]["model"]["base"] == "/ws/ns/hourly-1/iter-1/train/model"
+    assert "promoted hourly-1: winRate 0.7000" in out.status["lastPromotionDecision"]
+    assert ("Normal", "ModelPromoted") == out.events[0][:2]
+    # Judged once: the annotation stops a second verdict.
+    done["metadata"]["annotations"][PROMOTION_ANNOTATION] = "promoted"
+    again = reconcile_schedule({**schedule_body(), "status": out.status}, [done],
+                               now=T0 + timedelta(hours=1, seconds=30))
+    assert again.promotions == [] and again.create == []
+
+
+def test_reconcile_refuses_a_worse_model_and_keeps_the_old_base():
+    worse = run_body("hourly-2", "Succeeded", "2026-11-02T00:50:00Z",
+                     iterations=[{"index": 1, "winRate": 0.4, "model": "/m2"}])
+    out = reconcile_schedule(schedule_body(), [worse], now=T0 + timedelta(hours=1, seconds=1))
+    assert out.annotate == {"hourly-2": "refused"} and out.status["promoted"] is None
+    assert out.create[0]["spec"]["model"]["base"] == "m"
+    assert out.events[0][:2] == ("Warning", "PromotionRefused")
+
+
+def test_reconcile_prunes_history_and_respects_forbid():
+    runs = [run_body(f"ok{i}", "Succeeded", f"2026-11-02T00:0{i}:00Z",
+                     annotations={PROMOTION_ANNOTATION: "refused"}) for i in range(3)]
+    runs.append(run_body("live", "Running"))
+    out = reconcile_schedule(schedule_body(successfulRunsHistoryLimit=1), runs,
+                             now=T0 + timedelta(hours=1, seconds=1))
+    assert out.delete == ["ok0", "ok1"] and out.create == []
+    assert out.status["conditions"][0]["reason"] == "ConcurrencyForbid"
