@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,16 @@ def _model_in(annotation: Any, base: type) -> type | None:
     return None
 
 
+def _segment(part: Any) -> str:
+    if isinstance(part, int):
+        return f"[{part}]"
+    text = str(part)
+    return text if re.fullmatch(r"[A-Za-z0-9_.-]+", text) else repr(text)  # make odd keys visible
+
+
 def _describe(model: type, error: dict[str, Any]) -> str:
     loc = tuple(error["loc"])
-    path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+    path = ".".join(_segment(p) for p in loc).replace(".[", "[")
     kind = error["type"]
     if kind == "extra_forbidden":
         allowed = _allowed_fields(model, loc[:-1])
@@ -81,7 +89,7 @@ def parse_resource(doc: Any, source: str = "<input>") -> SynPORun | SynPOSchedul
         raise SpecError(source, [f"(top level): expected a mapping with apiVersion, kind, metadata and spec, "
                                  f"got {type(doc).__name__}"])
     kind = doc.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise SpecError(source, [f"kind: must be one of {', '.join(KINDS)} (got {kind!r})"])
     if doc.get("apiVersion") != API_VERSION:
         raise SpecError(source, [f"apiVersion: must be {API_VERSION} (got {doc.get('apiVersion')!r})"])
