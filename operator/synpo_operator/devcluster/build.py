@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,24 +117,39 @@ def _nice() -> list[str]:
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], what: str, capture: bool = False) -> str:
     t0 = time.monotonic()
-    proc = subprocess.run(
-        _nice() + cmd,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE if capture else None,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            _nice() + cmd,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+            stderr=err,
+            text=True,
+        )
+        out = ""
+        if capture:
+            out = proc.communicate()[0]
+        else:
+            next_beat = 60.0
+            while proc.poll() is None:
+                time.sleep(1)
+                if time.monotonic() - t0 >= next_beat:
+                    _log(f"{what}: still running ({next_beat / 60:.0f} min)")
+                    next_beat += 60
+        err.seek(0)
+        stderr = err.read()
     if proc.returncode != 0:
-        tail = " | ".join((proc.stderr or "").strip().splitlines()[-6:])
+        tail = " | ".join(stderr.strip().splitlines()[-6:])
         raise BuildError(f"{what} failed (exit {proc.returncode}): {tail}")
-    if proc.stderr and not capture:
-        sys.stderr.write(proc.stderr)
+    if stderr and not capture:
+        sys.stderr.write(stderr)
     _log(f"{what}: done in {time.monotonic() - t0:.0f}s")
-    return proc.stdout or ""
+    return out
 
 
-def _staging_modules(go: str, versions: Versions, workdir: Path, env: dict[str, str]) -> tuple[list[str], str]:
+def _staging_modules(
+    go: str, versions: Versions, workdir: Path, env: dict[str, str]
+) -> tuple[list[str], str]:
     """Staging modules that k8s.io/kubernetes replaces with ./staging/src/..., and its go directive."""
     out = _run(
         [go, "mod", "download", "-json", f"k8s.io/kubernetes@{versions.k8s}"],
@@ -170,7 +186,9 @@ def build(force: bool = False, versions: Versions | None = None) -> Path:
     """Build (or reuse) all binaries; return the bin directory."""
     versions = versions or Versions()
     if not force and is_built(versions):
-        _log(f"up to date: {bin_dir(versions)} (k8s {versions.k8s}, etcd {versions.etcd}, kwok {versions.kwok})")
+        _log(
+            f"up to date: {bin_dir(versions)} (k8s {versions.k8s}, etcd {versions.etcd}, kwok {versions.kwok})"
+        )
         return bin_dir(versions)
     go = _go()
     env = _go_env()
@@ -181,13 +199,17 @@ def build(force: bool = False, versions: Versions | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     _stamp_path(versions).unlink(missing_ok=True)
     t_start = time.monotonic()
-    _log(f"building k8s {versions.k8s}, etcd {versions.etcd}, kwok {versions.kwok} into {out} (cold build: ~20-30 min on 2 cores)")
+    _log(
+        f"building k8s {versions.k8s}, etcd {versions.etcd}, kwok {versions.kwok} into {out} (cold build: ~10-15 min on 2 cores)"
+    )
 
     # 1. wrapper module for k8s + etcd
     mods, go_directive = _staging_modules(go, versions, src, env)
     replaces = "\n".join(f"\t{m} => {m} {versions.staging}" for m in mods)
     (src / "go.mod").write_text(
-        (_GO_DIR / "go.mod.tmpl").read_text().format(
+        (_GO_DIR / "go.mod.tmpl")
+        .read_text()
+        .format(
             go_directive=go_directive, k8s_version=versions.k8s, etcd_version=versions.etcd, replaces=replaces
         )
     )
@@ -201,7 +223,12 @@ def build(force: bool = False, versions: Versions | None = None) -> Path:
     common = ["build", "-trimpath", "-tags", "providerless"]
     for cmd in K8S_COMMANDS:
         _log(f"compiling {cmd} ...")
-        _run([go, *common, "-ldflags", ldflags, "-o", str(out / cmd), f"k8s.io/kubernetes/cmd/{cmd}"], src, env, f"build {cmd}")
+        _run(
+            [go, *common, "-ldflags", ldflags, "-o", str(out / cmd), f"k8s.io/kubernetes/cmd/{cmd}"],
+            src,
+            env,
+            f"build {cmd}",
+        )
     _log("compiling etcd ...")
     _run([go, *common, "-ldflags", "-s -w", "-o", str(out / "etcd"), "./cmd/etcd"], src, env, "build etcd")
 
@@ -209,8 +236,14 @@ def build(force: bool = False, versions: Versions | None = None) -> Path:
     _log(f"compiling kwok {versions.kwok} ...")
     kwok_env = env | {"GOBIN": str(out), "GOFLAGS": ""}
     _run(
-        [go, "install", "-trimpath", "-ldflags", f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={versions.kwok}",
-         f"sigs.k8s.io/kwok/cmd/kwok@{versions.kwok}"],
+        [
+            go,
+            "install",
+            "-trimpath",
+            "-ldflags",
+            f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={versions.kwok}",
+            f"sigs.k8s.io/kwok/cmd/kwok@{versions.kwok}",
+        ],
         root,
         kwok_env,
         "build kwok",
