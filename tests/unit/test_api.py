@@ -96,7 +96,12 @@ def test_crds_have_status_printer_columns_short_names_and_cel():
     rules = [r["rule"] for r in spec["x-kubernetes-validations"]]
     assert "self.pairsPerIteration <= self.promptsPerIteration" in rules
     for immutable in ("model", "data", "storage"):
-        assert spec["properties"][immutable]["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
+        assert "self == oldSelf" in [r["rule"] for r in spec["properties"][immutable]["x-kubernetes-validations"]]
+    # The type's own rules survive next to the field's (exactly one storage kind).
+    assert "has(self.volume) != has(self.uri)" in [
+        r["rule"] for r in spec["properties"]["storage"]["x-kubernetes-validations"]]
+    # A schedule's run template stays editable: no transition rules inside it.
+    assert "oldSelf" not in yaml.safe_dump(schedule["spec"]["versions"][0]["schema"])
     assert spec["properties"]["generation"]["default"] == {}
 
 

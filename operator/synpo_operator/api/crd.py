@@ -24,13 +24,19 @@ _KEEP = {
 }
 
 
+_RULES = "x-kubernetes-validations"
+
+
 def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     """Inline every $ref (the models have no recursive types)."""
     if isinstance(node, dict):
         if "$ref" in node:
             target = dict(defs[node["$ref"].rsplit("/", 1)[-1]])
             extra = {k: v for k, v in node.items() if k != "$ref"}
-            return _resolve({**target, **extra}, defs)
+            # Rules declared on the field add to the rules of its type instead of replacing them.
+            rules = target.get(_RULES, []) + extra.get(_RULES, [])
+            merged = {**target, **extra, **({_RULES: rules} if rules else {})}
+            return _resolve(merged, defs)
         return {k: _resolve(v, defs) for k, v in node.items()}
     if isinstance(node, list):
         return [_resolve(v, defs) for v in node]
@@ -97,10 +103,22 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     props["kind"] = {"type": "string", "description": "Resource kind."}
     props["metadata"] = {"type": "object"}
     schema["required"] = ["spec"]
-    for section in ("spec", "status"):
-        _default_nested_objects(props[section], model.model_fields[section].annotation
-                                if section == "spec" else None)
+    _default_nested_objects(props["spec"], model.model_fields["spec"].annotation)
+    template = props["spec"]["properties"].get("runTemplate")
+    if template:
+        props["spec"]["properties"]["runTemplate"] = _without_transition_rules(template)
     return schema
+
+
+def _without_transition_rules(node: Any) -> Any:
+    """Drop `oldSelf` rules: a run's immutable fields stay editable in a schedule's run template."""
+    if isinstance(node, dict):
+        out = {k: _without_transition_rules(v) for k, v in node.items() if k != _RULES}
+        kept = [r for r in node.get(_RULES, []) if "oldSelf" not in r["rule"]]
+        return {**out, _RULES: kept} if kept else out
+    if isinstance(node, list):
+        return [_without_transition_rules(v) for v in node]
+    return node
 
 
 def _crd(model: type[BaseModel], kind: str, plural: str, short: list[str],

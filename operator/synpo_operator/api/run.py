@@ -108,9 +108,9 @@ class ScorerSpec(ApiModel):
 
     model_config = ConfigDict(json_schema_extra={
         "x-kubernetes-validations": [
-            {"rule": "self.type != 'rewardModel' || has(self.model)",
+            {"rule": "!has(self.type) || self.type != 'rewardModel' || has(self.model)",
              "message": "a rewardModel scorer needs model (a sequence-classification checkpoint)"},
-            {"rule": "self.type != 'openai' || (has(self.endpoint) && has(self.model))",
+            {"rule": "!has(self.type) || self.type != 'openai' || (has(self.endpoint) && has(self.model))",
              "message": "an openai judge needs endpoint and model"},
         ]
     })
