@@ -34,7 +34,8 @@ def _plan(args: argparse.Namespace) -> int:
 
         from .executors.manifests import render_run_manifests
 
-        print(yaml.safe_dump_all(render_run_manifests(resource), sort_keys=False, width=120), end="")
+        manifests = render_run_manifests(resource, all_stages=args.all)
+        print(yaml.safe_dump_all(manifests, sort_keys=False, width=120), end="")
         return 0
     print(describe_plan(resource))
     return 0
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="validate a run file and print its stage graph")
     plan.add_argument("file", help="a YAML file holding one SynPORun or SynPOSchedule")
     plan.add_argument("--manifests", action="store_true", help="print the Jobs the operator would create")
+    plan.add_argument("--all", action="store_true", help="with --manifests: every stage, not only the first")
     plan.set_defaults(func=_plan)
 
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions (generated from the API models)")

@@ -1,0 +1,343 @@
+"""Pure rendering of the Kubernetes objects that run a stage: one ConfigMap (the stage config) and one Job.
+
+Nothing here talks to an API server; `executors.jobs` creates what these functions return, and
+`synpo plan --manifests` prints it. Every choice is deterministic, so a restarted operator renders
+byte-identical objects and a create of an existing one is answered 409 AlreadyExists (no duplicates).
+
+Choices (see docs/operator.md):
+- Names: `<run>-i<t>-<stage>` for both the Job and its ConfigMap. Run names are at most 40 characters,
+  which keeps every Job name within 63 and every Indexed-Job pod hostname (`<job>-<index>`) within 63.
+  The operator never retries a stage itself (max_attempts=1: Jobs retry their pods, `backoffLimit`), so one
+  name per stage is enough; should a later attempt ever be started, it is `<run>-i<t>-<stage>-a<n>`.
+- The ConfigMap is owned by the run, not the Job: it survives the deletion of an active Job on suspend
+  and is garbage-collected with the run.
+- Kueue: with `spec.queueName` the Job is created with `suspend: true` and the queue-name label, as Kueue
+  expects (it unsuspends the Job on admission); without a queue `suspend` is left unset. The operator
+  never changes `spec.suspend` of an existing Job.
+- Pods run with the restricted Pod Security profile; nothing a user sets can add a hostPath, privileges
+  or capabilities.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from ..api.common import API_VERSION
+from ..api.run import SynPORun, SynPORunSpec
+from ..plan.graph import STAGES, StageNode, stage_graph
+from ..plan.planner import Start, plan
+from ..plan.stage_config import run_root, stage_config
+
+LABEL_RUN = "synpo.dev/run"
+LABEL_ITERATION = "synpo.dev/iteration"
+LABEL_STAGE = "synpo.dev/stage"
+LABEL_STAGE_KEY = "synpo.dev/stage-key"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "synpo-operator"
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+ANNOTATION_ATTEMPT = "synpo.dev/attempt"
+ANNOTATION_GPUS = "synpo.dev/gpus-per-pod"
+ANNOTATION_CONFIG_HASH = "synpo.dev/config-sha256"
+TEST_POD_ANNOTATIONS = "synpo.dev/test-pod-annotations"
+"""Run annotation (testing only): JSON `{selector: {annotation: value}}` copied onto stage pod templates.
+Selectors: "*" (every stage), a stage name ("train") or a stage key ("i1-train"); the more specific wins.
+The dev cluster's kwok reads `synpo.dev/fake-*` pod annotations to fake exit codes and results."""
+
+CONTAINER = "stage"
+CONFIG_MOUNT = "/etc/synpo"
+CONFIG_FILE = "stage.json"
+WORKSPACE = "/workspace"
+CACHE_DIR = "/cache"
+JUDGE_API_KEY_ENV = "SYNPO_JUDGE_API_KEY"
+UID = 1000
+BAD_INPUT_EXIT_CODE = 2
+"""Stage programs exit with 2 on bad input (missing file, malformed rows): retrying cannot help."""
+GPU_RESOURCE = "nvidia.com/gpu"
+RUN_KIND = "SynPORun"
+
+
+def job_name(run: str, key: str, attempt: int = 1) -> str:
+    """`<run>-i<t>-<stage>` (deterministic; `-a<n>` only for an operator-level retry n > 1)."""
+    return f"{run}-{key}" if attempt <= 1 else f"{run}-{key}-a{attempt}"
+
+
+def storage_root(spec: SynPORunSpec) -> str:
+    """The storage root as a stage pod sees it: the PVC mount (plus subPath) or the URI."""
+    if spec.storage.volume is not None:
+        sub = spec.storage.volume.sub_path
+        return f"{WORKSPACE}/{sub.strip('/')}" if sub else WORKSPACE
+    return spec.storage.uri or ""
+
+
+def artifacts_uri(run: SynPORun) -> str:
+    """Where the run's artifacts live, for status.artifacts (`pvc://claim/sub/<ns>/<run>` or `<uri>/<ns>/<run>`)."""
+    spec = run.spec
+    namespace = run.metadata.namespace or "default"
+    if spec.storage.volume is not None:
+        sub = f"/{spec.storage.volume.sub_path.strip('/')}" if spec.storage.volume.sub_path else ""
+        return run_root(f"pvc://{spec.storage.volume.claim_name}{sub}", namespace, run.metadata.name)
+    return run_root(spec.storage.uri or "", namespace, run.metadata.name)
+
+
+def stage_labels(run: str, node: StageNode) -> dict[str, str]:
+    return {
+        LABEL_RUN: run,
+        LABEL_ITERATION: str(node.id.iteration),
+        LABEL_STAGE: node.id.name,
+        LABEL_STAGE_KEY: node.key,
+        LABEL_MANAGED_BY: MANAGED_BY,
+    }
+
+
+def owner_reference(run: SynPORun, uid: str | None) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": RUN_KIND,
+        "name": run.metadata.name,
+        "uid": uid or "<uid of the SynPORun>",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _run_uid(run: SynPORun) -> str | None:
+    extra = run.metadata.model_extra or {}
+    uid = extra.get("uid")
+    return str(uid) if uid else None
+
+
+def extra_pod_annotations(run: SynPORun, node: StageNode) -> dict[str, str]:
+    """Pod annotations requested by the run's `synpo.dev/test-pod-annotations` (testing only)."""
+    raw = (run.metadata.annotations or {}).get(TEST_POD_ANNOTATIONS)
+    if not raw:
+        return {}
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    merged: dict[str, str] = {}
+    for selector in ("*", node.id.name, node.key):
+        chosen = doc.get(selector)
+        if isinstance(chosen, dict):
+            merged.update({str(k): str(v) for k, v in chosen.items()})
+    return merged
+
+
+def _container_env(spec: SynPORunSpec, node: StageNode) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "XDG_CACHE_HOME", "value": CACHE_DIR},
+        {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+        {"name": "SYNPO_STAGE_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_FILE}"},
+    ]
+    user_names = {e.name for e in spec.env}
+    env = [e for e in env if e["name"] not in user_names]
+    for var in spec.env:
+        if var.secret_key_ref is not None:
+            env.append({"name": var.name, "valueFrom": {"secretKeyRef": {
+                "name": var.secret_key_ref.name, "key": var.secret_key_ref.key}}})
+        else:
+            env.append({"name": var.name, "value": var.value or ""})
+    if node.id.name == "evaluate":
+        first = True
+        for index, judge in enumerate(spec.evaluation.judges):
+            ref = judge.api_key_secret_ref
+            if judge.type != "openai" or ref is None:
+                continue
+            by_ref = {"valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+            if first and JUDGE_API_KEY_ENV not in user_names:
+                env.append({"name": JUDGE_API_KEY_ENV, **by_ref})
+            first = False
+            env.append({"name": f"SYNPO_JUDGE_{index}_API_KEY", **by_ref})
+    return env
+
+
+def _resources(spec: SynPORunSpec, node: StageNode) -> dict[str, Any]:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if spec.resources.cpu:
+        requests["cpu"] = limits["cpu"] = spec.resources.cpu
+    if spec.resources.memory:
+        requests["memory"] = limits["memory"] = spec.resources.memory
+    gpus = gpus_for(spec, node)
+    if gpus:
+        limits[GPU_RESOURCE] = str(gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def gpus_for(spec: SynPORunSpec, node: StageNode) -> int:
+    """GPUs requested by each pod of this stage."""
+    return spec.resources.gpus_per_pod if node.gpu else 0
+
+
+def render_config_map(run: SynPORun, node: StageNode, *, uid: str | None = None) -> dict[str, Any]:
+    """The ConfigMap holding the stage's config (`stage.json`), owned by the run."""
+    name = run.metadata.name
+    namespace = run.metadata.namespace or "default"
+    config = stage_config(run.spec, node, namespace=namespace, run=name, storage_root=storage_root(run.spec))
+    text = json.dumps(config, indent=2, sort_keys=True)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": job_name(name, node.key),
+            "namespace": namespace,
+            "labels": stage_labels(name, node),
+            "annotations": {ANNOTATION_CONFIG_HASH: hashlib.sha256(text.encode()).hexdigest()},
+            "ownerReferences": [owner_reference(run, uid or _run_uid(run))],
+        },
+        "data": {CONFIG_FILE: text},
+    }
+
+
+def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | None = None) -> dict[str, Any]:
+    """The batch/v1 Job that runs one stage (an Indexed Job with one pod per shard for sharded stages)."""
+    spec = run.spec
+    name = run.metadata.name
+    namespace = run.metadata.namespace or "default"
+    labels = stage_labels(name, node)
+    job_labels = dict(labels)
+    if spec.queue_name:
+        job_labels[LABEL_QUEUE] = spec.queue_name
+    config_map = render_config_map(run, node, uid=uid)
+
+    volumes: list[dict[str, Any]] = [
+        {"name": "stage-config", "configMap": {"name": config_map["metadata"]["name"], "defaultMode": 0o444}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "stage-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": CACHE_DIR},
+    ]
+    if node.gpu and spec.resources.gpus_per_pod:
+        # torch / vLLM workers share tensors through /dev/shm; the default 64 MiB is far too small.
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    if spec.storage.volume is not None:
+        volumes.append({"name": "workspace",
+                        "persistentVolumeClaim": {"claimName": spec.storage.volume.claim_name}})
+        mounts.append({"name": "workspace", "mountPath": WORKSPACE})
+
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.resources.image,
+        "imagePullPolicy": spec.resources.image_pull_policy,
+        "command": ["python", "-m", "synpo_workloads", node.id.name, "--config", f"{CONFIG_MOUNT}/{CONFIG_FILE}"],
+        "env": _container_env(spec, node),
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "runAsGroup": UID,
+            "privileged": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    resources = _resources(spec, node)
+    if resources:
+        container["resources"] = resources
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "runAsGroup": UID,
+            "fsGroup": UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.resources.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
+    if spec.resources.tolerations:
+        pod_spec["tolerations"] = [t.to_api() for t in spec.resources.tolerations]
+    if spec.resources.priority_class_name:
+        pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    if spec.resources.service_account_name:
+        pod_spec["serviceAccountName"] = spec.resources.service_account_name
+        # A named ServiceAccount is usually there for workload identity (object storage): keep its token.
+        pod_spec["automountServiceAccountToken"] = True
+
+    template_meta: dict[str, Any] = {"labels": labels}
+    pod_annotations = extra_pod_annotations(run, node)
+    if pod_annotations:
+        template_meta["annotations"] = pod_annotations
+
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "activeDeadlineSeconds": spec.stage_deadline_seconds,
+        "podFailurePolicy": {"rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                  "values": [BAD_INPUT_EXIT_CODE]}},
+        ]},
+        "template": {"metadata": template_meta, "spec": pod_spec},
+    }
+    if node.shards > 1:
+        job_spec["completionMode"] = "Indexed"
+        job_spec["completions"] = node.shards
+        job_spec["parallelism"] = node.shards
+    if spec.queue_name:
+        job_spec["suspend"] = True  # creation only: Kueue admits the Job by unsuspending it
+
+    annotations = {
+        ANNOTATION_ATTEMPT: str(attempt),
+        ANNOTATION_GPUS: str(gpus_for(spec, node)),
+        ANNOTATION_CONFIG_HASH: config_map["metadata"]["annotations"][ANNOTATION_CONFIG_HASH],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(name, node.key, attempt),
+            "namespace": namespace,
+            "labels": job_labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(run, uid or _run_uid(run))],
+        },
+        "spec": job_spec,
+    }
+
+
+def render_stage(run: SynPORun, start: Start | StageNode, *, uid: str | None = None) -> list[dict[str, Any]]:
+    """The ConfigMap and the Job for one stage start, in creation order."""
+    node = start.stage if isinstance(start, Start) else start
+    attempt = start.attempt if isinstance(start, Start) else 1
+    return [render_config_map(run, node, uid=uid), render_job(run, node, attempt=attempt, uid=uid)]
+
+
+def render_run_manifests(run: SynPORun, *, all_stages: bool = False) -> list[dict[str, Any]]:
+    """What the operator would create: for the stages that start first, or for every stage (`all_stages`)."""
+    if all_stages:
+        nodes = stage_graph(run.spec)
+    else:
+        nodes = [s.stage for s in plan(run.spec, {}, max_attempts=1).start]
+    out: list[dict[str, Any]] = []
+    for node in nodes:
+        out.extend(render_stage(run, node))
+    return out
+
+
+__all__ = [
+    "LABEL_ITERATION", "LABEL_MANAGED_BY", "LABEL_QUEUE", "LABEL_RUN", "LABEL_STAGE", "LABEL_STAGE_KEY",
+    "STAGES", "TEST_POD_ANNOTATIONS", "artifacts_uri", "gpus_for", "job_name", "render_config_map",
+    "render_job", "render_run_manifests", "render_stage", "storage_root",
+]

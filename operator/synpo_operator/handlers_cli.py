@@ -1,0 +1,60 @@
+"""`synpo operator`: run the Kopf operator (Jobs executor by default, or local processes)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "operator", help="run the SynPO operator (reconciles SynPORuns into Jobs)",
+        description="Run the SynPO operator against the cluster of $KUBECONFIG (or in-cluster config).")
+    p.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                   help="watch this namespace (repeatable; glob patterns allowed); default: all namespaces")
+    p.add_argument("--executor", choices=("jobs", "local"), default="jobs",
+                   help="jobs: a Kubernetes Job per stage (default); local: stages as local processes of the "
+                        "operator (storage.uri must be a local directory)")
+    p.add_argument("--metrics-port", type=int, default=8080,
+                   help="port of /metrics and /healthz (default 8080; 0 disables)")
+    p.add_argument("--health-port", type=int, default=8081,
+                   help="port of kopf's liveness endpoint /healthz (default 8081; 0 disables)")
+    p.add_argument("--resync-seconds", type=float,
+                   default=float(os.environ.get("SYNPO_OPERATOR_RESYNC_SECONDS", "30")),
+                   help="how often every run is reconciled even without events (default 30)")
+    p.add_argument("--workers", type=int, default=8, help="threads for reconciles (default 8)")
+    p.add_argument("--verbose", "-v", action="store_true", help="log every handler call")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    # handlers read these at import time (kopf decorators take their intervals then)
+    os.environ["SYNPO_OPERATOR_EXECUTOR"] = args.executor
+    os.environ["SYNPO_OPERATOR_RESYNC_SECONDS"] = str(args.resync_seconds)
+    os.environ["SYNPO_OPERATOR_WORKERS"] = str(args.workers)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # kopf logs every handler call at INFO; keep ours and kopf's warnings
+        for noisy in ("kopf.objects", "kopf.activities.probe", "kopf._core.engines.peering",
+                      "kopf._core.reactor.running", "kopf._cogs.clients.watching", "aiohttp.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    import kopf
+
+    from . import (
+        handlers,  # noqa: F401 - registers the handlers
+        metrics,
+    )
+
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=liveness,
+    )
+    return 0

@@ -1,0 +1,179 @@
+"""Prometheus metrics of the operator, and the small HTTP server that exposes them (`/metrics`, `/healthz`).
+
+Labels are namespace, run, stage (a stage *name* such as `train`, never free text) and iteration: no label
+ever holds a value from a Secret or from a user-written message.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from .plan.graph import StageId
+
+PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400, float("inf"))
+
+
+class Metrics:
+    """Every metric of the operator in one registry (a fresh instance per test keeps tests independent)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.runs = Gauge("synpo_runs", "SynPORuns by phase", ["phase"], registry=r)
+        self.run_iteration = Gauge("synpo_run_iteration", "Iteration in progress per run",
+                                   ["namespace", "run"], registry=r)
+        self.stage_duration = Histogram("synpo_stage_duration_seconds", "Run time of finished stages",
+                                        ["stage", "outcome"], buckets=STAGE_BUCKETS, registry=r)
+        self.stage_failures = Counter("synpo_stage_failures", "Stages that failed (after their retries)",
+                                      ["stage"], registry=r)
+        self.stage_retries = Counter("synpo_stage_retries", "Failed stage pods that were retried or ended "
+                                     "the stage (disruptions excluded)", ["stage"], registry=r)
+        self.stage_starts = Counter("synpo_stage_starts", "Stage Jobs created", ["stage"], registry=r)
+        self.stage_gpu_seconds = Counter("synpo_stage_gpu_seconds", "GPU-seconds of finished stages",
+                                         ["stage"], registry=r)
+        self.pairs_kept = Gauge("synpo_pairs_kept", "Preference pairs kept per run and iteration",
+                                ["namespace", "run", "iteration"], registry=r)
+        self.win_rate = Gauge("synpo_win_rate", "Evaluation win rate (first judge) per run and iteration",
+                              ["namespace", "run", "iteration"], registry=r)
+        self.iteration_gpu_seconds = Gauge("synpo_iteration_gpu_seconds", "GPU-seconds per run and iteration",
+                                           ["namespace", "run", "iteration"], registry=r)
+        self.reconcile_errors = Counter("synpo_reconcile_errors", "Reconciles that raised an error",
+                                        ["kind"], registry=r)
+        self.reconciles = Counter("synpo_reconciles", "Reconciles done", registry=r)
+        self._lock = threading.Lock()
+        self._phases: dict[tuple[str, str], str] = {}
+        self._series: dict[tuple[str, str], set[tuple[Any, tuple[str, ...]]]] = {}
+        self.last_reconcile = time.monotonic()
+        for phase in PHASES:
+            self.runs.labels(phase=phase).set(0)
+
+    # ---- updates ---------------------------------------------------------------------------------
+    def _track(self, key: tuple[str, str], metric: Any, labels: tuple[str, ...]) -> None:
+        self._series.setdefault(key, set()).add((metric, labels))
+
+    def set_phase(self, namespace: str, run: str, phase: str | None) -> None:
+        with self._lock:
+            key = (namespace, run)
+            if phase is None:
+                self._phases.pop(key, None)
+            else:
+                self._phases[key] = phase
+            counts = {p: 0 for p in PHASES}
+            for p in self._phases.values():
+                counts[p] = counts.get(p, 0) + 1
+            for p, n in counts.items():
+                self.runs.labels(phase=p).set(n)
+
+    def observe(self, namespace: str, run: str, outcome: Any) -> None:
+        """Update the metrics from one reconcile's outcome (`reconcile.Outcome`)."""
+        self.reconciles.inc()
+        self.last_reconcile = time.monotonic()
+        status = outcome.status or {}
+        self.set_phase(namespace, run, outcome.phase)
+        key = (namespace, run)
+        with self._lock:
+            if status.get("iteration") is not None:
+                self.run_iteration.labels(namespace, run).set(status["iteration"])
+                self._track(key, self.run_iteration, (namespace, run))
+            for summary in status.get("iterations") or []:
+                t = str(summary.get("index"))
+                if summary.get("pairsKept") is not None:
+                    self.pairs_kept.labels(namespace, run, t).set(summary["pairsKept"])
+                    self._track(key, self.pairs_kept, (namespace, run, t))
+                if summary.get("winRate") is not None:
+                    self.win_rate.labels(namespace, run, t).set(summary["winRate"])
+                    self._track(key, self.win_rate, (namespace, run, t))
+                if summary.get("gpuSeconds") is not None:
+                    self.iteration_gpu_seconds.labels(namespace, run, t).set(summary["gpuSeconds"])
+                    self._track(key, self.iteration_gpu_seconds, (namespace, run, t))
+        for name in outcome.started:
+            self.stage_starts.labels(stage=_stage_name(name)).inc()
+        for stage_key, n in (outcome.retries or {}).items():
+            self.stage_retries.labels(stage=_stage_name(stage_key)).inc(n)
+        for tr in outcome.transitions:
+            if tr.new not in ("Succeeded", "Failed") or tr.old == tr.new:
+                continue
+            stage = _stage_name(tr.key)
+            rec = tr.record
+            from .reconcile import parse_time
+
+            start, end = parse_time(rec.start_time), parse_time(rec.completion_time)
+            if start and end and end >= start:
+                self.stage_duration.labels(stage=stage, outcome=tr.new).observe((end - start).total_seconds())
+            self.stage_gpu_seconds.labels(stage=stage).inc(rec.gpu_seconds or 0.0)
+            if tr.new == "Failed":
+                self.stage_failures.labels(stage=stage).inc()
+
+    def error(self, kind: str = "reconcile") -> None:
+        self.reconcile_errors.labels(kind=kind).inc()
+
+    def forget(self, namespace: str, run: str) -> None:
+        """Drop every per-run series (the run was deleted)."""
+        self.set_phase(namespace, run, None)
+        with self._lock:
+            for metric, labels in self._series.pop((namespace, run), set()):
+                try:
+                    metric.remove(*labels)
+                except KeyError:
+                    pass
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _stage_name(key: str) -> str:
+    try:
+        return StageId.parse(key).name
+    except ValueError:
+        return "unknown"
+
+
+METRICS = Metrics()
+"""The operator process's metrics."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    metrics: Metrics = METRICS
+    healthy: Any = staticmethod(lambda: True)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            body, ctype, code = self.metrics.render(), CONTENT_TYPE_LATEST, 200
+        elif path in ("/healthz", "/livez", "/readyz"):
+            ok = bool(self.healthy())
+            body, ctype, code = (b"ok\n" if ok else b"unhealthy\n"), "text/plain", 200 if ok else 503
+        else:
+            body, ctype, code = b"not found\n", "text/plain", 404
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet access log
+        return
+
+
+def serve(port: int, host: str = "0.0.0.0", metrics: Metrics = METRICS,
+          healthy: Any = None) -> ThreadingHTTPServer:
+    """Serve `/metrics` and `/healthz` on a daemon thread; returns the server (call `.shutdown()`)."""
+    handler = type("Handler", (_Handler,), {"metrics": metrics,
+                                            "healthy": staticmethod(healthy or (lambda: True))})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="synpo-metrics", daemon=True).start()
+    return server

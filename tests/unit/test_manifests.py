@@ -1,0 +1,293 @@
+"""Pure rendering of stage Jobs and ConfigMaps (executors/manifests.py)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from synpo_operator.api.loader import parse_resource
+from synpo_operator.executors.manifests import (
+    LABEL_QUEUE,
+    TEST_POD_ANNOTATIONS,
+    artifacts_uri,
+    job_name,
+    render_job,
+    render_run_manifests,
+    render_stage,
+)
+from synpo_operator.plan import stage_config, stage_graph
+from synpo_operator.plan.planner import Start
+
+from .conftest import ROOT
+
+CLUSTER = yaml.safe_load((ROOT / "examples" / "cluster-llama3.yaml").read_text())
+
+
+def run_of(doc=None, **spec):
+    doc = copy.deepcopy(doc or CLUSTER)
+    doc["spec"].update(spec)
+    return parse_resource(doc)
+
+
+def node_of(run, key):
+    return next(n for n in stage_graph(run.spec) if n.key == key)
+
+
+def walk(obj):
+    """Every (key, value) pair in a nested manifest."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k, v
+            yield from walk(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from walk(v)
+
+
+def container(job):
+    return job["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_job_name_is_deterministic_and_fits():
+    run = run_of()
+    a = render_job(run, node_of(run, "i1-train"), uid="u1")
+    b = render_job(run, node_of(run, "i1-train"), uid="u1")
+    assert a == b
+    assert a["metadata"]["name"] == "llama3-synpo-i1-train" == job_name("llama3-synpo", "i1-train")
+    assert job_name("r", "i1-train", attempt=2) == "r-i1-train-a2"
+
+
+def test_longest_names_fit_dns_labels():
+    """A 40-character run, 20 iterations, 256 shards: Job names and Indexed pod hostnames stay ≤ 63."""
+    doc = copy.deepcopy(CLUSTER)
+    doc["metadata"]["name"] = "r" * 40
+    doc["spec"]["iterations"] = 20
+    doc["spec"]["generation"]["shards"] = 256
+    run = parse_resource(doc)
+    for node in stage_graph(run.spec):
+        name = render_job(run, node)["metadata"]["name"]
+        assert len(name) <= 63, name
+        if node.shards > 1:
+            assert len(f"{name}-{node.shards - 1}") <= 63, name
+
+
+def test_owner_reference_labels_and_queue():
+    run = run_of()
+    job = render_job(run, node_of(run, "i2-refine"), uid="1234")
+    owner = job["metadata"]["ownerReferences"][0]
+    assert owner == {"apiVersion": "synpo.dev/v1alpha1", "kind": "SynPORun", "name": "llama3-synpo",
+                     "uid": "1234", "controller": True, "blockOwnerDeletion": True}
+    labels = job["metadata"]["labels"]
+    assert labels["synpo.dev/run"] == "llama3-synpo"
+    assert labels["synpo.dev/iteration"] == "2"
+    assert labels["synpo.dev/stage"] == "refine"
+    assert labels["app.kubernetes.io/managed-by"] == "synpo-operator"
+    assert labels[LABEL_QUEUE] == "team-alignment"
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels["synpo.dev/run"] == "llama3-synpo" and LABEL_QUEUE not in pod_labels
+    # Kueue: created suspended, only because a queue is named
+    assert job["spec"]["suspend"] is True
+    no_queue = render_job(run_of(queueName=None), node_of(run, "i2-refine"))
+    assert "suspend" not in no_queue["spec"] and LABEL_QUEUE not in no_queue["metadata"]["labels"]
+
+
+def test_uid_comes_from_run_metadata():
+    doc = copy.deepcopy(CLUSTER)
+    doc["metadata"]["uid"] = "abc-uid"
+    run = parse_resource(doc)
+    assert render_job(run, node_of(run, "i0-keywords"))["metadata"]["ownerReferences"][0]["uid"] == "abc-uid"
+
+
+def test_command_and_config_map_volume_storage():
+    run = run_of()
+    node = node_of(run, "i1-pairs")
+    cm, job = render_stage(run, Start(node))
+    c = container(job)
+    assert c["command"] == ["python", "-m", "synpo_workloads", "pairs", "--config", "/etc/synpo/stage.json"]
+    assert c["image"] == "registry.example.com/synpo-workloads:0.1.0"
+    assert cm["metadata"]["name"] == job["metadata"]["name"]
+    assert cm["metadata"]["ownerReferences"][0]["kind"] == "SynPORun"
+    config = json.loads(cm["data"]["stage.json"])
+    assert config == stage_config(run.spec, node, namespace="alignment", run="llama3-synpo",
+                                  storage_root="/workspace/runs")
+    assert config["output"] == "/workspace/runs/alignment/llama3-synpo/iter-1/pairs"
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["workspace"] == {"name": "workspace",
+                                    "persistentVolumeClaim": {"claimName": "synpo-workspace"}}
+    assert volumes["stage-config"]["configMap"]["name"] == cm["metadata"]["name"]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/workspace"]["name"] == "workspace"
+    assert mounts["/etc/synpo"]["readOnly"] is True
+    assert job["metadata"]["annotations"]["synpo.dev/config-sha256"] == \
+        cm["metadata"]["annotations"]["synpo.dev/config-sha256"]
+    assert artifacts_uri(run) == "pvc://synpo-workspace/runs/alignment/llama3-synpo"
+
+
+def test_uri_storage_has_no_volume():
+    run = run_of(storage={"uri": "s3://bucket/runs"})
+    cm, job = render_stage(run, node_of(run, "i0-keywords"))
+    assert json.loads(cm["data"]["stage.json"])["runRoot"] == "s3://bucket/runs/alignment/llama3-synpo"
+    assert "workspace" not in {v["name"] for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert artifacts_uri(run) == "s3://bucket/runs/alignment/llama3-synpo"
+
+
+def test_resources_gpu_only_on_gpu_stages():
+    run = run_of()
+    train = container(render_job(run, node_of(run, "i1-train")))["resources"]
+    assert train["limits"] == {"cpu": "32", "memory": "512Gi", "nvidia.com/gpu": "8"}
+    assert train["requests"] == {"cpu": "32", "memory": "512Gi"}
+    keywords = container(render_job(run, node_of(run, "i0-keywords")))["resources"]
+    assert "nvidia.com/gpu" not in keywords["limits"]
+    cpu_only = run_of(resources={"gpusPerPod": 0})
+    assert "resources" not in container(render_job(cpu_only, node_of(cpu_only, "i1-train")))
+    # /dev/shm in memory only where GPUs are
+    mounts = {m["mountPath"] for m in container(render_job(run, node_of(run, "i1-train")))["volumeMounts"]}
+    assert "/dev/shm" in mounts
+
+
+def test_placement():
+    run = run_of()
+    pod = render_job(run, node_of(run, "i1-train"))["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["priorityClassName"] == "batch-high"
+    assert "serviceAccountName" not in pod and pod["automountServiceAccountToken"] is False
+    with_sa = run_of(resources={**CLUSTER["spec"]["resources"], "serviceAccountName": "synpo-runner"})
+    pod = render_job(with_sa, node_of(with_sa, "i1-train"))["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "synpo-runner"
+
+
+def test_env_secrets_by_reference_only():
+    run = run_of()
+    env = {e["name"]: e for e in container(render_job(run, node_of(run, "i1-evaluate")))["env"]}
+    assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
+    assert env["AWS_REGION"] == {"name": "AWS_REGION", "value": "us-east-1"}
+    assert env["SYNPO_JUDGE_API_KEY"] == {
+        "name": "SYNPO_JUDGE_API_KEY", "valueFrom": {"secretKeyRef": {"name": "judge-api", "key": "token"}}}
+    # the judge's key only reaches evaluation pods
+    other = {e["name"] for e in container(render_job(run, node_of(run, "i1-train")))["env"]}
+    assert "SYNPO_JUDGE_API_KEY" not in other and "HF_TOKEN" in other
+
+
+def test_failure_policy_retries_and_deadline():
+    run = run_of(backoffLimit=3, stageDeadlineSeconds=7200)
+    spec = render_job(run, node_of(run, "i1-train"))["spec"]
+    assert spec["backoffLimit"] == 3
+    assert spec["activeDeadlineSeconds"] == 7200
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[1]["action"] == "FailJob"
+    assert rules[1]["onExitCodes"] == {"containerName": "stage", "operator": "In", "values": [2]}
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    assert "ttlSecondsAfterFinished" not in spec
+
+
+def test_sharded_stages_are_indexed_jobs():
+    run = run_of()
+    for key in ("i1-base-responses", "i2-responses", "i1-refine"):
+        spec = render_job(run, node_of(run, key))["spec"]
+        assert spec["completionMode"] == "Indexed"
+        assert spec["completions"] == spec["parallelism"] == 8
+    spec = render_job(run, node_of(run, "i1-train"))["spec"]
+    assert "completionMode" not in spec and "completions" not in spec
+
+
+def test_security_context_is_restricted():
+    run = run_of()
+    job = render_job(run, node_of(run, "i1-train"))
+    pod = job["spec"]["template"]["spec"]
+    c = container(job)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]] and "emptyDir" in volumes[mounts["/cache"]]
+
+
+def test_test_pod_annotations_selectors():
+    doc = copy.deepcopy(CLUSTER)
+    doc["metadata"]["annotations"] = {TEST_POD_ANNOTATIONS: json.dumps({
+        "*": {"synpo.dev/fake-duration": "2s", "synpo.dev/fake-exit-code": "0"},
+        "train": {"synpo.dev/fake-exit-code": "1"},
+        "i2-train": {"synpo.dev/fake-exit-code": "0", "synpo.dev/fake-termination-message": "{\"rows\": 1}"},
+    })}
+    run = parse_resource(doc)
+    ann = lambda key: render_job(run, node_of(run, key))["spec"]["template"]["metadata"].get("annotations")  # noqa: E731
+    assert ann("i0-keywords") == {"synpo.dev/fake-duration": "2s", "synpo.dev/fake-exit-code": "0"}
+    assert ann("i1-train")["synpo.dev/fake-exit-code"] == "1"
+    assert ann("i2-train")["synpo.dev/fake-exit-code"] == "0"
+    assert ann("i2-train")["synpo.dev/fake-termination-message"] == '{"rows": 1}'
+    # malformed annotations are ignored, not fatal
+    doc["metadata"]["annotations"] = {TEST_POD_ANNOTATIONS: "{not json"}
+    run = parse_resource(doc)
+    assert "annotations" not in render_job(run, node_of(run, "i0-keywords"))["spec"]["template"]["metadata"]
+
+
+def test_render_run_manifests_first_and_all():
+    run = run_of()
+    first = render_run_manifests(run)
+    assert [m["kind"] for m in first] == ["ConfigMap", "Job"] * (len(first) // 2)
+    assert {m["metadata"]["name"] for m in first if m["kind"] == "Job"} == {
+        "llama3-synpo-i0-keywords", "llama3-synpo-i0-evaluate", "llama3-synpo-i1-improver"}
+    every = render_run_manifests(run, all_stages=True)
+    assert len(every) == 2 * len(stage_graph(run.spec))
+    assert len({m["metadata"]["name"] for m in every if m["kind"] == "Job"}) == len(stage_graph(run.spec))
+
+
+def test_plan_manifests_cli(capsys):
+    from synpo_operator.cli import main
+
+    assert main(["plan", str(ROOT / "examples" / "cluster-llama3.yaml"), "--manifests"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert {d["kind"] for d in docs} == {"ConfigMap", "Job"}
+
+
+names = st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    gpus=st.integers(0, 16), shards=st.integers(1, 8), backoff=st.integers(0, 20),
+    selector=st.dictionaries(names, names, max_size=3),
+    env=st.lists(st.tuples(st.from_regex(r"[A-Z][A-Z0-9_]{0,8}", fullmatch=True), names, st.booleans()),
+                 max_size=4),
+    queue=st.one_of(st.none(), names), volume=st.booleans(),
+)
+def test_no_spec_can_escalate(gpus, shards, backoff, selector, env, queue, volume):
+    """Whatever the spec says: no hostPath, no privilege, no added capability, no secret value inline."""
+    doc = copy.deepcopy(CLUSTER)
+    spec = doc["spec"]
+    spec["resources"].update(gpusPerPod=gpus, nodeSelector=selector)
+    spec["generation"]["shards"] = shards
+    spec["backoffLimit"] = backoff
+    spec["queueName"] = queue
+    spec["env"] = [({"name": n, "secretKeyRef": {"name": v, "key": "k"}} if secret else {"name": n, "value": v})
+                   for n, v, secret in env]
+    spec["storage"] = {"volume": {"claimName": "ws"}} if volume else {"uri": "s3://b/r"}
+    run = parse_resource(doc)
+    for node in stage_graph(run.spec):
+        for manifest in render_stage(run, node):
+            pairs = list(walk(manifest))
+            keys = {k for k, _ in pairs}
+            assert "hostPath" not in keys and "hostNetwork" not in keys and "hostPID" not in keys
+            assert all(v is not True for k, v in pairs if k in ("privileged", "allowPrivilegeEscalation"))
+            assert all(not v for k, v in pairs if k == "add")
+            assert "suspend" not in manifest.get("spec", {}) or queue
+
+
+@pytest.mark.parametrize("key", ["i0-keywords", "i1-refine", "i4-evaluate"])
+def test_manifests_are_plain_yaml(key):
+    run = run_of()
+    for manifest in render_stage(run, node_of(run, key)):
+        assert yaml.safe_load(yaml.safe_dump(manifest)) == manifest
