@@ -1,5 +1,5 @@
 # The two commands of the README. Both are idempotent and work on a fresh machine.
-.PHONY: quickstart test setup lint
+.PHONY: quickstart test setup lint crds
 
 setup:
 	bash scripts/setup.sh
@@ -12,3 +12,6 @@ test: setup
 
 lint: setup
 	.venv/bin/ruff check operator workloads tests bench
+
+crds: setup
+	.venv/bin/synpo crds --write crds --write helm/synpo-operator/crds

@@ -44,13 +44,13 @@ def _plan(args: argparse.Namespace) -> int:
 def _crds(args: argparse.Namespace) -> int:
     from .api.crd import crd_files, render_all
 
-    if args.write:
-        out = Path(args.write)
+    for directory in args.write or []:
+        out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         for name, text in crd_files().items():
             (out / name).write_text(text, encoding="utf-8")
             print(f"wrote {out / name}")
-    else:
+    if not args.write:
         print(render_all(), end="")
     return 0
 
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=_plan)
 
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions (generated from the API models)")
-    crds.add_argument("--write", metavar="DIR", help="write one file per CRD into DIR instead")
+    crds.add_argument("--write", metavar="DIR", action="append",
+                      help="write one file per CRD into DIR instead (repeatable: crds/ and the chart's crds/)")
     crds.set_defaults(func=_crds)
 
     for module in PLUGINS:

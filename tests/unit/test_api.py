@@ -54,7 +54,7 @@ def test_invalid_specs_are_rejected(quickstart_doc, changes, fragment):
 
 def test_committed_crds_equal_generated():
     for name, text in crd_files().items():
-        assert (ROOT / "crds" / name).read_text() == text, f"crds/{name} drifted: run `synpo crds --write crds`"
+        assert (ROOT / "crds" / name).read_text() == text, f"crds/{name} drifted: run `make crds`"
     assert sorted(p.name for p in (ROOT / "crds").glob("*.yaml")) == sorted(crd_files())
 
 
