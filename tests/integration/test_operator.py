@@ -84,8 +84,9 @@ def run_doc(name: str, *, pods: dict[str, dict[str, str]] | None = None, **spec:
 class Operator:
     """`synpo operator` as a child process, with its log and metrics endpoint."""
 
-    def __init__(self, kubeconfig: str, namespace: str, log_dir: Path):
+    def __init__(self, kubeconfig: str, namespace: str, log_dir: Path, extra_args: tuple[str, ...] = ()):
         self.kubeconfig = kubeconfig
+        self.extra_args = extra_args
         self.namespace = namespace
         self.log_dir = log_dir
         self.proc: subprocess.Popen | None = None
@@ -99,7 +100,8 @@ class Operator:
         env = {**os.environ, "KUBECONFIG": self.kubeconfig, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "synpo_operator.cli", "operator", "--namespace", self.namespace,
-             "--resync-seconds", "1", "--metrics-port", str(self.port), "--health-port", "0"],
+             "--resync-seconds", "1", "--metrics-port", str(self.port), "--health-port", "0",
+             *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -199,3 +199,9 @@ def test_graph_is_in_execution_order_and_trains_from_m0(s):
         seen.add(node.id)
         if node.id.name == TRAIN:
             assert node.models == {"base": s.model.base}
+
+
+def test_a_non_retryable_failure_fails_at_once():
+    bad_input = StageState(StagePhase.FAILED, attempts=1, message="exit code 2: eval.jsonl line 2", retryable=False)
+    d = plan(spec(), {"i0-keywords": bad_input}, max_attempts=3)
+    assert d.phase == "Failed" and "eval.jsonl line 2" in d.message

@@ -22,6 +22,8 @@ from ..plan.graph import StageNode, stage_graph
 from ..plan.planner import StagePhase, StageState, Start
 from ..plan.stage_config import run_root, stage_config
 
+BAD_INPUT_EXIT_CODE = 2
+"""Stage programs exit 2 on bad input data or config: retrying cannot help (Jobs fail fast on it too)."""
 PROGRESS_PREFIX = "SYNPO_PROGRESS "
 """Stage programs print `SYNPO_PROGRESS {"done": n, "total": m, "unit": "..."}` lines; shown as bars."""
 
@@ -175,7 +177,8 @@ class LocalExecutor:
                               f"exited 0 without a valid manifest; log: {attempt.logs[0]}")
         last = _last_error_line(attempt.logs[bad])
         reason = f"exit code {codes[bad]}" + (f": {last}" if last else "")
-        return StageState(StagePhase.FAILED, attempt.attempt, f"{reason} (log: {attempt.logs[bad]})")
+        return StageState(StagePhase.FAILED, attempt.attempt, f"{reason} (log: {attempt.logs[bad]})",
+                          retryable=codes[bad] != BAD_INPUT_EXIT_CODE)
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -27,6 +27,8 @@ class StageState:
     phase: StagePhase
     attempts: int = 1
     message: str = ""
+    retryable: bool = True
+    """False when another attempt cannot help (bad input data: exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def plan(
 
     for node in graph:
         seen = state[node.key]
-        if seen and seen.phase is StagePhase.FAILED and seen.attempts >= max_attempts:
+        if seen and seen.phase is StagePhase.FAILED and (seen.attempts >= max_attempts or not seen.retryable):
             detail = f": {seen.message}" if seen.message else ""
             return Decision("Failed", "StageFailed",
                             f"stage {node.key} failed after {seen.attempts} attempt(s){detail}",

@@ -1,0 +1,85 @@
+"""`synpo run` end to end on a tiny random Llama: all stages, report, and resume after an interrupt."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import tiny_spec, write_run
+
+pytestmark = pytest.mark.workloads
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def synpo(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "synpo_operator.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=ENV, **kw)
+
+
+def manifests(run_dir: Path) -> dict[str, float]:
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.glob("iter-*/*/**/manifest.json")}
+
+
+def test_two_iterations_interrupted_and_resumed(tiny_model: str, tmp_path: Path):
+    storage = tmp_path / "runs"
+    run_file = write_run(tmp_path / "run.yaml", "tiny", tiny_spec(tiny_model, str(storage)))
+    run_dir = storage / "default" / "tiny"
+
+    # Interrupt once the prompt generator is trained: some stages are done, later ones are not.
+    first = synpo("run", str(run_file), "--no-report")
+    deadline = time.monotonic() + 600
+    while not (run_dir / "iter-0" / "prompt-generator" / "manifest.json").exists():
+        assert first.poll() is None, first.stdout.read()
+        assert time.monotonic() < deadline, "the prompt generator never finished"
+        time.sleep(0.5)
+    first.send_signal(signal.SIGINT)
+    out, _ = first.communicate(timeout=120)
+    assert first.returncode == 130, out
+    assert "run the same command again" in out
+    done_before = manifests(run_dir)
+    assert "iter-0/keywords/manifest.json" in done_before
+
+    second = synpo("run", str(run_file))
+    out, _ = second.communicate(timeout=1800)
+    assert second.returncode == 0, out
+    assert "Succeeded" in out
+    # Finished stages were not redone: their manifests are untouched.
+    after = manifests(run_dir)
+    assert {k: after[k] for k in done_before} == done_before
+    for key in ("iter-1/train", "iter-2/train", "iter-2/pairs", "iter-2/evaluate", "iter-0/evaluate"):
+        assert (run_dir / key / "manifest.json").exists(), key
+    assert (run_dir / "iter-2" / "train" / "model" / "config.json").exists()
+    assert list((run_dir / "logs").glob("i2-train*.log"))
+    # The report: one row per iteration, M0 beside M1 and M2, and a plot.
+    report = (run_dir / "report.md").read_text()
+    assert "| 0 " in report and "| 1 " in report and "| 2 " in report
+    assert (run_dir / "report.png").stat().st_size > 1000
+
+    # Running a finished run again redoes nothing.
+    third = synpo("run", str(run_file), "--no-report")
+    out, _ = third.communicate(timeout=300)
+    assert third.returncode == 0 and "→" not in out, out
+    assert manifests(run_dir) == after
+
+
+def test_bad_data_fails_the_stage_clearly_and_keeps_earlier_artifacts(tiny_model: str, tmp_path: Path):
+    bad_eval = tmp_path / "eval.jsonl"
+    bad_eval.write_text('{"prompt": "fine"}\n{"prompt": broken\n')
+    spec = tiny_spec(tiny_model, str(tmp_path / "runs"), iterations=1)
+    spec["data"]["eval"] = str(bad_eval)
+    run_file = write_run(tmp_path / "run.yaml", "bad", spec)
+    proc = synpo("run", str(run_file), "--no-report")
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 1, out
+    assert "i0-evaluate" in out and "line 2" in out and "Traceback" not in out.split("Failed:")[-1]
+    assert (tmp_path / "runs" / "default" / "bad" / "iter-0" / "keywords" / "manifest.json").exists()
+    summary = json.loads((tmp_path / "runs" / "default" / "bad" / "iter-0" / "keywords" / "manifest.json")
+                         .read_text())
+    assert summary["files"]
