@@ -24,13 +24,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    default=float(os.environ.get("SYNPO_OPERATOR_RESYNC_SECONDS", "30")),
                    help="how often every run is reconciled even without events (default 30)")
     p.add_argument("--workers", type=int, default=8, help="threads for reconciles (default 8)")
+    p.add_argument("--max-active-runs", type=_cap, metavar="N",
+                   default=os.environ.get("SYNPO_MAX_ACTIVE_RUNS") or "0",
+                   help="at most N started, unfinished runs across the watched namespaces; further runs wait "
+                        "in phase Pending (WaitingForCapacity), oldest first (default 0: no cap; env "
+                        "SYNPO_MAX_ACTIVE_RUNS)")
+    p.add_argument("--max-active-runs-per-namespace", type=_cap, metavar="N",
+                   default=os.environ.get("SYNPO_MAX_ACTIVE_RUNS_PER_NAMESPACE") or "0",
+                   help="the same cap per namespace (default 0: no cap; env SYNPO_MAX_ACTIVE_RUNS_PER_NAMESPACE)")
     p.add_argument("--verbose", "-v", action="store_true", help="log every handler call")
     p.set_defaults(func=_run)
+
+
+def _cap(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be 0 (no cap) or more")
+    return n
 
 
 def _run(args: argparse.Namespace) -> int:
     # handlers read these at import time (kopf decorators take their intervals then)
     os.environ["SYNPO_OPERATOR_EXECUTOR"] = args.executor
+    os.environ["SYNPO_OPERATOR_NAMESPACES"] = ",".join(args.namespace)
+    os.environ["SYNPO_MAX_ACTIVE_RUNS"] = str(args.max_active_runs)
+    os.environ["SYNPO_MAX_ACTIVE_RUNS_PER_NAMESPACE"] = str(args.max_active_runs_per_namespace)
     os.environ["SYNPO_OPERATOR_RESYNC_SECONDS"] = str(args.resync_seconds)
     os.environ["SYNPO_OPERATOR_WORKERS"] = str(args.workers)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -128,3 +128,61 @@ def delete_run(namespace: str, name: str) -> bool:
         if err.not_found:
             return False
         raise
+
+
+# ---- schedules --------------------------------------------------------------------------------------------
+
+SCHEDULE_PLURAL = "synposchedules"
+
+
+def schedule_path(namespace: str, name: str | None = None) -> str:
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{SCHEDULE_PLURAL}"
+    return f"{base}/{name}" if name else base
+
+
+def get_schedule(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return request("GET", schedule_path(namespace, name))
+    except KubeError as err:
+        if err.not_found:
+            return None
+        raise
+
+
+def patch_schedule_status(namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+    """Merge-patch the schedule's status subresource (never the spec)."""
+    try:
+        return request("PATCH", schedule_path(namespace, name) + "/status", {"status": patch},
+                       content_type="application/merge-patch+json")
+    except KubeError as err:
+        if err.not_found:
+            return None
+        raise
+
+
+def list_runs(namespace: str | None = None, selector: str | None = None) -> list[dict[str, Any]]:
+    """SynPORuns of a namespace (or of every namespace), optionally by label selector."""
+    path = run_path(namespace) if namespace else f"/apis/{GROUP}/{VERSION}/{RUN_PLURAL}"
+    return (request("GET", path, query={"labelSelector": selector}) or {}).get("items") or []
+
+
+def create_run(namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """Create a run unless it exists: the created object, or None on 409 AlreadyExists."""
+    try:
+        return request("POST", run_path(namespace), body)
+    except KubeError as err:
+        if err.conflict:
+            return None
+        raise
+
+
+def annotate_run(namespace: str, name: str, annotations: dict[str, str | None]) -> bool:
+    """Merge-patch the run's annotations (metadata only); False when the run is gone."""
+    try:
+        request("PATCH", run_path(namespace, name), {"metadata": {"annotations": annotations}},
+                content_type="application/merge-patch+json")
+        return True
+    except KubeError as err:
+        if err.not_found:
+            return False
+        raise

@@ -53,6 +53,16 @@ class Metrics:
         self.reconcile_errors = Counter("synpo_reconcile_errors", "Reconciles that raised an error",
                                         ["kind"], registry=r)
         self.reconciles = Counter("synpo_reconciles", "Reconciles done", registry=r)
+        # schedules
+        self.schedule_runs_created = Counter("synpo_schedule_runs_created", "SynPORuns created by schedules",
+                                             ["namespace", "schedule"], registry=r)
+        self.promotions = Counter("synpo_promotions", "Promotion gate decisions (promoted or refused)",
+                                  ["namespace", "schedule", "decision"], registry=r)
+        self.promoted_score = Gauge("synpo_promoted_score", "The gate metric's value of the promoted model",
+                                    ["namespace", "schedule"], registry=r)
+        self.schedule_missed = Counter("synpo_schedule_missed", "Scheduled times that got no run of their own "
+                                       "(folded into a later run after an outage, as CronJob does)",
+                                       ["namespace", "schedule"], registry=r)
         self._lock = threading.Lock()
         self._phases: dict[tuple[str, str], str] = {}
         self._series: dict[tuple[str, str], set[tuple[Any, tuple[str, ...]]]] = {}
@@ -116,6 +126,35 @@ class Metrics:
             self.stage_gpu_seconds.labels(stage=stage).inc(rec.gpu_seconds or 0.0)
             if tr.new == "Failed":
                 self.stage_failures.labels(stage=stage).inc()
+
+    def observe_schedule(self, namespace: str, schedule: str, outcome: Any, created: int) -> None:
+        """Update the metrics from one schedule step (`schedule.ScheduleOutcome`); `created`: runs created
+        now (a 409 for a run an earlier step created does not count)."""
+        key = ("schedule", namespace + "/" + schedule)
+        if created:
+            self.schedule_runs_created.labels(namespace, schedule).inc(created)
+        if created and outcome.missed:
+            self.schedule_missed.labels(namespace, schedule).inc(outcome.missed)
+        for _run, promoted in outcome.promotions:
+            self.promotions.labels(namespace, schedule, "promoted" if promoted else "refused").inc()
+        value = ((outcome.status or {}).get("promoted") or {}).get("value")
+        with self._lock:
+            if value is not None:
+                self.promoted_score.labels(namespace, schedule).set(value)
+                self._track(key, self.promoted_score, (namespace, schedule))
+            for metric in (self.schedule_runs_created, self.schedule_missed):
+                self._track(key, metric, (namespace, schedule))
+            for decision in ("promoted", "refused"):
+                self._track(key, self.promotions, (namespace, schedule, decision))
+
+    def forget_schedule(self, namespace: str, schedule: str) -> None:
+        """Drop the schedule's series (it was deleted)."""
+        with self._lock:
+            for metric, labels in self._series.pop(("schedule", namespace + "/" + schedule), set()):
+                try:
+                    metric.remove(*labels)
+                except KeyError:
+                    pass
 
     def error(self, kind: str = "reconcile") -> None:
         self.reconcile_errors.labels(kind=kind).inc()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from . import clock
 from .api.common import Condition
 from .api.loader import SpecError, parse_resource
 from .api.run import IterationSummary, StageStatus, SynPORun, SynPORunStatus
@@ -23,6 +24,7 @@ from .plan.graph import STAGES, StageId, model_artifact, stage_graph
 from .plan.planner import Decision, StagePhase, StageState, Start, plan
 
 MAX_MESSAGE = 1024
+WAITING_FOR_CAPACITY = "WaitingForCapacity"
 CONDITION_TYPES = ("Ready", "Succeeded", "Failed", "Suspended")
 RESULT_VALUE = (int, float, str, bool)
 
@@ -524,13 +526,16 @@ def _events_for(transitions: list[Transition], started: list[str], names: Mappin
 
 
 def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: datetime | None = None, *,
-              executor_check: Any = None, max_attempts: Any = 1) -> Outcome:
+              executor_check: Any = None, max_attempts: Any = 1, admit: Any = None) -> Outcome:
     """One reconcile of a run. `executor` is None when the executor cannot be built (bad spec).
 
     executor_check: optional callable(run) -> list of problems the executor has with the spec (e.g. a
     local storage path for the Jobs executor); problems are reported as InvalidSpec.
-    max_attempts: starts per stage (1 for Jobs, which retry pods themselves), or callable(run) -> int."""
-    now = now or now_utc()
+    max_attempts: starts per stage (1 for Jobs, which retry pods themselves), or callable(run) -> int.
+    admit: optional callable() -> (bool, message), asked before a run that has not started any stage starts
+    its first one (the concurrent-run caps); when it says no, nothing starts and the run stays Pending with
+    reason WaitingForCapacity."""
+    now = now or clock.now()
     meta = body.get("metadata") or {}
     generation = meta.get("generation")
     previous = dict(body.get("status") or {})
@@ -567,6 +572,13 @@ def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: 
 
     started: list[str] = []
     stopped: list[str] = []
+    waiting: str | None = None
+    if (decision.phase == "Running" and decision.start and admit is not None and not records
+            and not prev_stages and not previous.get("startTime")):
+        allowed, why = admit()
+        if not allowed:
+            waiting = why or "waiting for capacity"
+            decision = Decision(phase="Pending", reason=WAITING_FOR_CAPACITY, message=waiting)
     if decision.phase == "Running":
         for start in decision.start:
             if executor.start(start):
@@ -619,7 +631,8 @@ def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: 
         iteration=decision.iteration if decision.iteration is not None else (
             run.spec.iterations if phase == "Succeeded" else previous.get("iteration")),
         stage=decision.stage,
-        start_time=previous.get("startTime") or (rfc3339(now) if phase in ("Running", "Pending") else None),
+        start_time=previous.get("startTime") or (
+            rfc3339(now) if phase in ("Running", "Pending") and waiting is None else None),
         completion_time=(previous.get("completionTime") or rfc3339(now)) if decision.finished else None,
         artifacts=artifacts,
         stages=list(ordered.values()),
@@ -642,6 +655,8 @@ def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: 
             events.append(Event("Normal", "Suspended", message))
         elif prev_phase == "Suspended":
             events.append(Event("Normal", "Resumed", "spec.suspend is false: the run continues"))
+    if waiting is not None and (_ready_reason(previous) != WAITING_FOR_CAPACITY):
+        events.append(Event("Normal", WAITING_FOR_CAPACITY, _clip(waiting)))
     if stopped:
         events.append(Event("Normal", "StagesStopped", f"deleted the Jobs of {', '.join(sorted(stopped))}"))
     outcome = Outcome(status=_normalise(status.to_api()), phase=phase, events=events, transitions=transitions,
@@ -659,6 +674,13 @@ def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: 
         begun = parse_time(status.start_time) or now
         outcome.requeue_after = max(0.0, run.spec.active_deadline_seconds - (now - begun).total_seconds()) + 0.5
     return outcome
+
+
+def _ready_reason(status: Mapping[str, Any]) -> str | None:
+    for cond in status.get("conditions") or []:
+        if isinstance(cond, Mapping) and cond.get("type") == "Ready":
+            return cond.get("reason")
+    return None
 
 
 def _normalise(status: Mapping[str, Any]) -> dict[str, Any]:

@@ -170,6 +170,8 @@ class ScheduleOutcome:
     """(type, reason, message) Events for the schedule."""
     promotions: list[tuple[str, bool]] = field(default_factory=list)
     """(run, promoted) decisions made now, for metrics."""
+    missed: int = 0
+    """Scheduled times folded into the run created now (missed, as CronJob would: no run of their own)."""
     requeue_seconds: float = 60.0
 
 
@@ -187,11 +189,18 @@ def _evaluation(run: dict) -> Evaluation:
     evaluated = [i for i in iterations if i.get("index", 0) > 0 and
                  any(i.get(k) is not None for k in ("winRate", "lcWinRate", "score"))]
     last = evaluated[-1] if evaluated else {}
-    trained = [i for i in iterations if i.get("model")]
+    trained = [i for i in iterations if i.get("index", 0) > 0 and i.get("model")]
     baseline = next((i for i in iterations if i.get("index") == 0), {})
     return Evaluation(run=run["metadata"]["name"], model=(trained[-1]["model"] if trained else ""),
                       win_rate=last.get("winRate"), lc_win_rate=last.get("lcWinRate"), score=last.get("score"),
                       baseline_score=baseline.get("score"))
+
+
+def _ready_reason(status: dict) -> str | None:
+    for cond in status.get("conditions") or []:
+        if isinstance(cond, dict) and cond.get("type") == "Ready":
+            return cond.get("reason")
+    return None
 
 
 def reconcile_schedule(body: dict, runs: list[dict], *, now: datetime,
@@ -220,6 +229,10 @@ def reconcile_schedule(body: dict, runs: list[dict], *, now: datetime,
             last_success = done_at
         name = run["metadata"]["name"]
         if not spec.promotion.enabled or PROMOTION_ANNOTATION in (run["metadata"].get("annotations") or {}):
+            continue
+        if promoted is not None and promoted.run == name:
+            # promoted by an earlier step whose annotation write was lost: record it, judge nothing again
+            out.annotate[name] = "promoted"
             continue
         candidate = _evaluation(run)
         verdict = promotion_decision(spec, candidate, promoted)
@@ -274,29 +287,39 @@ def reconcile_schedule(body: dict, runs: list[dict], *, now: datetime,
         })
         active.append(name)
         last_schedule = decision.create
+        out.missed = max(0, decision.missed - 1)
         out.events.append(("Normal", "RunCreated", f"created run {name} for {_rfc3339(decision.create)}"
                            + (f" from promoted model of {promoted.run}" if promoted and spec.promotion.enabled
-                              else "")))
-    elif decision.skipped and decision.missed:
+                              else "")
+                           + (f" ({out.missed} earlier missed time(s) skipped)" if out.missed else "")))
+    elif decision.skipped and decision.missed and _ready_reason(old) != decision.reason:
+        # once per episode (the Ready condition keeps the reason), not at every step
         out.events.append(("Warning" if decision.reason == "TooManyMissedTimes" else "Normal",
                            decision.reason, decision.skipped))
 
     ready = decision.reason not in ("TooManyMissedTimes",)
+    generation = meta.get("generation")
+    previous = {c.get("type"): c for c in old.get("conditions") or [] if isinstance(c, dict)}
+
+    def condition(type_: str, true: bool, reason: str, message: str) -> dict:
+        status = "True" if true else "False"
+        before = previous.get(type_) or {}
+        since = before.get("lastTransitionTime") if before.get("status") == status else None
+        return {"type": type_, "status": status, "reason": reason, "message": message,
+                "observedGeneration": generation, "lastTransitionTime": since or _rfc3339(now)}
+
     out.status = {
-        "observedGeneration": meta.get("generation"),
+        "observedGeneration": generation,
         "active": sorted(active),
         "lastScheduleTime": _rfc3339(last_schedule) if last_schedule else None,
         "lastSuccessfulTime": _rfc3339(last_success) if last_success else None,
         "promoted": promoted.to_api() if promoted else None,
         "lastPromotionDecision": decision_text,
         "conditions": [
-            {"type": "Ready", "status": "True" if ready else "False", "reason": decision.reason or "Waiting",
-             "message": decision.skipped or (f"next run at {_rfc3339(decision.requeue_at)}"
-                                             if decision.requeue_at else ""),
-             "observedGeneration": meta.get("generation"), "lastTransitionTime": _rfc3339(now)},
-            {"type": "Suspended", "status": "True" if spec.suspend else "False",
-             "reason": "Suspended" if spec.suspend else "Active", "message": "",
-             "observedGeneration": meta.get("generation"), "lastTransitionTime": _rfc3339(now)},
+            condition("Ready", ready, decision.reason or "Waiting",
+                      decision.skipped or (f"next run at {_rfc3339(decision.requeue_at)}"
+                                           if decision.requeue_at else "")),
+            condition("Suspended", spec.suspend, "Suspended" if spec.suspend else "Active", ""),
         ],
     }
     if decision.requeue_at:

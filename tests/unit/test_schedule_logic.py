@@ -172,3 +172,75 @@ def test_reconcile_prunes_history_and_respects_forbid():
                              now=T0 + timedelta(hours=1, seconds=1))
     assert out.delete == ["ok0", "ok1"] and out.create == []
     assert out.status["conditions"][0]["reason"] == "ConcurrencyForbid"
+
+
+def test_reconcile_keeps_condition_times_and_reports_a_skip_once():
+    live = run_body("live", "Running")
+    first = reconcile_schedule(schedule_body(), [live], now=T0 + timedelta(hours=1, seconds=1))
+    assert [e[1] for e in first.events] == ["ConcurrencyForbid"]
+    later = reconcile_schedule({**schedule_body(), "status": first.status}, [live],
+                               now=T0 + timedelta(hours=1, seconds=40))
+    assert later.events == []  # once per episode, not every step
+    assert later.status == first.status  # nothing changed: the handler writes nothing
+
+
+def test_reconcile_counts_the_missed_times_folded_into_one_run():
+    body = {**schedule_body(), "status": {"lastScheduleTime": "2026-11-02T01:00:00Z"}}
+    out = reconcile_schedule(body, [], now=T0 + timedelta(hours=5, minutes=10))
+    (run,) = out.create
+    assert run["metadata"]["name"] == run_name("hourly", T0 + timedelta(hours=5))
+    assert out.missed == 3 and "3 earlier missed time(s) skipped" in out.events[-1][2]
+
+
+def test_a_promoted_run_whose_mark_was_lost_is_not_judged_again():
+    done = run_body("hourly-1", "Succeeded", "2026-11-02T00:50:00Z",
+                    iterations=[{"index": 1, "score": 0.6, "model": "/m1"}])
+    promoted = {"model": "/m1", "run": "hourly-1", "metric": "score", "value": 0.6, "score": 0.6}
+    body = {**schedule_body(promotion={"metric": "score"}), "status": {"promoted": promoted}}
+    out = reconcile_schedule(body, [done], now=T0 + timedelta(minutes=55))
+    assert out.annotate == {"hourly-1": "promoted"} and out.promotions == [] and out.events == []
+    assert out.status["promoted"]["run"] == "hourly-1"
+
+
+def test_a_run_without_a_trained_model_is_not_promoted():
+    done = run_body("hourly-1", "Succeeded", "2026-11-02T00:50:00Z",
+                    iterations=[{"index": 0, "model": "m"}, {"index": 1, "winRate": 0.9}])
+    out = reconcile_schedule(schedule_body(), [done], now=T0 + timedelta(minutes=55))
+    assert out.annotate == {"hourly-1": "refused"} and out.status["promoted"] is None
+    assert "reports no trained model" in out.status["lastPromotionDecision"]
+
+
+def test_schedule_metrics():
+    from synpo_operator.metrics import Metrics
+
+    m = Metrics()
+    done = run_body("hourly-1", "Succeeded", "2026-11-02T00:50:00Z",
+                    iterations=[{"index": 1, "winRate": 0.7, "model": "/m1"}])
+    out = reconcile_schedule({**schedule_body(), "status": {"lastScheduleTime": "2026-11-01T21:00:00Z"}}, [done],
+                             now=T0 + timedelta(hours=1, seconds=1))
+    m.observe_schedule("ns", "hourly", out, created=1)
+    text = m.render().decode()
+    assert 'synpo_schedule_runs_created_total{namespace="ns",schedule="hourly"} 1.0' in text
+    assert 'synpo_promotions_total{decision="promoted",namespace="ns",schedule="hourly"} 1.0' in text
+    assert 'synpo_promoted_score{namespace="ns",schedule="hourly"} 0.7' in text
+    assert 'synpo_schedule_missed_total{namespace="ns",schedule="hourly"} 3.0' in text
+    m.forget_schedule("ns", "hourly")
+    assert 'schedule="hourly"' not in m.render().decode()
+
+
+def test_the_weekly_example_plans_and_matches_the_schema(capsys):
+    import jsonschema
+    import yaml
+
+    from synpo_operator.api.crd import openapi_schema
+    from synpo_operator.api.schedule import SynPOSchedule
+    from synpo_operator.cli import main
+
+    from .conftest import ROOT
+    from .test_api import _without_k8s_extensions
+
+    path = ROOT / "examples" / "schedule-weekly.yaml"
+    assert main(["plan", str(path)]) == 0
+    assert "SynPOSchedule alignment/llama3-weekly: schedule '0 2 * * 0' (Europe/Berlin)" in capsys.readouterr().out
+    schema = _without_k8s_extensions(openapi_schema(SynPOSchedule))
+    jsonschema.Draft4Validator(schema).validate(yaml.safe_load(path.read_text()))
