@@ -28,7 +28,7 @@ VALUE_SETS = {
         "podAnnotations": {"example.com/team": "alignment"},
         "serviceAccount": {"create": True, "name": "synpo", "annotations": {"iam.example/role": "synpo"}},
         "logLevel": "debug",
-        "operator": {"maxConcurrentRuns": 4, "workers": 16, "resyncSeconds": 60},
+        "operator": {"maxActiveRuns": 4, "maxActiveRunsPerNamespace": 2, "workers": 16, "resyncSeconds": 60},
         "metrics": {"port": 9090},
     },
 }
@@ -159,7 +159,8 @@ def test_custom_values_reach_the_deployment(rendered):
     args = c["args"]
     assert "--verbose" in args
     assert args[args.index("--workers") + 1] == "16"
-    assert {e["name"]: e.get("value") for e in c["env"]}["SYNPO_OPERATOR_MAX_CONCURRENT_RUNS"] == "4"
+    assert args[args.index("--max-active-runs") + 1] == "4"
+    assert args[args.index("--max-active-runs-per-namespace") + 1] == "2"
     assert args[args.index("--metrics-port") + 1] == "9090"
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 9090, "health": 8081}
     (svc,) = by_kind(rendered["custom"], "Service")
@@ -259,7 +260,7 @@ BAD_VALUES = [
     ({"metrics": {"serviceMonitor": {"enabled": "yes"}}}, "enabled"),
     ({"watchNamespaces": ["Team_A"]}, "watchNamespaces"),
     ({"logLevel": "verbose"}, "logLevel"),
-    ({"operator": {"maxConcurrentRuns": -1}}, "maxConcurrentRuns"),
+    ({"operator": {"maxActiveRuns": -1}}, "maxActiveRuns"),
     ({"grafana": {"dashboard": {"enabled": True, "folder": "x"}}}, "folder"),
 ]
 
