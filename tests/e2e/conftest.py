@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-_WORKLOADS_CONFTEST = Path(__file__).resolve().parents[1] / "workloads" / "conftest.py"
+_WORKLOADS_CONFTEST = Path(__file__).resolve().parents[1] / "workloads" / "wl_helpers.py"
 _spec = importlib.util.spec_from_file_location("synpo_workloads_test_fixtures", _WORKLOADS_CONFTEST)
 fixtures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fixtures)

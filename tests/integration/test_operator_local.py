@@ -10,7 +10,7 @@ import pytest
 
 from .test_operator import RUNS, Operator, conditions, crds, wait_run  # noqa: F401  (crds is a fixture)
 
-_conftest = Path(__file__).resolve().parents[1] / "workloads" / "conftest.py"
+_conftest = Path(__file__).resolve().parents[1] / "workloads" / "wl_helpers.py"
 _spec = importlib.util.spec_from_file_location("synpo_workloads_test_fixtures", _conftest)
 fixtures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fixtures)
