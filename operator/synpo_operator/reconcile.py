@@ -580,9 +580,12 @@ def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: 
             waiting = why or "waiting for capacity"
             decision = Decision(phase="Pending", reason=WAITING_FOR_CAPACITY, message=waiting)
     if decision.phase == "Running":
-        for start in decision.start:
-            if executor.start(start):
-                started.append(start.stage.key)
+        start_many = getattr(executor, "start_many", None)
+        if callable(start_many) and len(decision.start) > 1:
+            created = start_many(decision.start)  # independent stages: created concurrently
+        else:
+            created = [executor.start(start) for start in decision.start]
+        started = [start.stage.key for start, ok in zip(decision.start, created, strict=True) if ok]
         if decision.start:
             records = executor.records()
     elif decision.phase in ("Suspended", "Failed") and any(not r.finished for r in records.values()):
@@ -594,7 +597,9 @@ def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: 
     gpu: dict[str, float] = {}
     for key, rec in records.items():
         stages[key] = _stage_status(rec, prev_stages.get(key))
-        gpu[key] = rec.gpu_seconds or 0.0
+        # finished stages only: a running pod's GPU time grows with the clock, and counting it would change
+        # the status (a write, a watch event, another reconcile) on every reconcile while a GPU pod runs
+        gpu[key] = (rec.gpu_seconds or 0.0) if rec.finished else 0.0
     for key, st in prev_stages.items():
         if key not in stages and st.get("phase") in ("Succeeded", "Failed"):
             try:

@@ -7,17 +7,31 @@ so killing the operator at any point never leads to a duplicate Job.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
 from ..api.run import SynPORun
-from ..kube import KubeError, request
+from ..kube import KubeError, WatchCache, request, slim_job, slim_pod, watch_cache
 from ..plan.planner import StagePhase, StageState, Start
 from ..reconcile import StageRecord, job_record, now_utc
 from .manifests import LABEL_RUN, LABEL_STAGE_KEY, render_stage
 
 Request = Callable[..., Any]
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _start_pool() -> ThreadPoolExecutor:
+    """Threads that create the ConfigMaps and Jobs of independent stages at the same time."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="synpo-start")
+        return _pool
 
 
 def _owned_by(obj: dict[str, Any], uid: str | None) -> bool:
@@ -25,6 +39,15 @@ def _owned_by(obj: dict[str, Any], uid: str | None) -> bool:
         return True
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     return any(r.get("uid") == uid for r in refs)
+
+
+def _may_have_pods(job: dict[str, Any]) -> bool:
+    """False only for a Job that never started a pod (no start time, counts or finished condition)."""
+    status = job.get("status") or {}
+    if any(status.get(k) for k in ("active", "succeeded", "failed", "ready", "startTime", "completionTime")):
+        return True
+    return any(c.get("type") in ("Complete", "Failed", "SuccessCriteriaMet", "FailureTarget")
+               for c in status.get("conditions") or [])
 
 
 def _is_local_path(uri: str) -> bool:
@@ -76,16 +99,63 @@ class JobExecutor:
         items = (self._request("GET", path, query={"labelSelector": self._selector}) or {}).get("items") or []
         return [i for i in items if _owned_by(i, self.uid)]
 
+    def _list_pods(self) -> list[dict[str, Any]]:
+        """Pods are owned by their Jobs, not by the run: matched to Jobs by owner uid in `records`."""
+        return (self._request("GET", self._pods, query={"labelSelector": self._selector}) or {}).get("items") or []
+
+    def _cache(self, path: str) -> WatchCache | None:
+        """The operator's watch cache of `path` (Jobs or pods labelled synpo.dev/run in the namespace), or
+        None when this executor talks to an injected client (tests) or caching is off/unavailable."""
+        if self._request is not request:
+            return None
+        return watch_cache(path, LABEL_RUN, transform=slim_pod if path == self._pods else slim_job)
+
+    def _cached_or_list(self, path: str) -> list[dict[str, Any]]:
+        cache = self._cache(path)
+        if cache is None:
+            return self._list(path)
+        cache.drain()
+        return [i for i in cache.by_label(self.name) if _owned_by(i, self.uid)]
+
     # ---- Executor ---------------------------------------------------------------------------------
     def jobs(self) -> list[dict[str, Any]]:
-        """The run's Jobs that are not being deleted."""
-        return [j for j in self._list(self._jobs) if not (j.get("metadata") or {}).get("deletionTimestamp")]
+        """The run's Jobs that are not being deleted (from the watch cache: no LIST per reconcile)."""
+        return [j for j in self._cached_or_list(self._jobs)
+                if not (j.get("metadata") or {}).get("deletionTimestamp")]
+
+    def _pods_for(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The run's pods; from the watch cache unless it has fewer finished pods than a Job counts (the
+        pods' own watch lagging behind the Jobs'), then by a LIST."""
+        if not any(_may_have_pods(j) for j in jobs):
+            return []  # no pod was ever started (e.g. suspended, waiting for Kueue): nothing to read
+        cache = self._cache(self._pods)
+        if cache is None:
+            return self._list_pods()
+        cache.drain()
+        pods = [p for p in cache.by_label(self.name)]
+        phases: dict[str, dict[str, int]] = {}
+        for pod in pods:
+            phase = (pod.get("status") or {}).get("phase")
+            for ref in (pod.get("metadata") or {}).get("ownerReferences") or []:
+                if ref.get("kind") == "Job":
+                    counts = phases.setdefault(ref.get("uid"), {})
+                    counts[phase] = counts.get(phase, 0) + 1
+        for job in jobs:
+            status = job.get("status") or {}
+            counts = phases.get((job.get("metadata") or {}).get("uid"), {})
+            if (counts.get("Succeeded", 0) < int(status.get("succeeded") or 0)
+                    or counts.get("Failed", 0) < int(status.get("failed") or 0)):
+                fresh = self._list_pods()
+                for pod in fresh:
+                    cache.put(pod)
+                return fresh
+        return pods
 
     def records(self) -> dict[str, StageRecord]:
         jobs = self.jobs()
         if not jobs:
             return {}
-        pods = (self._request("GET", self._pods, query={"labelSelector": self._selector}) or {}).get("items") or []
+        pods = self._pods_for(jobs)
         by_job: dict[str, list[dict[str, Any]]] = {}
         for pod in pods:
             for ref in (pod.get("metadata") or {}).get("ownerReferences") or []:
@@ -123,13 +193,32 @@ class JobExecutor:
                 raise
             self._refresh_config_map(config_map)
         try:
-            self._request("POST", self._jobs, job)
+            created = self._request("POST", self._jobs, job)
         except KubeError as err:
             if err.conflict:
                 return False
             raise
         self.created.append(job["metadata"]["name"])
+        cache = self._cache(self._jobs) if isinstance(created, dict) else None
+        if cache is not None:
+            cache.put(created)  # seen by this reconcile's status and the next one, before the watch has it
         return True
+
+    def start_many(self, starts: Sequence[Start]) -> list[bool]:
+        """`start` for several independent stages at once (their creates run concurrently)."""
+        if len(starts) <= 1:
+            return [self.start(s) for s in starts]
+        futures = [_start_pool().submit(self.start, s) for s in starts]
+        results, error = [], None
+        for future in futures:
+            try:
+                results.append(future.result())
+            except Exception as err:  # noqa: BLE001 - re-raised below once every create has finished
+                results.append(False)
+                error = error or err
+        if error is not None:
+            raise error
+        return results
 
     def _refresh_config_map(self, wanted: dict[str, Any]) -> None:
         """An existing ConfigMap with other content (the spec changed while the stage was not running)."""

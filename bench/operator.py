@@ -1,0 +1,588 @@
+"""Operator benchmark on the local control plane (`synpo dev-cluster`): N SynPORuns applied at once.
+
+    .venv/bin/python bench/operator.py                      # 1000 runs
+    .venv/bin/python bench/operator.py --runs 200 --baseline --json out.json
+
+What it does, per configuration (the operator under test, then with --baseline the naive one):
+
+1. a fresh namespace; a ServiceAccount for the operator (cluster-admin) with its own APF FlowSchema, so
+   the API server counts the operator's requests apart from everything else
+   (`apiserver_flowcontrol_dispatched_requests_total{flow_schema=...}`);
+2. `synpo operator --namespace <ns>` as a subprocess with that identity; its RSS (and its children's) is
+   sampled every 0.2 s;
+3. a watch on the namespace's Jobs records when each Job is first seen and when it is first seen Complete;
+4. N runs (1 iteration, 1 shard) are POSTed at once from a thread pool. `--flowing K` of them run to the
+   end: their pods finish after `--pod-duration` (kwok). The others carry `queueName`, so their Jobs are
+   created suspended (as Kueue expects) and wait for an admission that never comes: they stay active runs,
+   with timers and status, but make no pods (the fake node holds 110 pods);
+5. waits until every run has its first Job and every flowing run has Succeeded; then deletes the namespace
+   (the operator releases its finalizers), waits for it to go, and stops the operator.
+
+Metrics: apply (client send time) → first Job of the run seen (p50, p99); a Job seen Complete → the next Job
+of the same run seen (p50, p99, over every Job that was created after a completion of its run); operator
+peak RSS; the operator's API requests divided by stage transitions seen (Jobs created + Jobs completed).
+
+Needs the dev cluster binaries (`synpo dev-cluster build`); uses `$SYNPO_DEVCLUSTER_STATE` like every other
+dev-cluster command (set it to run on an instance of your own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "operator"))
+
+from synpo_operator.devcluster.client import ApiError, KubeClient  # noqa: E402
+
+RUNS = "/apis/synpo.dev/v1alpha1/namespaces/{ns}/synporuns"
+JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"
+FLOWSCHEMAS = "/apis/flowcontrol.apiserver.k8s.io/v1/flowschemas"
+CRBS = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+OPERATOR_SA = "synpo-bench-operator"
+
+TARGETS = {"first_job_p99_s": 2.0, "peak_rss_mb": 300.0}
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run_doc(name: str, flowing: bool, pod_duration: str, gpus: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"base": "org/tiny-sft"},
+        "data": {"seed": "s3://data/seed.jsonl", "corpus": "s3://data/corpus.jsonl",
+                 "eval": "s3://data/eval.jsonl"},
+        "iterations": 1,
+        "promptsPerIteration": 10,
+        "pairsPerIteration": 5,
+        "generation": {"shards": 1, "engine": "transformers"},
+        "storage": {"uri": "s3://bucket/runs"},
+        "resources": {"image": "synpo-workloads:bench", "gpusPerPod": gpus, "cpu": "100m", "memory": "64Mi"},
+    }
+    if not flowing:
+        spec["queueName"] = "held"  # Jobs created suspended; nothing admits them
+    pods = {"*": {"synpo.dev/fake-duration": pod_duration}}
+    return {
+        "apiVersion": "synpo.dev/v1alpha1",
+        "kind": "SynPORun",
+        "metadata": {"name": name, "labels": {"synpo.dev/bench": "flowing" if flowing else "held"},
+                     "annotations": {"synpo.dev/test-pod-annotations": json.dumps(pods)}},
+        "spec": spec,
+    }
+
+
+# ---- observers ---------------------------------------------------------------------------------------------
+
+@dataclass
+class JobSeen:
+    run: str
+    name: str
+    added: float
+    done: float | None = None
+
+
+@dataclass
+class JobWatcher:
+    """Streams the namespace's Jobs (labelled synpo.dev/run) and records first-seen and completed times."""
+
+    kube: KubeClient
+    ns: str
+    jobs: dict[str, JobSeen] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+    errors: int = 0
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, daemon=True, name="job-watch").start()
+
+    def _loop(self) -> None:
+        rv = ""
+        while not self.stop.is_set():
+            q = {"watch": "1", "labelSelector": "synpo.dev/run", "allowWatchBookmarks": "true",
+                 "timeoutSeconds": "600"}
+            if rv:
+                q["resourceVersion"] = rv
+            url = self.kube.server + JOBS.format(ns=self.ns) + "?" + urllib.parse.urlencode(q)
+            req = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.kube.token}"})
+            try:
+                with urllib.request.urlopen(req, context=self.kube._ctx, timeout=700) as resp:
+                    for line in resp:
+                        if self.stop.is_set():
+                            return
+                        now = time.monotonic()
+                        ev = json.loads(line)
+                        obj = ev.get("object") or {}
+                        meta = obj.get("metadata") or {}
+                        rv = meta.get("resourceVersion") or rv
+                        if ev.get("type") == "ERROR":
+                            rv = ""
+                            break
+                        if ev.get("type") not in ("ADDED", "MODIFIED"):
+                            continue
+                        self._seen(obj, now)
+            except Exception:  # noqa: BLE001 - reconnect
+                self.errors += 1
+                time.sleep(0.2)
+
+    def _seen(self, job: dict[str, Any], now: float) -> None:
+        meta = job["metadata"]
+        name = meta["name"]
+        with self.lock:
+            rec = self.jobs.get(name)
+            if rec is None:
+                rec = self.jobs[name] = JobSeen(meta["labels"].get("synpo.dev/run", "?"), name, now)
+            if rec.done is None:
+                for cond in (job.get("status") or {}).get("conditions") or []:
+                    if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
+                        rec.done = now
+
+    def snapshot(self) -> list[JobSeen]:
+        with self.lock:
+            return [JobSeen(j.run, j.name, j.added, j.done) for j in self.jobs.values()]
+
+
+class RssSampler:
+    """Peak RSS of a process and its descendants (sum), sampled every `period` seconds."""
+
+    def __init__(self, pid: int, period: float = 0.2):
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.period = period
+        self.peak = 0
+        self.hwm = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="rss")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.period)
+
+    def sample(self) -> None:
+        try:
+            procs = [self.proc, *self.proc.children(recursive=True)]
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except Exception:  # noqa: BLE001 - a child that just exited
+                    pass
+            self.peak = max(self.peak, total)
+            with open(f"/proc/{self.proc.pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        self.hwm = max(self.hwm, int(line.split()[1]) * 1024)
+        except Exception:  # noqa: BLE001 - process gone
+            pass
+
+    def stop(self) -> None:
+        self.sample()
+        self._stop.set()
+
+
+def operator_counter(port: int, name: str) -> float:
+    """A counter of the operator's own /metrics (summed over labels); 0 when unreadable."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith(name + "_created"))
+
+
+def apf_count(kube: KubeClient, flow_schema: str) -> int:
+    text = kube.get_text("/metrics")
+    total = 0
+    needle = f'flow_schema="{flow_schema}"'
+    for line in text.splitlines():
+        if line.startswith("apiserver_flowcontrol_dispatched_requests_total{") and needle in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+# ---- one configuration -----------------------------------------------------------------------------------
+
+def install_crds(kube: KubeClient) -> None:
+    import yaml
+
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        name = crd["metadata"]["name"]
+        base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        try:
+            kube.post(base, crd)
+        except ApiError as err:
+            if err.status != 409:
+                raise
+            current = kube.get(f"{base}/{name}")
+            crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            kube.put(f"{base}/{name}", crd)
+        kube.wait_for(f"{base}/{name}", lambda o: any(
+            c["type"] == "Established" and c["status"] == "True"
+            for c in (o.get("status") or {}).get("conditions") or []), timeout=60)
+
+
+class Bench:
+    def __init__(self, kube: KubeClient, kubeconfig_template: dict[str, Any], args: argparse.Namespace,
+                 label: str, operator_args: list[str], operator_env: dict[str, str] | None = None):
+        self.kube = kube
+        self.cfg = kubeconfig_template
+        self.args = args
+        self.label = label
+        self.operator_args = operator_args
+        self.operator_env = operator_env or {}
+        self.ns = f"bench-op-{uuid.uuid4().hex[:6]}"
+        self.fs_name = f"synpo-bench-{self.ns}"
+        self.proc: subprocess.Popen | None = None
+        self.tmp = Path(tempfile.mkdtemp(prefix="synpo-bench-op-"))
+
+    # -- setup / teardown
+    def setup(self) -> None:
+        kube, ns = self.kube, self.ns
+        kube.post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                         "metadata": {"name": ns, "labels": {"synpo.dev/bench": "true"}}})
+        kube.wait_for(f"/api/v1/namespaces/{ns}/serviceaccounts/default", lambda _: True, timeout=30)
+        kube.post(f"/api/v1/namespaces/{ns}/serviceaccounts",
+                  {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": OPERATOR_SA}})
+        kube.post(CRBS, {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": self.fs_name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": ns}]})
+        kube.post(FLOWSCHEMAS, {
+            "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema",
+            "metadata": {"name": self.fs_name},
+            "spec": {
+                "matchingPrecedence": 500,
+                "priorityLevelConfiguration": {"name": "exempt"},
+                "rules": [{
+                    "subjects": [{"kind": "ServiceAccount",
+                                  "serviceAccount": {"name": OPERATOR_SA, "namespace": ns}}],
+                    "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                                       "clusterScope": True, "namespaces": ["*"]}],
+                    "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+                }],
+            }})
+        kube.wait_for(f"{FLOWSCHEMAS}/{self.fs_name}", lambda o: any(
+            c.get("type") == "Dangling" and c.get("status") == "False"
+            for c in (o.get("status") or {}).get("conditions") or []), timeout=30)
+        token = kube.request_token(ns, OPERATOR_SA, expiration_seconds=6 * 3600)
+        cfg = json.loads(json.dumps(self.cfg))
+        for user in cfg["users"]:
+            user["user"] = {"token": token}
+        self.kubeconfig = self.tmp / "operator.kubeconfig"
+        self.kubeconfig.write_text(json.dumps(cfg))
+
+    def start_operator(self) -> None:
+        self.port = _free_port()
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **self.operator_env}
+        self.log_path = self.tmp / "operator.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "synpo_operator.cli", "operator", "--namespace", self.ns,
+             "--metrics-port", str(self.port), "--health-port", "0", *self.operator_args],
+            stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,  # noqa: SIM115
+            start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("operator did not come up")
+        time.sleep(1.0)  # let kopf's initial LISTs and watches settle before counting requests
+
+    def stop_operator(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def cleanup(self) -> None:
+        """Stop the operator, release the runs' finalizers, delete the namespace and wait for it to go."""
+        kube, ns = self.kube, self.ns
+        t0 = time.monotonic()
+        try:
+            self.stop_operator()
+            runs = kube.get(RUNS.format(ns=ns)).get("items", []) if kube.exists(f"/api/v1/namespaces/{ns}") else []
+
+            def release(run: dict[str, Any]) -> None:
+                if run["metadata"].get("finalizers"):
+                    try:
+                        kube.patch(f"{RUNS.format(ns=ns)}/{run['metadata']['name']}",
+                                   {"metadata": {"finalizers": None}})
+                    except (ApiError, OSError):
+                        pass
+
+            with ThreadPoolExecutor(self.args.clients) as pool:
+                list(pool.map(release, runs))
+            kube.delete_if_exists(f"/api/v1/namespaces/{ns}", propagationPolicy="Background")
+            kube.wait_gone(f"/api/v1/namespaces/{ns}", timeout=self.args.cleanup_timeout, interval=1)
+        finally:
+            self.stop_operator()
+            kube.delete_if_exists(f"{FLOWSCHEMAS}/{self.fs_name}")
+            kube.delete_if_exists(f"{CRBS}/{self.fs_name}")
+        log(f"{self.label}: operator stopped, namespace {ns} deleted in {time.monotonic() - t0:.0f}s")
+
+    # -- the measurement
+    def measure(self) -> dict[str, Any]:
+        args, kube, ns = self.args, self.kube, self.ns
+        n, flowing = args.runs, min(args.flowing, args.runs)
+        names = [f"r{i:05d}" for i in range(n)]
+        flowing_names = set(names[:: max(1, n // flowing)][:flowing]) if flowing else set()
+
+        watcher = JobWatcher(kube, ns)
+        watcher.start()
+        rss = RssSampler(self.proc.pid)
+        rss.start()
+        time.sleep(0.5)
+        before = apf_count(kube, self.fs_name)
+        rec_before = operator_counter(self.port, "synpo_reconciles_total")
+        sent: dict[str, float] = {}
+
+        def post(name: str) -> None:
+            doc = run_doc(name, name in flowing_names, args.pod_duration, args.gpus_per_pod)
+            sent[name] = time.monotonic()
+            for attempt in range(5):
+                try:
+                    kube.post(RUNS.format(ns=ns), doc)
+                    return
+                except ApiError as err:
+                    if err.status == 409:
+                        return
+                    if attempt == 4:
+                        raise
+                except OSError:
+                    if attempt == 4:
+                        raise
+                time.sleep(0.5)
+
+        t0 = time.monotonic()
+        log(f"{self.label}: applying {n} runs ({len(flowing_names)} flowing) in {ns}")
+        with ThreadPoolExecutor(args.clients) as pool:
+            list(pool.map(post, names))
+        apply_s = time.monotonic() - t0
+        log(f"{self.label}: applied in {apply_s:.1f}s")
+
+        deadline = t0 + args.timeout
+        done_flowing: set[str] = set()
+        while time.monotonic() < deadline:
+            jobs = watcher.snapshot()
+            with_job = {j.run for j in jobs}
+            if len(with_job) >= n and len(done_flowing) >= len(flowing_names):
+                break
+            if flowing_names and len(done_flowing) < len(flowing_names):
+                items = kube.get(RUNS.format(ns=ns), labelSelector="synpo.dev/bench=flowing").get("items", [])
+                done_flowing = {r["metadata"]["name"] for r in items
+                                if (r.get("status") or {}).get("phase") in ("Succeeded", "Failed")}
+            log(f"{self.label}: runs with a Job {len(with_job)}/{n}, flowing done "
+                f"{len(done_flowing)}/{len(flowing_names)}, Jobs {len(jobs)}, "
+                f"completed {sum(1 for j in jobs if j.done)}, rss {rss.peak / 2**20:.0f} MB")
+            time.sleep(3)
+        elapsed = time.monotonic() - t0
+        timed_out = time.monotonic() >= deadline
+        after = apf_count(kube, self.fs_name)
+        reconciles = operator_counter(self.port, "synpo_reconciles_total") - rec_before
+        rss.stop()
+        watcher.stop.set()
+        jobs = watcher.snapshot()
+
+        failed = [r["metadata"]["name"] for r in kube.get(RUNS.format(ns=ns)).get("items", [])
+                  if (r.get("status") or {}).get("phase") == "Failed"]
+
+        # apply -> first Job
+        first: dict[str, float] = {}
+        for j in jobs:
+            first[j.run] = min(first.get(j.run, j.added), j.added)
+        first_lat = [first[r] - sent[r] for r in names if r in first and r in sent]
+        # Job completion -> next Job of the run
+        by_run: dict[str, list[JobSeen]] = {}
+        for j in jobs:
+            by_run.setdefault(j.run, []).append(j)
+        next_lat = []
+        for run_jobs in by_run.values():
+            dones = sorted(j.done for j in run_jobs if j.done is not None)
+            for j in run_jobs:
+                prior = [d for d in dones if d <= j.added]
+                if prior:
+                    next_lat.append(j.added - prior[-1])
+        created = len(jobs)
+        completed = sum(1 for j in jobs if j.done is not None)
+        requests = after - before
+        transitions = created + completed
+        return {
+            "label": self.label,
+            "operator_args": self.operator_args,
+            "operator_env": self.operator_env,
+            "runs": n,
+            "flowing_runs": len(flowing_names),
+            "runs_with_job": len(first),
+            "flowing_done": len(done_flowing),
+            "failed_runs": len(failed),
+            "timed_out": timed_out,
+            "apply_seconds": round(apply_s, 2),
+            "elapsed_seconds": round(elapsed, 1),
+            "first_job_p50_s": percentile(first_lat, 0.5),
+            "first_job_p99_s": percentile(first_lat, 0.99),
+            "first_job_max_s": max(first_lat) if first_lat else None,
+            "next_job_p50_s": percentile(next_lat, 0.5),
+            "next_job_p99_s": percentile(next_lat, 0.99),
+            "next_job_samples": len(next_lat),
+            "peak_rss_mb": round(max(rss.peak, rss.hwm) / 2**20, 1),
+            "api_requests": requests,
+            "jobs_created": created,
+            "jobs_completed": completed,
+            "stage_transitions": transitions,
+            "requests_per_transition": round(requests / transitions, 2) if transitions else None,
+            "requests_per_run": round(requests / n, 2) if n else None,
+            "reconciles": int(reconciles),
+            "reconciles_per_transition": round(reconciles / transitions, 2) if transitions else None,
+            "watch_errors": watcher.errors,
+        }
+
+    def run(self) -> dict[str, Any]:
+        self.setup()
+        try:
+            self.start_operator()
+            return self.measure()
+        finally:
+            self.cleanup()
+
+
+# ---- report ------------------------------------------------------------------------------------------
+
+ROWS = [
+    ("runs applied", "runs", None, ""),
+    ("apply -> first Job p50 (s)", "first_job_p50_s", None, "lower"),
+    ("apply -> first Job p99 (s)", "first_job_p99_s", "first_job_p99_s", "lower"),
+    ("Job complete -> next Job p50 (s)", "next_job_p50_s", None, "lower"),
+    ("Job complete -> next Job p99 (s)", "next_job_p99_s", None, "lower"),
+    ("operator peak RSS (MB)", "peak_rss_mb", "peak_rss_mb", "lower"),
+    ("API requests per stage transition", "requests_per_transition", None, "lower"),
+    ("API requests per run", "requests_per_run", None, "lower"),
+    ("reconciles per stage transition", "reconciles_per_transition", None, "lower"),
+    ("stage transitions seen", "stage_transitions", None, ""),
+    ("wall time to done (s)", "elapsed_seconds", None, "lower"),
+]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def table(result: dict[str, Any], baseline: dict[str, Any] | None) -> str:
+    lines = ["| metric | value | baseline | ratio | target | pass |", "|---|---|---|---|---|---|"]
+    for title, key, target_key, _ in ROWS:
+        v = result.get(key)
+        b = baseline.get(key) if baseline else None
+        ratio = f"{v / b:.2f}x" if isinstance(v, (int, float)) and isinstance(b, (int, float)) and b else "-"
+        target = TARGETS.get(target_key) if target_key else None
+        ok = "-" if target is None or v is None else ("yes" if v <= target else "NO")
+        lines.append(f"| {title} | {_fmt(v)} | {_fmt(b)} | {ratio} | "
+                     f"{'<= ' + _fmt(target) if target is not None else '-'} | {ok} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=1000, help="SynPORuns applied at once (default 1000)")
+    p.add_argument("--flowing", type=int, default=20,
+                   help="how many of them run to the end; the others wait in a queue (default 20)")
+    p.add_argument("--pod-duration", default="300ms", help="how long a stage pod runs in kwok (default 300ms)")
+    p.add_argument("--gpus-per-pod", type=int, default=0,
+                   help="spec.resources.gpusPerPod (default 0: the fake node has only 8 GPUs)")
+    p.add_argument("--clients", type=int, default=16, help="threads that POST the runs (default 16)")
+    p.add_argument("--timeout", type=float, default=900, help="give up waiting after this many seconds")
+    p.add_argument("--cleanup-timeout", type=float, default=300)
+    p.add_argument("--operator-args", default="", help="extra `synpo operator` flags for the measured run")
+    p.add_argument("--operator-env", default="", help="extra environment of the measured operator, NAME=VALUE[,...]")
+    p.add_argument("--baseline", action="store_true",
+                   help="also measure the naive configuration on the same workload, first: by default the "
+                        "operator without its watch caches (SYNPO_OPERATOR_CACHE=0: every reconcile GETs the "
+                        "run and LISTs the run's Jobs and pods, the plain controller loop)")
+    p.add_argument("--baseline-args", default="", help="`synpo operator` flags of the baseline")
+    p.add_argument("--baseline-env", default="SYNPO_OPERATOR_CACHE=0",
+                   help="environment of the baseline operator, NAME=VALUE[,NAME=VALUE] (default: caches off)")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    args = p.parse_args(argv)
+
+    from synpo_operator.devcluster import cluster
+
+    info = cluster.ensure_up()
+    kube = info.client(timeout=60)
+    import yaml
+
+    cfg_template = yaml.safe_load(Path(info.kubeconfig).read_text())
+    install_crds(kube)
+
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                                           "kubernetes": info.k8s_version}, "args": vars(args)}
+    base = None
+    if args.baseline:
+        env = dict(kv.split("=", 1) for kv in args.baseline_env.split(",") if kv)
+        base = Bench(kube, cfg_template, args, "baseline", args.baseline_args.split(), env).run()
+        results["baseline"] = base
+        log(f"baseline: {json.dumps(base)}")
+    env = dict(kv.split("=", 1) for kv in args.operator_env.split(",") if kv)
+    res = Bench(kube, cfg_template, args, "operator", args.operator_args.split(), env).run()
+    results["result"] = res
+    log(f"operator: {json.dumps(res)}")
+    text = table(res, base)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    ok = (res["first_job_p99_s"] is not None and res["first_job_p99_s"] <= TARGETS["first_job_p99_s"]
+          and res["peak_rss_mb"] <= TARGETS["peak_rss_mb"] and not res["timed_out"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
