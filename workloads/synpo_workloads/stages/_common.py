@@ -1,0 +1,46 @@
+"""Helpers shared by stage modules (I/O glue; the logic lives in text, templates, winrate)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+from .. import store
+from ..engines import SamplingParams, make_engine
+from ..errors import DataError
+
+
+def sampling(ctx, *, salt: str = "", **overrides) -> SamplingParams:
+    g = ctx.spec.generation
+    params = dict(temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=ctx.seed(salt))
+    params.update(overrides)
+    return SamplingParams(**params)
+
+
+def engine(ctx, model_ref: str):
+    g = ctx.spec.generation
+    return make_engine(g.engine, model_ref, dtype=ctx.spec.model.dtype, batch_size=g.batch_size)
+
+
+def checkpoints_dir(ctx) -> str:
+    """`<output>/checkpoints` on local storage; on fsspec storage a local cache dir keyed by the output."""
+    if not store.is_uri(ctx.output):
+        return store.join(ctx.writer.directory, store.CHECKPOINTS)
+    key = hashlib.sha256(ctx.writer.directory.encode()).hexdigest()[:16]
+    root = os.environ.get("SYNPO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "synpo")
+    return os.path.join(root, "checkpoints", key)
+
+
+def drop_checkpoints(path: str) -> None:
+    """Resume state is useless once the model is saved; it would double the stage's disk use."""
+    if os.environ.get("SYNPO_KEEP_CHECKPOINTS") != "1":
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def rows_or_fail(stage_output: str, name: str, role: str) -> list[dict]:
+    try:
+        rows = list(store.read_rows(stage_output, name))
+    except FileNotFoundError as e:
+        raise DataError(f"inputs.{role}: {stage_output} is not a finished stage output ({e})") from e
+    return rows

@@ -1,0 +1,58 @@
+"""improver: the response improver R_t, SFT from M0 (every iteration) on
+improver-instruction(seed prompt, M_{t-1}'s answer) → gold answer.
+
+Only examples where the filter scorer prefers the gold answer over the model's by more than
+spec.filter.minMargin are kept (paper §3). With the similarity scorer both sides are scored reference-free
+(cosine to the prompt), since the gold answer is the reference. Outputs examples.jsonl (every scored example
+with `kept`) and <output>/model.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .. import data_io, store, templates, training
+from ..errors import ConfigError
+from ..judges import make_scorer
+from ._common import checkpoints_dir, drop_checkpoints, engine, sampling
+
+
+def select_seed(rows: list[dict], limit: int | None, rng: random.Random) -> list[tuple[int, dict]]:
+    """Up to `limit` seed rows (a seeded sample, in file order) with their indices."""
+    indexed = list(enumerate(rows))
+    if limit is None or limit >= len(indexed):
+        return indexed
+    return sorted(rng.sample(indexed, limit), key=lambda p: p[0])
+
+
+def run(ctx) -> dict:
+    spec = ctx.spec
+    seed = select_seed(data_io.read_jsonl(ctx.data("seed"), "seed"), spec.improver.max_seed_examples,
+                       random.Random(ctx.seed("seed")))
+    prompts = [r["prompt"] for _, r in seed]
+    golds = [r["response"] for _, r in seed]
+    eng = engine(ctx, ctx.model("policy"))
+    try:
+        answers = eng.generate([templates.policy_prompt(p) for p in prompts], sampling(ctx))
+    finally:
+        eng.close()
+    scorer = make_scorer(spec.filter.scorer.to_api())
+    s_gold = scorer.score(prompts, golds)
+    s_model = scorer.score(prompts, answers)
+    margin = spec.filter.min_margin
+    rows = [{"seedIndex": i, "prompt": p, "response": a, "gold": g, "scoreGold": sg, "scoreModel": sm,
+             "kept": sg - sm > margin}
+            for (i, _), p, a, g, sg, sm in zip(seed, prompts, answers, golds, s_gold, s_model, strict=True)]
+    ctx.writer.write_rows("examples", rows)
+    kept = [r for r in rows if r["kept"]]
+    if not kept:
+        raise ConfigError(f"improver: no seed example passed spec.filter.minMargin={margin} "
+                          f"(gold beat the model's answer by more than the margin in 0 of {len(rows)})")
+    examples = [{"prompt": templates.improver_prompt(r["prompt"], r["response"]),
+                 "completion": [{"role": "assistant", "content": r["gold"]}]} for r in kept]
+    model_dir = ctx.writer.local_dir("model")
+    ckpt = checkpoints_dir(ctx)
+    stats = training.sft(ctx.model("base"), examples, spec.improver, model_dir=model_dir, checkpoints=ckpt,
+                         seed=ctx.seed("sft"), dtype=spec.model.dtype)
+    ctx.after_finish.append(lambda: drop_checkpoints(ckpt))  # only once the manifest is written
+    return {"rows": len(kept), "examplesTotal": len(rows), "model": store.join(ctx.output, "model"), **stats}

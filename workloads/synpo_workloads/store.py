@@ -1,0 +1,399 @@
+"""Artifact store: stage outputs on a local path or any fsspec URI, with manifests that say "done".
+
+Layout (DESIGN.md "Artifacts"): a stage writes its files into its output directory and then, last,
+`manifest.json` (row counts, sha256 and size of every file, the stage config, package versions, timings and
+the result summary). Sharded stages (shards > 1) write `<output>/shard-<i:05d>-of-<n:05d>/`, each with its own
+manifest. A directory counts as done only when its manifest is present, parses, and every file it lists still
+has the recorded size and checksum. Anything else is partial: discarded and redone. `checkpoints/` (training
+resume state) is never part of a manifest and survives a discard, so an interrupted training resumes.
+
+Atomicity: local manifests are written under a temporary name and renamed; fsspec stores get a single put of
+the finished bytes (object stores make an object visible only once complete), after a rename attempt.
+
+No torch import here: the operator side (executors, report) reads artifacts through this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+MANIFEST = "manifest.json"
+CHECKPOINTS = "checkpoints"
+MANIFEST_KIND = "StageManifest"
+_SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})$")
+_VERSION_PACKAGES = ("synpo", "torch", "transformers", "trl", "accelerate", "datasets", "peft", "vllm",
+                     "sentence-transformers", "scikit-learn", "fsspec")
+
+
+# --------------------------------------------------------------------------------------------- file systems
+def is_uri(path: str) -> bool:
+    """True for fsspec URIs such as s3://b/k or memory://x; file:// counts as local."""
+    return "://" in path and not path.startswith("file://")
+
+
+def _local(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def _fs(path: str):
+    """(filesystem, path inside it). Local paths get fsspec's local fs only where fsspec code needs one."""
+    import fsspec
+
+    fs, inner = fsspec.core.url_to_fs(path)
+    return fs, inner
+
+
+def join(base: str, *parts: str) -> str:
+    if is_uri(base):
+        return posixpath.join(base, *parts)
+    return os.path.join(_local(base), *parts)
+
+
+def exists(path: str) -> bool:
+    if is_uri(path):
+        fs, inner = _fs(path)
+        return fs.exists(inner)
+    return os.path.exists(_local(path))
+
+
+def read_bytes(path: str) -> bytes:
+    if is_uri(path):
+        fs, inner = _fs(path)
+        return fs.cat_file(inner)
+    with open(_local(path), "rb") as f:
+        return f.read()
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write a whole file so readers see either nothing or all of it."""
+    if is_uri(path):
+        fs, inner = _fs(path)
+        tmp = f"{inner}.tmp-{os.getpid()}"
+        try:
+            fs.pipe_file(tmp, data)
+            fs.mv(tmp, inner)
+        except Exception:  # stores without rename: one put is atomic there
+            try:
+                fs.rm_file(tmp)
+            except Exception:
+                pass
+            fs.pipe_file(inner, data)
+        return
+    path = _local(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _list_files(root: str) -> list[str]:
+    """Relative paths of all files under root, except the manifest, temp files and checkpoints/."""
+    out: list[str] = []
+    if is_uri(root):
+        fs, inner = _fs(root)
+        if not fs.exists(inner):
+            return []
+        for full in fs.find(inner):
+            rel = posixpath.relpath(full, inner)
+            out.append(rel)
+    else:
+        root = _local(root)
+        if not os.path.isdir(root):
+            return []
+        for dirpath, dirnames, filenames in os.walk(root):
+            rel_dir = os.path.relpath(dirpath, root)
+            if rel_dir == ".":
+                dirnames[:] = [d for d in dirnames if d != CHECKPOINTS]
+            for name in filenames:
+                out.append(os.path.normpath(os.path.join(rel_dir, name)).replace(os.sep, "/"))
+    return sorted(r for r in out if r != MANIFEST and not r.startswith(CHECKPOINTS + "/")
+                  and not os.path.basename(r).endswith(".tmp") and ".tmp-" not in os.path.basename(r))
+
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str) -> tuple[str, int]:
+    """(sha256 hex, size). Local results are cached by (path, size, mtime), so polling stays cheap."""
+    if is_uri(path):
+        fs, inner = _fs(path)
+        h = hashlib.sha256()
+        size = 0
+        with fs.open(inner, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+        return h.hexdigest(), size
+    path = _local(path)
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        _HASH_CACHE[key] = h.hexdigest()
+    return _HASH_CACHE[key], st.st_size
+
+
+def _remove(path: str) -> None:
+    if is_uri(path):
+        fs, inner = _fs(path)
+        if fs.exists(inner):
+            fs.rm(inner, recursive=True)
+        return
+    path = _local(path)
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.unlink(path)
+
+
+def _listdir(path: str) -> list[str]:
+    if is_uri(path):
+        fs, inner = _fs(path)
+        if not fs.exists(inner):
+            return []
+        return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(inner, detail=False))
+    path = _local(path)
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+# --------------------------------------------------------------------------------------------- layout
+def shard_name(shard: int, shards: int) -> str:
+    return f"shard-{shard:05d}-of-{shards:05d}"
+
+
+def shard_dir(output: str, shard: int = 0, shards: int = 1) -> str:
+    """Where shard `shard` of `shards` writes: the output itself for unsharded stages."""
+    return output if shards <= 1 else join(output, shard_name(shard, shards))
+
+
+def _part_dirs(output: str, shards: int) -> list[str]:
+    return [shard_dir(output, i, shards) for i in range(shards)] if shards > 1 else [output]
+
+
+# --------------------------------------------------------------------------------------------- manifests
+def load_manifest(directory: str) -> dict[str, Any] | None:
+    """The manifest of a stage (or shard) directory, or None when missing or unreadable."""
+    path = join(directory, MANIFEST)
+    try:
+        if not exists(path):
+            return None
+        doc = json.loads(read_bytes(path))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("kind") == MANIFEST_KIND else None
+
+
+def verify(directory: str, manifest: dict[str, Any] | None = None) -> bool:
+    """True when the directory's manifest exists and every listed file has its recorded size and sha256."""
+    manifest = manifest if manifest is not None else load_manifest(directory)
+    if manifest is None:
+        return False
+    try:
+        for rel, info in manifest.get("files", {}).items():
+            digest, size = file_digest(join(directory, rel))
+            if size != info["bytes"] or digest != info["sha256"]:
+                return False
+    except (OSError, KeyError, TypeError, FileNotFoundError):
+        return False
+    return True
+
+
+def stage_done(output: str, shards: int = 1) -> bool:
+    """All shard manifests of the stage present and valid (files match their checksums)."""
+    return all(verify(d) for d in _part_dirs(output, shards))
+
+
+def stage_result(output: str, shards: int = 1) -> dict[str, Any]:
+    """The stage's result summary. Sharded stages are merged: integer counts and `seconds` summed, other
+    numbers averaged, anything else taken from the first shard. Raises FileNotFoundError when not done."""
+    results = []
+    for d in _part_dirs(output, shards):
+        manifest = load_manifest(d)
+        if manifest is None:
+            raise FileNotFoundError(f"{join(d, MANIFEST)}: no valid manifest (stage not done)")
+        results.append(dict(manifest.get("result") or {}))
+    return merge_results(results)
+
+
+def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    if len(results) == 1:
+        return results[0]
+    merged: dict[str, Any] = {}
+    for key in dict.fromkeys(k for r in results for k in r):
+        values = [r[key] for r in results if key in r]
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        if numeric and (key == "seconds" or all(isinstance(v, int) for v in values)):
+            merged[key] = sum(values)
+        elif numeric:
+            merged[key] = sum(values) / len(values)
+        else:
+            merged[key] = values[0]
+    merged["shards"] = len(results)
+    return merged
+
+
+def discard_partial(output: str, shards: int = 1) -> None:
+    """Remove whatever an unfinished attempt left (every part without a valid manifest), keeping
+    `checkpoints/` so training resumes. Finished parts are left alone."""
+    for d in _part_dirs(output, shards):
+        if verify(d):
+            continue
+        for name in _listdir(d):
+            if name != CHECKPOINTS:
+                _remove(join(d, name))
+
+
+# --------------------------------------------------------------------------------------------- reading rows
+def _complete_shard_dirs(stage_output: str) -> list[str]:
+    """The shard directories of a sharded stage's output, in shard order, from the newest complete set."""
+    by_count: dict[int, dict[int, str]] = {}
+    for name in _listdir(stage_output):
+        m = _SHARD_RE.match(name)
+        if m:
+            by_count.setdefault(int(m.group(2)), {})[int(m.group(1))] = join(stage_output, name)
+    for n in sorted(by_count, reverse=True):
+        parts = by_count[n]
+        if len(parts) == n and all(load_manifest(parts[i]) is not None for i in range(n)):
+            return [parts[i] for i in range(n)]
+    raise FileNotFoundError(f"{stage_output}: no complete set of shard manifests")
+
+
+def part_dirs(stage_output: str) -> list[str]:
+    """The done directories holding a stage's files: the output itself, or its shards in order."""
+    if load_manifest(stage_output) is not None:
+        return [stage_output]
+    return _complete_shard_dirs(stage_output)
+
+
+def iter_jsonl(path: str) -> Iterator[dict]:
+    """Rows of one JSONL file written by a stage (trusted: stage outputs, not user data)."""
+    if is_uri(path):
+        fs, inner = _fs(path)
+        f = fs.open(inner, "rt", encoding="utf-8")
+    else:
+        f = open(_local(path), encoding="utf-8")
+    with f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def read_rows(stage_output: str, name: str) -> Iterator[dict]:
+    """Rows of `name`.jsonl across all shards of a done stage, in shard order."""
+    filename = name if name.endswith(".jsonl") else f"{name}.jsonl"
+    for d in part_dirs(stage_output):
+        path = join(d, filename)
+        if exists(path):
+            yield from iter_jsonl(path)
+
+
+# --------------------------------------------------------------------------------------------- writing
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"python": sys.version.split()[0]}
+    for name in _VERSION_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+@dataclass
+class StageWriter:
+    """Writes one stage (or shard) directory: data files first, the manifest last.
+
+    For fsspec outputs, `local_dir(name)` hands out a local scratch directory (e.g. for a saved model) that
+    `finish` uploads before writing the manifest.
+    """
+
+    directory: str
+    config: dict[str, Any] = field(default_factory=dict)
+    shard: int = 0
+    shards: int = 1
+    started: float = field(default_factory=time.time)
+    rows: dict[str, int] = field(default_factory=dict)
+    _uploads: dict[str, str] = field(default_factory=dict)
+    _scratch: list[str] = field(default_factory=list)
+
+    @classmethod
+    def for_stage(cls, output: str, config: dict[str, Any] | None = None, shard: int = 0,
+                  shards: int = 1) -> StageWriter:
+        return cls(shard_dir(output, shard, shards), dict(config or {}), shard, shards)
+
+    def path(self, name: str) -> str:
+        return join(self.directory, name)
+
+    def write_rows(self, name: str, rows: Iterable[dict]) -> int:
+        """Write `name`.jsonl atomically; returns the row count."""
+        filename = name if name.endswith(".jsonl") else f"{name}.jsonl"
+        lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+        write_bytes_atomic(self.path(filename), ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
+        self.rows[filename.removesuffix(".jsonl")] = len(lines)
+        return len(lines)
+
+    def write_json(self, name: str, doc: Any) -> None:
+        write_bytes_atomic(self.path(name), json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8"))
+
+    def local_dir(self, name: str) -> str:
+        """A local directory whose contents end up at `<directory>/<name>` when the stage finishes."""
+        if not is_uri(self.directory):
+            path = join(self.directory, name)
+            os.makedirs(path, exist_ok=True)
+            return path
+        scratch = tempfile.mkdtemp(prefix="synpo-upload-")
+        self._scratch.append(scratch)
+        self._uploads[name] = scratch
+        return scratch
+
+    def finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Upload scratch dirs, checksum every file, then write the manifest (last, atomically)."""
+        for name, local in self._uploads.items():
+            fs, inner = _fs(join(self.directory, name))
+            fs.put(local.rstrip("/") + "/", inner, recursive=True)
+        for scratch in self._scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        files = {}
+        for rel in _list_files(self.directory):
+            digest, size = file_digest(join(self.directory, rel))
+            files[rel] = {"sha256": digest, "bytes": size}
+        finished = time.time()
+        manifest = {
+            "apiVersion": "synpo.dev/v1alpha1",
+            "kind": MANIFEST_KIND,
+            "stage": self.config.get("stage"),
+            "iteration": self.config.get("iteration"),
+            "shard": self.shard,
+            "shards": self.shards,
+            "rows": dict(self.rows),
+            "files": files,
+            "config": self.config,
+            "versions": package_versions(),
+            "timings": {"started": self.started, "finished": finished, "seconds": round(finished - self.started, 3)},
+            "result": result,
+        }
+        write_bytes_atomic(self.path(MANIFEST), json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
+        return manifest

@@ -1,0 +1,189 @@
+"""Training with TRL: SFT (prompt generator, improver) and preference optimisation (SimPO, DPO).
+
+Shared here: batch arithmetic, bf16 on GPUs that support it, checkpoints under `<output>/checkpoints` and
+resume from the last one after a kill. Checkpoints are time-based — one after every step that ends at least
+SYNPO_CHECKPOINT_MINUTES (default 10) after the previous one — so short runs pay nothing for them and long ones
+lose at most ~10 minutes; env SYNPO_SAVE_STEPS (an int, or a ratio < 1 of the total) switches to step-based.
+Multi-GPU works when the stage is launched with `accelerate launch -m synpo_workloads ...`: the Trainer
+picks up the distributed environment; only rank 0 writes the model and manifest.
+
+Test hook: env SYNPO_FAULT_AFTER_STEP=N kills the process (exit 137, like SIGKILL) right after the checkpoint
+of step ≥ N is written — a preemption at the worst moment, used by the resume test.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+from . import models
+
+log = logging.getLogger(__name__)
+
+
+def micro_batch(batch_size: int, micro: int | None, cap: int = 8) -> int:
+    """Examples per device per step: as given, else the largest divisor of batch_size up to cap."""
+    if micro:
+        return min(micro, batch_size)
+    return max(d for d in range(1, min(cap, batch_size) + 1) if batch_size % d == 0)
+
+
+def accumulation(batch_size: int, micro: int, world_size: int = 1) -> int:
+    return max(1, math.ceil(batch_size / (micro * max(1, world_size))))
+
+
+def total_steps(examples: int, batch_size: int, micro: int, epochs: float, world: int = 1) -> int:
+    """Optimizer steps the Trainer will take (its own arithmetic: batches per epoch // accumulation)."""
+    batches = math.ceil(examples / (micro * max(1, world)))
+    per_epoch = max(batches // accumulation(batch_size, micro, world), 1)
+    return math.ceil(epochs * per_epoch)
+
+
+def warmup_steps(ratio: float, steps: int) -> int:
+    """Warm-up steps, rounded down: the Trainer rounds a ratio up, so a 1-step run would spend its only step
+    at learning rate 0 (quickstart-sized runs have only a few steps)."""
+    return int(ratio * steps)
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def save_policy() -> dict[str, Any]:
+    """TrainingArguments for checkpointing: step-based when SYNPO_SAVE_STEPS is set, else time-based."""
+    raw = os.environ.get("SYNPO_SAVE_STEPS")
+    if raw:
+        value = float(raw)
+        return {"save_strategy": "steps", "save_steps": int(value) if value >= 1 else value}
+    return {"save_strategy": "no"}  # TimedCheckpoints asks for saves
+
+
+def _timed_checkpoints():
+    import time
+
+    from transformers import TrainerCallback
+
+    interval = float(os.environ.get("SYNPO_CHECKPOINT_MINUTES", "10")) * 60
+
+    class TimedCheckpoints(TrainerCallback):
+        def __init__(self):
+            self.last = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.monotonic() - self.last >= interval and state.global_step < state.max_steps:
+                control.should_save = True
+                self.last = time.monotonic()
+
+    return TimedCheckpoints()
+
+
+def last_checkpoint(checkpoints: str) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not os.path.isdir(checkpoints):
+        return None
+    return get_last_checkpoint(checkpoints)
+
+
+def callbacks() -> list:
+    return [_timed_checkpoints(), *_fault_callback()]
+
+
+def _fault_callback():
+    from transformers import TrainerCallback
+
+    limit = int(os.environ.get("SYNPO_FAULT_AFTER_STEP", "0") or 0)
+
+    class FaultAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if limit and state.global_step >= limit:
+                log.warning("SYNPO_FAULT_AFTER_STEP=%d: simulated kill after step %d", limit, state.global_step)
+                os._exit(137)
+
+    return [FaultAfterSave()] if limit else []
+
+
+def common_args(section, *, examples: int, checkpoints: str, seed: int, dtype: str) -> dict[str, Any]:
+    """TrainingArguments shared by every trainer, from an SFTSpec or TrainingSpec."""
+    import torch
+
+    micro = micro_batch(section.batch_size, section.micro_batch_size)
+    steps = total_steps(examples, section.batch_size, micro, section.epochs, world_size())
+    bf16 = models.torch_dtype(dtype) == torch.bfloat16 and torch.cuda.is_available()
+    return dict(
+        output_dir=checkpoints,
+        num_train_epochs=section.epochs,
+        learning_rate=section.learning_rate,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulation(section.batch_size, micro, world_size()),
+        warmup_steps=warmup_steps(section.warmup_ratio, steps),
+        lr_scheduler_type="cosine",
+        max_length=section.max_length,
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=bool(getattr(section, "gradient_checkpointing", False)),
+        **save_policy(),
+        save_total_limit=2,
+        logging_steps=1,
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def _finish(trainer, model_dir: str, tokenizer, checkpoints: str) -> dict[str, Any]:
+    resume = last_checkpoint(checkpoints)
+    if resume:
+        log.info("resuming from %s", resume)
+    out = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(model_dir)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(model_dir)
+    return {"loss": round(float(out.training_loss), 5), "steps": int(trainer.state.global_step),
+            **({"resumedFrom": os.path.basename(resume)} if resume else {})}
+
+
+def sft(base_ref: str, examples: list[dict], section, *, model_dir: str, checkpoints: str, seed: int,
+        dtype: str = "auto") -> dict[str, Any]:
+    """SFT of base on conversational prompt → completion examples; loss on the completion only."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = models.load_tokenizer(base_ref, padding_side="right")
+    model = models.load_causal_lm(base_ref, dtype, to_device=False)
+    args = SFTConfig(**common_args(section, examples=len(examples), checkpoints=checkpoints, seed=seed, dtype=dtype),
+                     completion_only_loss=True, packing=False, dataset_num_proc=None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
+                         processing_class=tokenizer, callbacks=callbacks())
+    return _finish(trainer, model_dir, tokenizer, checkpoints)
+
+
+def preference(base_ref: str, pairs: list[dict], section, *, model_dir: str, checkpoints: str, seed: int,
+               dtype: str = "auto") -> dict[str, Any]:
+    """SimPO (TRL's CPOTrainer, loss_type=simpo, cpo_alpha=0) or DPO (explicit frozen reference copy)."""
+    from datasets import Dataset
+
+    tokenizer = models.load_tokenizer(base_ref, padding_side="right")
+    model = models.load_causal_lm(base_ref, dtype, to_device=False)
+    common = common_args(section, examples=len(pairs), checkpoints=checkpoints, seed=seed, dtype=dtype)
+    dataset = Dataset.from_list(pairs)
+    if section.loss == "simpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=section.gamma, beta=section.beta,
+                         max_completion_length=section.max_length)
+        trainer = CPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             callbacks=callbacks())
+    else:
+        from trl import DPOConfig, DPOTrainer
+
+        # The policy object was not loaded from a hub id, so DPOTrainer cannot rebuild the reference itself.
+        ref_model = models.load_causal_lm(base_ref, dtype, to_device=False)
+        args = DPOConfig(**common, beta=section.beta)
+        trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
+                             processing_class=tokenizer, callbacks=callbacks())
+    return _finish(trainer, model_dir, tokenizer, checkpoints)
