@@ -38,7 +38,12 @@ def _no_traversal(value: str) -> str:
 # A DNS-1123 label: Kubernetes object names derived from these values must stay valid.
 DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
 # A URI or path without '..' segments.
-SafePath = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_no_traversal)]
+# The same check at apply time (CEL; RE2 has no lookahead, so the rule negates a match of a '..' segment).
+_NO_TRAVERSAL_RULE = {"rule": r"!self.matches('(^|[/\\\\])[.][.]([/\\\\]|$)')",
+                      "message": "must not contain '..' path segments (storage paths cannot escape the run's root)"}
+SafePath = Annotated[str, Field(min_length=1, max_length=1024,
+                                json_schema_extra={"x-kubernetes-validations": [_NO_TRAVERSAL_RULE]}),
+                     AfterValidator(_no_traversal)]
 # Values of label and annotation maps (Kubernetes bounds them; so do we, for CEL cost and sanity).
 LabelValue = Annotated[str, Field(max_length=63)]
 AnnotationValue = Annotated[str, Field(max_length=4096)]

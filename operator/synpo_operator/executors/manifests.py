@@ -41,6 +41,8 @@ ANNOTATION_ATTEMPT = "synpo.dev/attempt"
 ANNOTATION_GPUS = "synpo.dev/gpus-per-pod"
 ANNOTATION_CONFIG_HASH = "synpo.dev/config-sha256"
 TEST_POD_ANNOTATIONS = "synpo.dev/test-pod-annotations"
+FAKE_ANNOTATION_PREFIX = "synpo.dev/fake-"
+"""The only pod annotations TEST_POD_ANNOTATIONS may set (the dev cluster's kwok reads them)."""
 """Run annotation (testing only): JSON `{selector: {annotation: value}}` copied onto stage pod templates.
 Selectors: "*" (every stage), a stage name ("train") or a stage key ("i1-train"); the more specific wins.
 The dev cluster's kwok reads `synpo.dev/fake-*` pod annotations to fake exit codes and results."""
@@ -109,7 +111,8 @@ def _run_uid(run: SynPORun) -> str | None:
 
 
 def extra_pod_annotations(run: SynPORun, node: StageNode) -> dict[str, str]:
-    """Pod annotations requested by the run's `synpo.dev/test-pod-annotations` (testing only)."""
+    """Pod annotations requested by the run's `synpo.dev/test-pod-annotations` (testing only; keys
+    `synpo.dev/fake-*` only)."""
     raw = (run.metadata.annotations or {}).get(TEST_POD_ANNOTATIONS)
     if not raw:
         return {}
@@ -123,7 +126,9 @@ def extra_pod_annotations(run: SynPORun, node: StageNode) -> dict[str, str]:
     for selector in ("*", node.id.name, node.key):
         chosen = doc.get(selector)
         if isinstance(chosen, dict):
-            merged.update({str(k): str(v) for k, v in chosen.items()})
+            # only the fake kubelet's keys: anything else (AppArmor, sidecar or secret injectors, ...) would
+            # let a run's author change how its pods are admitted and run
+            merged.update({str(k): str(v) for k, v in chosen.items() if str(k).startswith(FAKE_ANNOTATION_PREFIX)})
     return merged
 
 
