@@ -170,14 +170,8 @@ def test_killed_at_random_moments_repeatedly(tmp_path, reference):
           f"finished_before_kill={done_early} data_lost=0")
 
 
-MANIFEST_RESULT_GAP = pytest.mark.xfail(strict=True, reason=(
-    "the manifest does not checksum itself: a flipped digit in its `result`/`rows` keeps valid JSON and "
-    "matching file checksums, so the stage counts as done and re-emits the wrong summary (reported to the "
-    "workloads owner: store.py could add a sha256 of the manifest body)"))
-
-
 @pytest.mark.parametrize("damage", ["flip-byte", "truncate", "flip-manifest-files", "delete-file",
-                                    pytest.param("flip-manifest-result", marks=MANIFEST_RESULT_GAP)])
+                                    "flip-manifest-result"])
 def test_corruption_after_the_manifest_is_detected_and_redone(tmp_path, reference, damage):
     config = _config(tmp_path)
     out = Path(config["output"])

@@ -126,3 +126,15 @@ def test_batch_and_warmup_arithmetic():
     assert training.warmup_steps(0.1, 1) == 0  # ...is not spent at learning rate 0
     assert training.total_steps(126, 8, 8, 1.0) == 16 and training.warmup_steps(0.1, 16) == 1
     assert training.total_steps(100, 32, 8, 3.0) == 9  # 13 batches // 4 = 3 per epoch
+
+
+def test_progress_lines_are_what_the_local_executor_parses(capsys):
+    import json
+
+    from synpo_operator.executors.local import PROGRESS_PREFIX
+    from synpo_workloads import progress
+
+    progress.report(3, 10, "prompts", force=True)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(PROGRESS_PREFIX)
+    assert json.loads(line[len(PROGRESS_PREFIX):]) == {"done": 3, "total": 10, "unit": "prompts"}

@@ -193,8 +193,14 @@ def _part_dirs(output: str, shards: int) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- manifests
+def _body_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest without its own checksum: an edited result or row count is caught too."""
+    body = {k: v for k, v in manifest.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
 def load_manifest(directory: str) -> dict[str, Any] | None:
-    """The manifest of a stage (or shard) directory, or None when missing or unreadable."""
+    """The manifest of a stage (or shard) directory, or None when missing, unreadable or altered."""
     path = join(directory, MANIFEST)
     try:
         if not exists(path):
@@ -202,7 +208,9 @@ def load_manifest(directory: str) -> dict[str, Any] | None:
         doc = json.loads(read_bytes(path))
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) and doc.get("kind") == MANIFEST_KIND else None
+    if not isinstance(doc, dict) or doc.get("kind") != MANIFEST_KIND or doc.get("sha256") != _body_digest(doc):
+        return None
+    return doc
 
 
 def verify(directory: str, manifest: dict[str, Any] | None = None) -> bool:
@@ -395,5 +403,6 @@ class StageWriter:
             "timings": {"started": self.started, "finished": finished, "seconds": round(finished - self.started, 3)},
             "result": result,
         }
+        manifest["sha256"] = _body_digest(manifest)
         write_bytes_atomic(self.path(MANIFEST), json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
         return manifest

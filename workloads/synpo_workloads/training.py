@@ -18,7 +18,7 @@ import math
 import os
 from typing import Any
 
-from . import models
+from . import models, progress
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def last_checkpoint(checkpoints: str) -> str | None:
 
 
 def callbacks() -> list:
-    return [_timed_checkpoints(), *_fault_callback()]
+    return [_timed_checkpoints(), progress.trainer_callback(), *_fault_callback()]
 
 
 def _fault_callback():

@@ -25,7 +25,8 @@ from ..plan.stage_config import run_root, stage_config
 BAD_INPUT_EXIT_CODE = 2
 """Stage programs exit 2 on bad input data or config: retrying cannot help (Jobs fail fast on it too)."""
 PROGRESS_PREFIX = "SYNPO_PROGRESS "
-"""Stage programs print `SYNPO_PROGRESS {"done": n, "total": m, "unit": "..."}` lines; shown as bars."""
+"""Stage programs print `SYNPO_PROGRESS {"done": n, "total": m, "unit": "..."}` lines (synpo_workloads.progress);
+`synpo run` shows them as bars."""
 
 
 def _store():

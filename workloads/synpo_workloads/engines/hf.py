@@ -6,7 +6,7 @@ since compiling costs more than it saves for short CPU runs.
 
 from __future__ import annotations
 
-from .. import models
+from .. import models, progress
 from . import Prompt, SamplingParams, cut_at_stop
 
 
@@ -46,6 +46,7 @@ class TransformersEngine:
         if device.type == "cuda":
             gen_kwargs["cache_implementation"] = "static"
         torch.manual_seed(params.seed)
+        progress.report(0, len(order), "prompts", force=True)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             enc = self.tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
@@ -56,6 +57,7 @@ class TransformersEngine:
             for i, ids in zip(idx, new, strict=True):
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
                 outputs[i] = cut_at_stop(text, params.stop).strip() if params.stop else text.strip()
+            progress.report(min(start + self.batch_size, len(order)), len(order), "prompts")
         return outputs
 
     def close(self) -> None:
