@@ -83,6 +83,8 @@ class SFTSpec(ApiModel):
     """Fraction of steps for learning-rate warm-up (paper: 0.1)."""
     max_length: int = Field(default=8000, ge=16, le=131072)
     """Longest training sequence in tokens; longer examples are truncated."""
+    max_seed_examples: int | None = Field(default=None, ge=1, le=10_000_000)
+    """Train on at most this many seed pairs (a seeded sample; default: all of them)."""
 
 
 class ImproverSpec(SFTSpec):
@@ -90,8 +92,6 @@ class ImproverSpec(SFTSpec):
 
     max_length: int = Field(default=6000, ge=16, le=131072)
     """Longest training sequence in tokens (paper: 6,000)."""
-    max_seed_examples: int | None = Field(default=None, ge=1, le=10_000_000)
-    """Use at most this many seed pairs per iteration (default: all)."""
 
 
 class PromptGeneratorSpec(SFTSpec):

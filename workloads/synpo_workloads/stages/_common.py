@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import shutil
 
 from .. import store
@@ -44,3 +45,11 @@ def rows_or_fail(stage_output: str, name: str, role: str) -> list[dict]:
     except FileNotFoundError as e:
         raise DataError(f"inputs.{role}: {stage_output} is not a finished stage output ({e})") from e
     return rows
+
+
+def select_seed(rows: list[dict], limit: int | None, rng: random.Random) -> list[tuple[int, dict]]:
+    """Up to `limit` seed rows (a seeded sample, in file order) with their indices."""
+    indexed = list(enumerate(rows))
+    if limit is None or limit >= len(indexed):
+        return indexed
+    return sorted(rng.sample(indexed, limit), key=lambda p: p[0])

@@ -14,15 +14,7 @@ import random
 from .. import data_io, store, templates, training
 from ..errors import ConfigError
 from ..judges import make_scorer
-from ._common import checkpoints_dir, drop_checkpoints, engine, sampling
-
-
-def select_seed(rows: list[dict], limit: int | None, rng: random.Random) -> list[tuple[int, dict]]:
-    """Up to `limit` seed rows (a seeded sample, in file order) with their indices."""
-    indexed = list(enumerate(rows))
-    if limit is None or limit >= len(indexed):
-        return indexed
-    return sorted(rng.sample(indexed, limit), key=lambda p: p[0])
+from ._common import checkpoints_dir, drop_checkpoints, engine, sampling, select_seed
 
 
 def run(ctx) -> dict:

@@ -3,12 +3,16 @@ Trained once per run; the model is saved to <output>/model (with its tokenizer).
 
 from __future__ import annotations
 
+import random
+
 from .. import store, templates, training
-from ._common import checkpoints_dir, drop_checkpoints, rows_or_fail
+from ._common import checkpoints_dir, drop_checkpoints, rows_or_fail, select_seed
 
 
 def run(ctx) -> dict:
     rows = rows_or_fail(ctx.input("keywords"), "generator_train", "keywords")
+    rows = [r for _, r in select_seed(rows, ctx.spec.prompt_generator.max_seed_examples,
+                                      random.Random(ctx.seed("generator-examples")))]
     examples = [{"prompt": templates.generator_prompt(r["keywords"]),
                  "completion": templates.generator_target(r["question"], r["solution"])} for r in rows]
     model_dir = ctx.writer.local_dir("model")
