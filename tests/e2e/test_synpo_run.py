@@ -78,7 +78,8 @@ def test_bad_data_fails_the_stage_clearly_and_keeps_earlier_artifacts(tiny_model
     proc = synpo("run", str(run_file), "--no-report")
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 1, out
-    assert "i0-evaluate" in out and "line 2" in out and "Traceback" not in out.split("Failed:")[-1]
+    assert "i0-evaluate" in out and "eval.jsonl:2:" in out and "malformed JSON" in out
+    assert "Traceback" not in out
     assert (tmp_path / "runs" / "default" / "bad" / "iter-0" / "keywords" / "manifest.json").exists()
     summary = json.loads((tmp_path / "runs" / "default" / "bad" / "iter-0" / "keywords" / "manifest.json")
                          .read_text())

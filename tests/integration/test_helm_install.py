@@ -107,7 +107,7 @@ def test_chart_applies_with_server_side_dry_run(helm, kubectl, kube, dev_cluster
         "monitoring": {"metrics": {"serviceMonitor": {"enabled": True}}, "grafana": {"dashboard": {"enabled": True}}},
         "custom": {"image": {"repository": "registry.example/synpo/operator", "tag": "dev"},
                    "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
-                   "logLevel": "debug", "operator": {"maxConcurrentRuns": 2}},
+                   "logLevel": "debug", "operator": {"maxActiveRuns": 2, "maxActiveRunsPerNamespace": 1}},
     }[scope]
     release = f"dry-{uuid.uuid4().hex[:6]}"
     docs = chart.render(helm, values, namespace=namespace, release=release, include_crds=True)

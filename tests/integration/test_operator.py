@@ -448,7 +448,8 @@ def test_suspend_resume_and_delete(kube, operator, namespace):
         current["pausable-i0-prompt-generator"]["spec"]["suspend"] is False
 
     kube.delete(path)
-    kube.wait_gone(path, timeout=30)
+    # TTL 2 s, then the finalizer round trip; on a loaded 2-core CI machine 30 s once proved too tight.
+    kube.wait_gone(path, timeout=90)
     kube.wait_for(JOBS.format(ns=namespace), lambda o: not o["items"], timeout=30)
     cms = kube.get(f"/api/v1/namespaces/{namespace}/configmaps", labelSelector="synpo.dev/run=pausable")
     assert not cms["items"]
@@ -469,7 +470,8 @@ def test_ttl_after_finished_deletes_the_run(kube, operator, namespace):
     apply(kube, namespace, run_doc("ttl", ttlSecondsAfterFinished=2))
     path = f"{RUNS.format(ns=namespace)}/ttl"
     wait_run(kube, namespace, "ttl", lambda s: s.get("phase") == "Succeeded", timeout=120)
-    kube.wait_gone(path, timeout=30)
+    # TTL 2 s, then the finalizer round trip; on a loaded 2-core CI machine 30 s once proved too tight.
+    kube.wait_gone(path, timeout=90)
     kube.wait_for(JOBS.format(ns=namespace), lambda o: not o["items"], timeout=30)
 
 

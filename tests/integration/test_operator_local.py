@@ -33,7 +33,7 @@ def test_local_executor_runs_a_tiny_model_to_success(dev_cluster, crds, namespac
         kube.post(RUNS.format(ns=namespace), {"apiVersion": "synpo.dev/v1alpha1", "kind": "SynPORun",
                                               "metadata": {"name": "tiny-local"}, "spec": spec})
         status = wait_run(kube, namespace, "tiny-local", lambda s: s.get("phase") in ("Succeeded", "Failed"),
-                          timeout=1200)
+                          timeout=1200)["status"]
         assert status["phase"] == "Succeeded", (status, op.logs()[-4000:])
         assert conditions(status)["Succeeded"]["status"] == "True"
         stages = {s["name"]: s for s in status["stages"]}
