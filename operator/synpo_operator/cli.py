@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         print(err.render(), file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `synpo plan FILE | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted; run the same command again to continue where it stopped", file=sys.stderr)
         return 130
