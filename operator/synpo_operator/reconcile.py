@@ -20,6 +20,7 @@ from . import clock
 from .api.common import Condition
 from .api.loader import SpecError, parse_resource
 from .api.run import IterationSummary, StageStatus, SynPORun, SynPORunStatus
+from .clock import parse_time, rfc3339
 from .plan.graph import STAGES, StageId, model_artifact, stage_graph
 from .plan.planner import Decision, StagePhase, StageState, Start, plan
 
@@ -33,22 +34,6 @@ RESULT_VALUE = (int, float, str, bool)
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not value or not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _clip(text: str, limit: int = MAX_MESSAGE) -> str:

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 
 from .api.schedule import PromotedModel, SynPOScheduleSpec
+from .clock import parse_time, rfc3339
 
 MAX_MISSED = 100
 
@@ -175,14 +176,6 @@ class ScheduleOutcome:
     requeue_seconds: float = 60.0
 
 
-def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _evaluation(run: dict) -> Evaluation:
     status = run.get("status") or {}
     iterations = [i for i in status.get("iterations") or [] if isinstance(i, dict)]
@@ -219,12 +212,12 @@ def reconcile_schedule(body: dict, runs: list[dict], *, now: datetime,
         return (run.get("status") or {}).get("phase") or "Pending"
 
     # 1. The promotion gate, once per finished successful run, oldest first.
-    last_success = _time(old.get("lastSuccessfulTime"))
+    last_success = parse_time(old.get("lastSuccessfulTime"))
     decision_text = old.get("lastPromotionDecision")
     succeeded = sorted((r for r in runs if phase(r) == "Succeeded"),
                        key=lambda r: (r.get("status") or {}).get("completionTime") or "")
     for run in succeeded:
-        done_at = _time((run.get("status") or {}).get("completionTime"))
+        done_at = parse_time((run.get("status") or {}).get("completionTime"))
         if done_at and (last_success is None or done_at > last_success):
             last_success = done_at
         name = run["metadata"]["name"]
@@ -247,19 +240,19 @@ def reconcile_schedule(body: dict, runs: list[dict], *, now: datetime,
         if verdict.promote:
             score = candidate.score if candidate.score is not None else (promoted.score if promoted else None)
             promoted = PromotedModel(model=candidate.model, run=name, metric=spec.promotion.metric,
-                                     value=verdict.candidate, score=score, promoted_at=_rfc3339(now))
+                                     value=verdict.candidate, score=score, promoted_at=rfc3339(now))
 
     # 2. History limits.
     finished = [FinishedRun(r["metadata"]["name"], phase(r) == "Succeeded",
-                            _time((r.get("status") or {}).get("completionTime")) or now)
+                            parse_time((r.get("status") or {}).get("completionTime")) or now)
                 for r in runs if phase(r) in FINISHED]
     out.delete += runs_to_prune(finished, successful_limit=spec.successful_runs_history_limit,
                                 failed_limit=spec.failed_runs_history_limit)
 
     # 3. Whether a run is due.
     active = sorted(r["metadata"]["name"] for r in runs if phase(r) not in FINISHED)
-    created = _time(meta.get("creationTimestamp")) or now
-    last_schedule = _time(old.get("lastScheduleTime"))
+    created = parse_time(meta.get("creationTimestamp")) or now
+    last_schedule = parse_time(old.get("lastScheduleTime"))
     decision = decide(spec, now=now, created=created, last_schedule=last_schedule, active=active,
                       capacity_left=capacity_left)
     if decision.delete:
@@ -278,7 +271,7 @@ def reconcile_schedule(body: dict, runs: list[dict], *, now: datetime,
                 "name": name, "namespace": meta.get("namespace"),
                 "labels": {**spec.run_template.metadata.labels, SCHEDULE_LABEL: meta["name"]},
                 "annotations": {**spec.run_template.metadata.annotations,
-                                "synpo.dev/scheduled-at": _rfc3339(decision.create)},
+                                "synpo.dev/scheduled-at": rfc3339(decision.create)},
                 "ownerReferences": [{"apiVersion": "synpo.dev/v1alpha1", "kind": "SynPOSchedule",
                                      "name": meta["name"], "uid": meta["uid"], "controller": True,
                                      "blockOwnerDeletion": True}],
@@ -288,7 +281,7 @@ def reconcile_schedule(body: dict, runs: list[dict], *, now: datetime,
         active.append(name)
         last_schedule = decision.create
         out.missed = max(0, decision.missed - 1)
-        out.events.append(("Normal", "RunCreated", f"created run {name} for {_rfc3339(decision.create)}"
+        out.events.append(("Normal", "RunCreated", f"created run {name} for {rfc3339(decision.create)}"
                            + (f" from promoted model of {promoted.run}" if promoted and spec.promotion.enabled
                               else "")
                            + (f" ({out.missed} earlier missed time(s) skipped)" if out.missed else "")))
@@ -306,18 +299,18 @@ def reconcile_schedule(body: dict, runs: list[dict], *, now: datetime,
         before = previous.get(type_) or {}
         since = before.get("lastTransitionTime") if before.get("status") == status else None
         return {"type": type_, "status": status, "reason": reason, "message": message,
-                "observedGeneration": generation, "lastTransitionTime": since or _rfc3339(now)}
+                "observedGeneration": generation, "lastTransitionTime": since or rfc3339(now)}
 
     out.status = {
         "observedGeneration": generation,
         "active": sorted(active),
-        "lastScheduleTime": _rfc3339(last_schedule) if last_schedule else None,
-        "lastSuccessfulTime": _rfc3339(last_success) if last_success else None,
+        "lastScheduleTime": rfc3339(last_schedule) if last_schedule else None,
+        "lastSuccessfulTime": rfc3339(last_success) if last_success else None,
         "promoted": promoted.to_api() if promoted else None,
         "lastPromotionDecision": decision_text,
         "conditions": [
             condition("Ready", ready, decision.reason or "Waiting",
-                      decision.skipped or (f"next run at {_rfc3339(decision.requeue_at)}"
+                      decision.skipped or (f"next run at {rfc3339(decision.requeue_at)}"
                                            if decision.requeue_at else "")),
             condition("Suspended", spec.suspend, "Suspended" if spec.suspend else "Active", ""),
         ],
