@@ -23,6 +23,7 @@ class VllmEngine:
         self.llm = LLM(model=models.resolve(model_ref), dtype=dtype if dtype != "auto" else "auto",
                        gpu_memory_utilization=util,
                        tensor_parallel_size=int(os.environ.get("SYNPO_VLLM_TENSOR_PARALLEL", "1")))
+        self.last_stats: dict = {}
 
     def render(self, prompt: Prompt, prefill: str = "") -> str:
         if isinstance(prompt, str):
@@ -36,6 +37,7 @@ class VllmEngine:
                  max_tokens=params.max_new_tokens, seed=params.seed, stop=list(params.stop) or None,
                  include_stop_str_in_output=True)
         outs = self.llm.generate([self.render(p, params.prefill) for p in prompts], sp, use_tqdm=False)
+        self.last_stats = {"prompts": len(prompts), "new_tokens": sum(len(o.outputs[0].token_ids) for o in outs)}
         return [cut_at_stop(o.outputs[0].text, params.stop).strip() for o in outs]
 
     def close(self) -> None:

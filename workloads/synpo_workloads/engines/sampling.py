@@ -1,0 +1,70 @@
+"""Fused top-k + nucleus (top-p) filter for `model.generate` that never sorts the whole vocabulary.
+
+transformers' own warpers run TopK(k) and then TopP(p); TopP sorts every row of the full vocabulary
+(49k entries for SmolLM2/Llama-3) on every decoding step, although TopK has already masked all but k of them.
+`TopKTopPLogitsProcessor` does both with one `torch.topk(scores, k)` (k candidates, already in descending
+order) and the nucleus cut inside them, so its result is the same set of kept tokens as TopK(k) → TopP(p):
+
+- with `k` = the generation config's top_k (transformers' default: 50) the result is **exact**: every token
+  outside the top k is masked by TopK anyway (the cumulative sums run in descending instead of ascending
+  order, so a token whose cumulative mass lands within float rounding of p may fall on the other side);
+- with `k=None` (no top-k) the candidates are the top `candidates` (default 1024) logits, and a row whose
+  candidate mass is below p falls back to the full sort for that row only, so it is exact as well.
+
+Kept tokens keep their logits, all others get -inf: the sampler then draws from the same distribution
+(bitwise, when the kept sets agree) and consumes the random stream exactly as the stock warpers do.
+"""
+
+from __future__ import annotations
+
+
+def make_processor(top_p: float, top_k: int | None, candidates: int = 1024):
+    from transformers import LogitsProcessor
+
+    class TopKTopPLogitsProcessor(LogitsProcessor):
+        def __init__(self):
+            self.top_p = float(top_p)
+            self.top_k = int(top_k) if top_k else None
+            self.candidates = candidates
+
+        def __call__(self, input_ids, scores):
+            return filter_scores(scores, self.top_p, self.top_k, self.candidates)
+
+    return TopKTopPLogitsProcessor()
+
+
+def filter_scores(scores, top_p: float, top_k: int | None, candidates: int = 1024):
+    import torch
+
+    vocab = scores.shape[-1]
+    if top_p >= 1.0 and not top_k:
+        return scores
+    k = min(top_k if top_k else candidates, vocab)
+    values, indices = torch.topk(scores, k, dim=-1)  # sorted, descending
+    if top_p >= 1.0:
+        keep = torch.ones_like(values, dtype=torch.bool)
+        short = None
+    else:
+        if top_k:  # the top k are the whole support after TopK: normalise over them
+            probs = values.softmax(dim=-1)
+        else:  # mass relative to the full row
+            probs = (values - torch.logsumexp(scores, dim=-1, keepdim=True)).exp()
+        before = probs.cumsum(dim=-1) - probs  # mass of the better-ranked tokens
+        keep = before < top_p
+        keep[..., 0] = True  # min_tokens_to_keep = 1
+        short = None if top_k else (probs.sum(dim=-1) < top_p)
+    out = torch.full_like(scores, -float("inf"))
+    out.scatter_(-1, indices, values.masked_fill(~keep, -float("inf")))
+    if short is not None and bool(short.any()):  # candidate set too small for these rows: exact full sort
+        rows = short.nonzero(as_tuple=True)[0]
+        out[rows] = _full_top_p(scores[rows], top_p)
+    return out
+
+
+def _full_top_p(scores, top_p: float):
+    sorted_logits, sorted_indices = scores.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    keep = (probs.cumsum(dim=-1) - probs) < top_p
+    keep[..., 0] = True
+    kept = sorted_logits.masked_fill(~keep, -float("inf"))
+    return scores.new_full(scores.shape, -float("inf")).scatter(-1, sorted_indices, kept)
