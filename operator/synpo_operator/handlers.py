@@ -389,19 +389,6 @@ def _schedule_status(status: dict[str, Any]) -> dict[str, Any]:
     return SynPOScheduleStatus.model_validate({k: v for k, v in status.items() if v is not None}).to_api()
 
 
-def _schedule_status_differs(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    import json
-
-    def norm(status: dict[str, Any]) -> str:
-        try:
-            status = _schedule_status(status)
-        except Exception:  # noqa: BLE001 - an unreadable old status always differs
-            pass
-        return json.dumps(status, sort_keys=True, default=str)
-
-    return norm(old) != norm(new)
-
-
 def _invalid_schedule(body: dict[str, Any], err: SpecError) -> None:
     """A spec the API server accepted but the models reject (e.g. a cron expression croniter refuses)."""
     meta = body["metadata"]
@@ -452,7 +439,7 @@ def reconcile_schedule_now(namespace: str, name: str, why: str = "") -> Schedule
     # 3. status (the promotion is recorded here, before the runs are marked as judged)
     old = body.get("status") or {}
     new = _schedule_status(outcome.status)
-    if _schedule_status_differs(old, new):
+    if status_differs(old, new, normalise=_schedule_status):
         kube.patch_schedule_status(namespace, name, status_patch(old, new))
     # 4. mark each judged run, so it is judged once
     for run, verdict in outcome.annotate.items():

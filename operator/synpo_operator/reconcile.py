@@ -11,7 +11,7 @@ Also here: pure translations of Job and Pod objects (API JSON, camelCase) into s
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -679,17 +679,20 @@ def _normalise(status: Mapping[str, Any]) -> dict[str, Any]:
     return SynPORunStatus.model_validate(clean).to_api()
 
 
-def status_differs(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
-    """True when writing `new` would change the stored status (volatile fields compared as they are)."""
-    return _normalise_for_compare(old or {}) != _normalise_for_compare(new)
+def status_differs(old: Mapping[str, Any] | None, new: Mapping[str, Any],
+                   normalise: Callable[[Mapping[str, Any]], Any] | None = None) -> bool:
+    """True when writing `new` would change the stored status (volatile fields compared as they are).
+    `normalise` puts both in canonical form (default: a run's status)."""
+    normalise = normalise or _normalise
 
+    def canonical(status: Mapping[str, Any]) -> str:
+        try:
+            status = normalise(status)
+        except Exception:  # noqa: BLE001 - an unreadable old status always differs
+            pass
+        return json.dumps(status, sort_keys=True, default=str)
 
-def _normalise_for_compare(status: Mapping[str, Any]) -> str:
-    try:
-        status = _normalise(status)
-    except Exception:  # noqa: BLE001 - an unreadable old status always differs
-        pass
-    return json.dumps(status, sort_keys=True, default=str)
+    return canonical(old or {}) != canonical(new)
 
 
 def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
