@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +200,24 @@ def events(kube: KubeClient, ns: str, name: str) -> list[dict]:
     return [e for e in items if e.get("involvedObject", {}).get("name") == name]
 
 
+def wait_until(what: str, check: Callable[[], object], timeout: float = 30, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_for_event(kube: KubeClient, ns: str, name: str, reason: str, text: str = "") -> dict:
+    """Events are posted asynchronously by kopf: wait for one with this reason (and text)."""
+    return wait_until(f"event {reason} on {name}", lambda: next(
+        (e for e in events(kube, ns, name) if e["reason"] == reason and text in e.get("message", "")), None),
+        timeout=15)
+
+
 class JobAudit:
     """Polls the namespace's Jobs and records every (name, uid) it sees: a Job created twice shows up as
     one name with two UIDs."""
@@ -308,8 +326,9 @@ def test_run_to_success_with_status_events_and_metrics(kube, operator, namespace
     env = {e["name"]: e for e in refine["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
 
+    wait_for_event(kube, namespace, "happy", "RunSucceeded")  # events are posted after the status write
     reasons = [e["reason"] for e in events(kube, namespace, "happy")]
-    assert reasons.count("StageStarted") == 10 and "StageSucceeded" in reasons and "RunSucceeded" in reasons
+    assert reasons.count("StageStarted") == 10 and "StageSucceeded" in reasons
 
     deadline = time.monotonic() + 10
     while True:  # metrics follow the reconcile that wrote the status
@@ -348,7 +367,7 @@ def test_pod_failure_is_retried_then_fails_the_run(kube, operator, namespace):
     for job in left.values():
         assert any(c["type"] in ("Complete", "Failed") and c["status"] == "True"
                    for c in job["status"].get("conditions", [])), job["metadata"]["name"]
-    assert "StageFailed" in [e["reason"] for e in events(kube, namespace, "flaky")]
+    wait_for_event(kube, namespace, "flaky", "StageFailed")
 
 
 def test_bad_input_exit_code_fails_fast(kube, operator, namespace):

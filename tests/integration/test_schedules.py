@@ -20,7 +20,7 @@ import pytest
 from synpo_operator.devcluster.client import ApiError, KubeClient
 from synpo_operator.schedule import run_name
 
-from .test_operator import RUNS, Operator, conditions, crds, events, run_doc  # noqa: F401 - crds: fixture
+from .test_operator import RUNS, Operator, conditions, crds, events, run_doc, wait_for_event, wait_until  # noqa: F401 - crds: fixture
 
 SCHEDULES = "/apis/synpo.dev/v1alpha1/namespaces/{ns}/synposchedules"
 HOLD = {"*": {"synpo.dev/fake-hold": "true"}}            # runs stay active
@@ -87,17 +87,6 @@ def get_schedule(kube: KubeClient, ns: str, name: str) -> dict:
     return kube.get(f"{SCHEDULES.format(ns=ns)}/{name}")
 
 
-def wait_until(what: str, check: Callable[[], object], timeout: float = 30, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
-
-
 def wait_schedule(kube, ns, name, predicate, timeout: float = 30) -> dict:
     return kube.wait_for(f"{SCHEDULES.format(ns=ns)}/{name}", lambda o: predicate(o.get("status") or {}),
                          timeout=timeout, interval=0.25)
@@ -111,13 +100,6 @@ def assert_subset(expected, actual, path: str = "spec") -> None:
             assert_subset(value, actual[key], f"{path}.{key}")
     else:
         assert expected == actual, f"{path}: {actual!r} != {expected!r}"
-
-
-def wait_for_event(kube: KubeClient, ns: str, name: str, reason: str, text: str = "") -> dict:
-    """Events are posted asynchronously by kopf: wait for one with this reason (and text)."""
-    return wait_until(f"event {reason} on {name}", lambda: next(
-        (e for e in events(kube, ns, name) if e["reason"] == reason and text in e.get("message", "")), None),
-        timeout=15)
 
 
 def phase(run: dict) -> str | None:
