@@ -1,16 +1,20 @@
-"""Kopf handlers: translate watch events and timers into calls of `reconcile.reconcile`. The only kopf import.
+"""The operator process: kopf runs it (startup, probes, the SynPOSchedules); the SynPORuns go through a run
+controller of our own. The only kopf import.
 
-Triggers of a run's reconcile:
-- any event of the SynPORun (create, spec change, our own status write: a no-op then);
-- any event of a Job labelled `synpo.dev/run` (stage progress, completion, failure, deletion);
-- a periodic timer (every `SYNPO_OPERATOR_RESYNC_SECONDS`, default 30): deadlines, TTL, missed events.
+Runs (first half of this module): informers (`kube.WatchCache`) on the runs and on the Jobs and pods
+labelled `synpo.dev/run` feed one de-duplicating `WorkQueue`; `SYNPO_OPERATOR_WORKERS` threads drain it,
+calling `reconcile_now` for one run at a time. What queues a run:
+- a change of the run, except the echo of our own status write (recognised by its resourceVersion);
+- a change of the status of one of its Jobs, or a Job deleted;
+- one resync pass over the cached runs every `SYNPO_OPERATOR_RESYNC_SECONDS` (default 30): deadlines, TTL,
+  local processes, anything missed; settled runs are skipped;
+- a run slot freed up (concurrency caps), or a failed reconcile (retried with back-off).
+Runs never reconciled go first. Why not kopf handlers for runs: at a thousand runs kopf's per-object state
+(a timer task per run, a worker per Job) and the finalizer it PATCHes onto every new run (plus the watch
+round trip before the first handler) cost more memory, API writes and latency than the reconciles
+themselves. Runs carry no finalizer: their Jobs are owned by them and go with them (garbage collection).
 
-Triggers are coalesced per run: while one reconcile of a run is in progress, further triggers only mark it
-to run once more afterwards, so bursts of Job events cost one or two reconciles and two reconciles of one
-run never overlap. Each reconcile re-reads the run from the API server, lists its Jobs and pods, and writes
-status only when it changed.
-
-SynPOSchedules (second half of this module): a timer per schedule plus create/update/resume handlers call
+SynPOSchedules (second half): a timer per schedule plus create/update/resume handlers call
 `schedule.reconcile_schedule` with the schedule's runs and carry out what it returns; a run of a schedule
 that changes phase re-triggers its schedule at once.
 
@@ -20,8 +24,10 @@ beyond the caps.
 
 Configuration comes from the environment (set by `synpo operator`, read at import time):
   SYNPO_OPERATOR_EXECUTOR           jobs (default) | local
-  SYNPO_OPERATOR_RESYNC_SECONDS     timer interval (default 30; tests use 1)
+  SYNPO_OPERATOR_RESYNC_SECONDS     resync interval (default 30; tests use 1)
+  SYNPO_OPERATOR_WORKERS            reconcile threads (default 16)
   SYNPO_OPERATOR_NAMESPACES         watched namespaces, comma-separated (empty: all)
+  SYNPO_OPERATOR_CACHE              0: reconciles GET/LIST instead of reading the informers (benchmark baseline)
   SYNPO_MAX_ACTIVE_RUNS             cap on started, unfinished runs across watched namespaces (0/empty: none)
   SYNPO_MAX_ACTIVE_RUNS_PER_NAMESPACE   the same per namespace
   SYNPO_CLOCK_FILE                  tests only: the operator's clock (see clock.py)
@@ -44,8 +50,9 @@ from . import clock, kube
 from .api.common import GROUP, VERSION
 from .api.loader import SpecError, parse_resource
 from .capacity import CapacityIndex, Caps, RunSlot
+from .events import EVENTS
 from .executors.jobs import JobExecutor, jobs_spec_problems
-from .executors.manifests import LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY, RUN_KIND
+from .executors.manifests import LABEL_RUN, RUN_KIND
 from .metrics import METRICS
 from .reconcile import (
     Outcome,
@@ -57,12 +64,13 @@ from .reconcile import (
     status_patch,
 )
 from .schedule import PROMOTION_ANNOTATION, SCHEDULE_LABEL, ScheduleOutcome, reconcile_schedule
+from .workqueue import WorkQueue
 
 PLURAL = "synporuns"
 FINALIZER = "synpo.dev/finalizer"
 EXECUTOR = os.environ.get("SYNPO_OPERATOR_EXECUTOR", "jobs")
 RESYNC_SECONDS = float(os.environ.get("SYNPO_OPERATOR_RESYNC_SECONDS", "30"))
-MAX_WORKERS = int(os.environ.get("SYNPO_OPERATOR_WORKERS", "8"))
+MAX_WORKERS = int(os.environ.get("SYNPO_OPERATOR_WORKERS", "16"))
 NAMESPACES = [n for n in os.environ.get("SYNPO_OPERATOR_NAMESPACES", "").split(",") if n]
 CAPS = Caps.parse(os.environ.get("SYNPO_MAX_ACTIVE_RUNS"), os.environ.get("SYNPO_MAX_ACTIVE_RUNS_PER_NAMESPACE"))
 CAPACITY = CapacityIndex(CAPS)
@@ -71,7 +79,11 @@ CAPACITY = CapacityIndex(CAPS)
 log = logging.getLogger("synpo.operator")
 
 
-# ---- per-run coalescing ----------------------------------------------------------------------------------
+# ---- the run controller: work queue, workers, informers, resync ------------------------------------------
+
+QUEUE = WorkQueue()
+RETRY_SECONDS = (0.5, 30.0)
+"""Back-off of a failed reconcile: doubling from the first to the second."""
 
 @dataclass
 class _Slot:
@@ -118,17 +130,130 @@ def _coalesce(slot: _Slot, work: Any, what: str, why: str, error_kind: str) -> N
         raise
 
 
-def trigger(namespace: str, name: str, why: str) -> None:
-    """Reconcile the run now, or once more after the reconcile in progress."""
-    slot = _slot(namespace, name)
-    _coalesce(slot, lambda w: reconcile_now(namespace, name, slot, w), f"reconcile of {namespace}/{name}", why,
-              "reconcile")
+def trigger(namespace: str, name: str, why: str = "", urgent: bool = False) -> None:
+    """Queue a reconcile of the run (once, however often it is asked for before a worker takes it)."""
+    QUEUE.add((namespace, name), urgent=urgent)
 
 
 def _nudge(fn: Any, *args: Any) -> None:
     """Call fn(*args) on a short-lived thread (kopf's context kept, so Events can be posted)."""
     ctx = contextvars.copy_context()
     threading.Thread(target=ctx.run, args=(fn, *args), daemon=True, name="synpo-nudge").start()
+
+
+_own_writes: dict[tuple[str, str], str] = {}
+"""run -> resourceVersion of our last status write: its watch echo needs no reconcile."""
+_failures: dict[tuple[str, str], int] = {}
+_informers: dict[str, list[kube.WatchCache]] = {}
+
+
+def _work() -> None:
+    while (key := QUEUE.get()) is not None:
+        namespace, name = key  # type: ignore[misc]
+        try:
+            reconcile_now(namespace, name)
+            _failures.pop(key, None)
+        except Exception as err:  # noqa: BLE001 - counted, logged, retried with back-off
+            METRICS.error("reconcile")
+            _failures[key] = tries = _failures.get(key, 0) + 1
+            delay = min(RETRY_SECONDS[1], RETRY_SECONDS[0] * 2 ** (tries - 1))
+            log.warning("reconcile of %s/%s failed (retry in %.1f s): %s", namespace, name, delay, err)
+            QUEUE.add_after(key, delay)
+        finally:
+            QUEUE.done(key)
+
+
+def _resync_loop() -> None:
+    """Queue every run that may need time-driven work: unsettled ones, and settled ones past their TTL."""
+    while not _stopping.wait(RESYNC_SECONDS):
+        for cache in _informers.get("runs", ()):
+            for body in cache.items():
+                meta = body.get("metadata") or {}
+                if meta.get("deletionTimestamp") or not _watched(meta.get("namespace", "")):
+                    continue
+                if _settled(body) and EXECUTOR == "jobs" and not _ttl_expired(body):
+                    continue
+                trigger(meta["namespace"], meta["name"], "resync")
+
+
+_stopping = threading.Event()
+
+
+def _watched(namespace: str) -> bool:
+    return not NAMESPACES or any(fnmatch.fnmatch(namespace, pattern) for pattern in NAMESPACES)
+
+
+def _on_run(type_: str, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+    meta = new.get("metadata") or {}
+    namespace, name = meta.get("namespace", ""), meta.get("name", "")
+    if not _watched(namespace):
+        return
+    key = (namespace, name)
+    if type_ == "DELETED":
+        _run_gone(namespace, name)
+        return
+    _observe_run(new)
+    if meta.get("deletionTimestamp"):
+        if FINALIZER in (meta.get("finalizers") or []):
+            _release_finalizer(namespace, name, meta["finalizers"])
+        return
+    if type_ == "MODIFIED" and _own_writes.get(key) == meta.get("resourceVersion"):
+        return  # the echo of our own status write
+    trigger(namespace, name, f"run {type_.lower()}", urgent=not (new.get("status") or {}).get("phase"))
+
+
+def _run_gone(namespace: str, name: str) -> None:
+    """The run is deleted: its Jobs go by garbage collection (they are owned by it); local processes are
+    stopped here."""
+    key = (namespace, name)
+    with _slots_guard:
+        slot = _slots.pop(key, None)
+    if slot is not None and slot.executor is not None:
+        slot.executor.stop()
+    _own_writes.pop(key, None)
+    _failures.pop(key, None)
+    METRICS.forget(namespace, name)
+    _slot_changed(CAPACITY.forget(namespace, name), None)
+
+
+def _release_finalizer(namespace: str, name: str, finalizers: list[str]) -> None:
+    """Runs made by operator versions before 0.2 carry our finalizer; nothing needs it any more."""
+    try:
+        kube.request("PATCH", kube.run_path(namespace, name), [
+            {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+            {"op": "replace", "path": "/metadata/finalizers", "value": [f for f in finalizers if f != FINALIZER]},
+        ], content_type="application/json-patch+json")
+    except kube.KubeError as err:
+        if not err.not_found:
+            log.warning("%s/%s: could not release the finalizer: %s", namespace, name, err)
+
+
+def _on_job(type_: str, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+    meta = new.get("metadata") or {}
+    if not _watched(meta.get("namespace", "")):
+        return
+    if (type_ == "MODIFIED" and old is not None and old.get("status") == new.get("status")
+            and (old.get("metadata") or {}).get("deletionTimestamp") == meta.get("deletionTimestamp")):
+        return  # nothing a reconcile reads changed
+    owner = next((r["name"] for r in meta.get("ownerReferences") or []
+                  if r.get("kind") == RUN_KIND and r.get("controller")), None)
+    if owner:
+        trigger(meta.get("namespace", ""), owner, f"job {type_.lower()}")
+
+
+def start_controller() -> None:
+    """Start the informers (they queue every existing run once) and the workers and resync thread."""
+    _stopping.clear()
+    scopes: list[str | None] = list(NAMESPACES) if NAMESPACES and not any(
+        ch in n for n in NAMESPACES for ch in "*?[") else [None]
+    _informers.update(kube.start_informers(scopes, {
+        "runs": (None, kube.slim, _on_run),
+        "jobs": (LABEL_RUN, kube.slim_job, _on_job),
+        "pods": (LABEL_RUN, kube.slim_pod, None),
+    }))
+    for i in range(MAX_WORKERS):
+        threading.Thread(target=_work, daemon=True, name=f"synpo-reconcile-{i}").start()
+    threading.Thread(target=_resync_loop, daemon=True, name="synpo-resync").start()
 
 
 # ---- executors ---------------------------------------------------------------------------------------------
@@ -195,6 +320,8 @@ def reconcile_now(namespace: str, name: str, slot: _Slot | None = None, why: str
     old = body.get("status") or {}
     if status_differs(old, outcome.status):
         patched = kube.patch_run_status(namespace, name, status_patch(old, outcome.status))
+        if patched:
+            _own_writes[(namespace, name)] = (patched.get("metadata") or {}).get("resourceVersion", "")
         _observe_run(patched or {**body, "status": outcome.status})
     for started in outcome.started:
         log.info("%s/%s: created Job for stage %s", namespace, name, started)
@@ -209,10 +336,7 @@ def reconcile_now(namespace: str, name: str, slot: _Slot | None = None, why: str
 
 
 def _post(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    try:
-        kopf.event(body, type=type_, reason=reason, message=message[:1024])
-    except LookupError:  # outside the operator (direct calls in tests): no event queue
-        log.info("event %s %s: %s", type_, reason, message)
+    EVENTS.post(body, type_, reason, message)
 
 
 def _ttl_expired(body: Any) -> bool:
@@ -234,68 +358,34 @@ def _settled(body: Any) -> bool:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.persistence.finalizer = FINALIZER
+    settings.persistence.finalizer = FINALIZER  # SynPOSchedules only: runs have no kopf handlers
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="synpo.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="synpo.dev")
     settings.posting.level = logging.WARNING  # kopf's own log lines become Events only when they matter
-    settings.execution.max_workers = MAX_WORKERS
+    settings.execution.max_workers = 4
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
     kube.api_client()
-    if CAPS.limited:
-        _prime_capacity()
-    log.info("synpo operator started (executor=%s, resync=%ss, max active runs=%s, per namespace=%s)",
-             EXECUTOR, RESYNC_SECONDS, CAPS.max_active or "unlimited", CAPS.max_per_namespace or "unlimited")
+    start_controller()
+    log.info("synpo operator started (executor=%s, workers=%s, resync=%ss, max active runs=%s, per namespace=%s)",
+             EXECUTOR, MAX_WORKERS, RESYNC_SECONDS, CAPS.max_active or "unlimited",
+             CAPS.max_per_namespace or "unlimited")
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
-def run_event(type: str | None, body: Any, namespace: str, name: str, **_: Any) -> None:
-    if type == "DELETED":
-        METRICS.forget(namespace, name)
-        with _slots_guard:
-            _slots.pop((namespace, name), None)
-        _slot_changed(CAPACITY.forget(namespace, name), None)
-        return
-    _observe_run(body)
-    if (body.get("metadata") or {}).get("deletionTimestamp"):
-        return
-    trigger(namespace, name, f"run {type or 'listed'}")
+@kopf.on.cleanup()
+def shutdown(**_: Any) -> None:
+    _stopping.set()
+    QUEUE.close()
+    kube.stop_informers()
+    EVENTS.flush()
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, sharp=False)
-def resync(body: Any, namespace: str, name: str, **_: Any) -> None:
-    if (body.get("metadata") or {}).get("deletionTimestamp"):
-        return
-    if _settled(body) and EXECUTOR == "jobs":
-        if _ttl_expired(body):
-            trigger(namespace, name, "ttl")
-        return
-    trigger(namespace, name, "resync")
-
-
-@kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT, LABEL_MANAGED_BY: MANAGED_BY})
-def job_event(body: Any, namespace: str, **_: Any) -> None:
-    owners = [r for r in (body.get("metadata") or {}).get("ownerReferences") or []
-              if r.get("kind") == RUN_KIND and r.get("controller")]
-    if owners:
-        trigger(namespace, owners[0]["name"], "job event")
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL)
-def run_deleted(body: Any, namespace: str, name: str, **_: Any) -> None:
-    """Delete the run's Jobs and ConfigMaps (background propagation), then kopf releases the finalizer."""
-    slot = _slot(namespace, name)
-    if EXECUTOR == "local":
-        if slot.executor is not None:
-            slot.executor.stop()
-    else:
-        uid = (body.get("metadata") or {}).get("uid")
-        deleted = JobExecutor(namespace, name, uid=uid).delete_all()
-        if deleted:
-            log.info("%s/%s deleted: removed Jobs %s", namespace, name, ", ".join(sorted(deleted)))
-    METRICS.forget(namespace, name)
+@kopf.on.probe(id="runQueue")
+def queued_runs(**_: Any) -> int:
+    """The liveness endpoint reports how many runs wait for a reconcile."""
+    return len(QUEUE)
 
 
 # ==== concurrent-run caps ===================================================================================
@@ -310,7 +400,7 @@ def _observe_run(body: Any) -> None:
 
 def _slot_changed(old: RunSlot | None, new: RunSlot | None) -> None:
     """A run appeared, changed phase or slot state, or went away: nudge its schedule, and when a slot freed
-    up, the waiting runs that may start now (the per-run timer would, later)."""
+    up, the waiting runs that may start now (the resync would, later)."""
     if old is not None and new is not None and (old.phase, old.state) == (new.phase, new.state):
         return
     slot = new or old
@@ -320,33 +410,11 @@ def _slot_changed(old: RunSlot | None, new: RunSlot | None) -> None:
     freed = old is not None and old.state == "active" and (new is None or new.state != "active")
     if freed and CAPS.limited:
         for namespace, name in CAPACITY.admissible():
-            _nudge(trigger, namespace, name, "a run slot freed up")
+            trigger(namespace, name, "a run slot freed up")
         with _schedules_guard:
             blocked = [k for k, reason in _schedule_blocked.items() if reason == "ConcurrencyCap"]
         for namespace, name in blocked:
             _nudge(trigger_schedule, namespace, name, "a run slot freed up")
-
-
-def _prime_capacity() -> None:
-    """Fill the capacity index from a listing before any event is handled, so that a waiting run is never
-    admitted before the runs that already hold slots are known (operator restart)."""
-    try:
-        if not NAMESPACES:
-            bodies = kube.list_runs()
-        else:
-            bodies = []
-            globs = [n for n in NAMESPACES if any(ch in n for ch in "*?[!")]
-            for namespace in NAMESPACES:
-                if namespace not in globs:
-                    bodies += kube.list_runs(namespace)
-            if globs:
-                bodies += [b for b in kube.list_runs()
-                           if any(fnmatch.fnmatch((b.get("metadata") or {}).get("namespace", ""), g) for g in globs)
-                           and (b.get("metadata") or {}).get("namespace") not in NAMESPACES]
-        CAPACITY.replace_all(bodies)
-        log.info("capacity index primed with %d run(s)", len(bodies))
-    except Exception as err:  # noqa: BLE001 - the watch fills the index too; admissions may lag until then
-        log.warning("could not list runs for the concurrency caps: %s", err)
 
 
 # ==== SynPOSchedule ==========================================================================================

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resync-seconds", type=float,
                    default=float(os.environ.get("SYNPO_OPERATOR_RESYNC_SECONDS", "30")),
                    help="how often every run is reconciled even without events (default 30)")
-    p.add_argument("--workers", type=int, default=8, help="threads for reconciles (default 8)")
+    p.add_argument("--workers", type=int, default=16, help="threads for reconciles (default 16)")
     p.add_argument("--max-active-runs", type=_cap, metavar="N",
                    default=os.environ.get("SYNPO_MAX_ACTIVE_RUNS") or "0",
                    help="at most N started, unfinished runs across the watched namespaces; further runs wait "

@@ -11,7 +11,6 @@ import copy
 import json
 import logging
 import os
-import select
 import threading
 import time
 import urllib.parse
@@ -22,8 +21,8 @@ from .api.common import GROUP, VERSION
 
 RUN_PLURAL = "synporuns"
 TIMEOUT = 30.0
-POOL_SIZE = 32
-"""Connections kept to the API server (reconcile workers plus concurrent creates)."""
+POOL_SIZE = 64
+"""Connections kept to the API server (reconcile workers, their concurrent creates, the Event poster)."""
 
 log = logging.getLogger("synpo.kube")
 
@@ -112,12 +111,11 @@ def run_path(namespace: str, name: str | None = None) -> str:
 
 
 def get_run(namespace: str, name: str) -> dict[str, Any] | None:
-    """The run as the API server has it: from the namespace's watch cache of runs (kept current by one
-    WATCH and by our own status writes), else by a GET (a run the cache has not seen yet)."""
-    cache = watch_cache(run_path(namespace), None)
+    """The run as the API server has it: from the runs informer (kept current by its WATCH and by our own
+    status writes), else by a GET (no informer, or a run it has not seen yet)."""
+    cache = informer("runs", namespace)
     if cache is not None:
-        cache.drain()
-        cached = cache.get(name)
+        cached = cache.get(namespace, name)
         if cached is not None:
             return copy.deepcopy(cached)
     try:
@@ -140,7 +138,7 @@ def patch_run_status(namespace: str, name: str, patch: dict[str, Any]) -> dict[s
         if err.not_found:
             return None
         raise
-    cache = _caches.get(f"{run_path(namespace)}?") if CACHE_ENABLED else None
+    cache = informer("runs", namespace)
     if cache is not None and isinstance(body, dict):
         cache.put(copy.deepcopy(body))  # the next reconcile reads what we wrote, not an older copy
     return body
@@ -249,31 +247,30 @@ def _rv(obj: dict[str, Any]) -> int:
 
 
 class WatchCache:
-    """The objects of one collection (e.g. a namespace's Jobs) that carry a label, kept current by one LIST
-    and a WATCH, and indexed by that label's value: what a client-go informer does.
+    """The objects of one collection (e.g. the Jobs of a namespace, or of every namespace) that carry a
+    label, kept current by one LIST and a WATCH, and indexed by namespace and that label's value: what a
+    client-go informer does.
 
-    Readers get copies-free views (do not mutate them). `put` writes an object the caller just created or
-    read (newer resourceVersions win), so a reconcile sees its own creates before the watch delivers them.
-    `drain()` is a best-effort barrier: it waits (briefly) until every byte the API server has sent on the
-    watch connection is processed, so an event that triggered a reconcile on another connection is in the
-    cache by the time the reconcile reads it."""
+    `on_event(type, old, new)` is called on the watch thread after each change is stored (type ADDED,
+    MODIFIED or DELETED; a relist reports every object as ADDED and the vanished ones as DELETED), so whoever
+    it triggers reads a cache at least as fresh as the trigger. Readers get shared views (do not mutate
+    them). `put` stores an object the caller just wrote (newer resourceVersions win), so a reconcile sees its
+    own writes before the watch delivers them."""
 
     def __init__(self, path: str, label: str | None, *, server_timeout: int = 300,
-                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
+                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 on_event: Callable[[str, dict[str, Any] | None, dict[str, Any]], None] | None = None):
         self.path = path
         self.label = label
         self.transform = transform or slim
         """Applied to every object stored: drops what readers never look at (memory)."""
+        self.on_event = on_event
         self.server_timeout = server_timeout
-        self._objects: dict[str, dict[str, Any]] = {}
-        self._by_value: dict[str, dict[str, dict[str, Any]]] = {}
+        self._objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self._by_value: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self.synced = threading.Event()
-        self.failed: Exception | None = None
         self._stop = threading.Event()
-        self._sock: Any = None
-        self._reading = False
-        self._reads = 0
         self._thread = threading.Thread(target=self._loop, daemon=True, name=f"watch {path}")
         self._api: Any = None
 
@@ -285,65 +282,63 @@ class WatchCache:
         self._stop.set()
 
     # -- reads
-    def get(self, name: str) -> dict[str, Any] | None:
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
-            return self._objects.get(name)
+            return self._objects.get((namespace, name))
 
-    def by_label(self, value: str) -> list[dict[str, Any]]:
+    def by_label(self, namespace: str, value: str) -> list[dict[str, Any]]:
         with self._lock:
-            return list((self._by_value.get(value) or {}).values())
+            return list((self._by_value.get((namespace, value)) or {}).values())
+
+    def items(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._objects.values())
 
     def put(self, obj: dict[str, Any]) -> None:
         with self._lock:
             self._store(obj)
 
-    def drain(self, timeout: float = 0.2) -> None:
-        """Wait until what the API server had sent on the watch connection when this was called is
-        processed: the reads in progress and the one after it finish, or the reader waits on an empty
-        socket. Never longer than `timeout`."""
-        start = self._reads
-        deadline = time.monotonic() + timeout
-        while True:
-            sock = self._sock
-            if sock is None:
-                return  # not watching (relisting, or no socket to look at): nothing to wait for
-            if self._reading:
-                try:
-                    idle = not (sock.pending() if hasattr(sock, "pending") else 0) and \
-                        not select.select([sock], [], [], 0)[0]
-                except (OSError, ValueError):
-                    return
-                if idle or self._reads >= start + 2:
-                    return
-            if time.monotonic() >= deadline:
-                return
-            time.sleep(0.001)
-
     # -- the informer loop
-    def _store(self, obj: dict[str, Any]) -> None:
-        obj = self.transform(obj)
+    @staticmethod
+    def _key(obj: dict[str, Any]) -> tuple[str, str] | None:
         meta = obj.get("metadata") or {}
-        name = meta.get("name")
-        if not name:
-            return
-        old = self._objects.get(name)
-        if old is not None and _rv(old) > _rv(obj) and (old.get("metadata") or {}).get("uid") == meta.get("uid"):
-            return  # an older copy (a create's response arriving after the watch event)
-        self._remove(name)
-        self._objects[name] = obj
-        value = (meta.get("labels") or {}).get(self.label) if self.label else None
-        if value is not None:
-            self._by_value.setdefault(value, {})[name] = obj
+        return (meta.get("namespace") or "", meta["name"]) if meta.get("name") else None
 
-    def _remove(self, name: str) -> None:
-        old = self._objects.pop(name, None)
-        if old is not None:
-            value = ((old.get("metadata") or {}).get("labels") or {}).get(self.label) if self.label else None
-            bucket = self._by_value.get(value)
+    def _store(self, obj: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(old, new); new is None when obj is older than what is stored (a write's response arriving
+        after the watch event)."""
+        obj = self.transform(obj)
+        key = self._key(obj)
+        if key is None:
+            return None, None
+        old = self._objects.get(key)
+        if old is not None and _rv(old) > _rv(obj) and _uid(old) == _uid(obj):
+            return old, None
+        self._remove(key)
+        self._objects[key] = obj
+        value = ((obj.get("metadata") or {}).get("labels") or {}).get(self.label) if self.label else None
+        if value is not None:
+            self._by_value.setdefault((key[0], value), {})[key[1]] = obj
+        return old, obj
+
+    def _remove(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        old = self._objects.pop(key, None)
+        if old is not None and self.label:
+            value = ((old.get("metadata") or {}).get("labels") or {}).get(self.label)
+            bucket = self._by_value.get((key[0], value))
             if bucket is not None:
-                bucket.pop(name, None)
+                bucket.pop(key[1], None)
                 if not bucket:
-                    self._by_value.pop(value, None)
+                    self._by_value.pop((key[0], value), None)
+        return old
+
+    def _notify(self, type_: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if self.on_event is None or new is None:
+            return
+        try:
+            self.on_event(type_, old, new)
+        except Exception:  # noqa: BLE001 - a failing callback must not stop the informer
+            log.exception("watch %s: event callback failed", self.path)
 
     def _relist(self) -> str:
         items: list[dict[str, Any]] = []
@@ -357,11 +352,15 @@ class WatchCache:
                 rv = (page.get("metadata") or {}).get("resourceVersion") or ""
                 break
         with self._lock:
-            self._objects.clear()
-            self._by_value.clear()
-            for obj in items:
-                self._store(obj)
-        self.synced.set()
+            before = self._objects
+            self._objects, self._by_value = {}, {}
+            changes = [self._store(obj) for obj in items]
+            gone = [obj for key, obj in before.items() if key not in self._objects]
+        for old, new in changes:
+            self._notify("ADDED", old, new)
+        for obj in gone:
+            self._notify("DELETED", obj, obj)
+        self.synced.set()  # after the callbacks: whoever waits for it finds every object reported
         return rv
 
     def _loop(self) -> None:
@@ -379,10 +378,8 @@ class WatchCache:
                 failures = 0
             except Exception as err:  # noqa: BLE001 - reconnect with a fresh LIST after a pause
                 failures += 1
-                if failures >= 3 and not self.synced.is_set():
-                    self.failed = err
-                    self.synced.set()  # readers fall back to LISTs
-                log.debug("watch %s: %s; relisting", self.path, err)
+                log.log(logging.WARNING if failures >= 3 else logging.DEBUG, "watch %s: %s; relisting",
+                        self.path, err)
                 rv = ""
                 self._stop.wait(min(5.0, 0.2 * failures))
 
@@ -401,13 +398,9 @@ class WatchCache:
             raw.release_conn()
             raise KubeError("WATCH", self.path, raw.status, raw.data[:500] if raw.data else "")
         try:
-            self._sock = _socket_of(raw)
             buf = b""
             while not self._stop.is_set():
-                self._reading = True
                 chunk = raw.read1(65536) if hasattr(raw, "read1") else raw.read(65536)
-                self._reading = False
-                self._reads += 1
                 if not chunk:
                     return rv
                 buf += chunk
@@ -419,59 +412,67 @@ class WatchCache:
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":
                         return ""  # 410 Gone and friends: relist
-                    new_rv = (obj.get("metadata") or {}).get("resourceVersion")
-                    with self._lock:
-                        if kind in ("ADDED", "MODIFIED"):
-                            self._store(obj)
-                        elif kind == "DELETED":
-                            name = (obj.get("metadata") or {}).get("name")
-                            if name:
-                                self._remove(name)
-                    rv = new_rv or rv
+                    rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                    if kind in ("ADDED", "MODIFIED"):
+                        with self._lock:
+                            old, new = self._store(obj)
+                        self._notify(kind, old, new)
+                    elif kind == "DELETED" and (key := self._key(obj)) is not None:
+                        with self._lock:
+                            old = self._remove(key)
+                        self._notify(kind, old, self.transform(obj))
             return rv
         finally:
-            self._reading = False
-            self._sock = None
             raw.release_conn()
 
 
-def _socket_of(resp: Any) -> Any:
-    """The (TLS) socket under a urllib3 response, for the drain barrier; None when not reachable."""
-    try:
-        fp = resp._fp  # http.client.HTTPResponse
-        return fp.fp.raw._sock
-    except AttributeError:
+def _uid(obj: dict[str, Any]) -> str | None:
+    return (obj.get("metadata") or {}).get("uid")
+
+
+# ---- the operator's informers ---------------------------------------------------------------------------------
+
+CACHE_READS = os.environ.get("SYNPO_OPERATOR_CACHE", "1") != "0"
+"""Whether reconciles read runs, Jobs and pods from the informers (off: GET/LIST per reconcile; the
+benchmarks' baseline)."""
+
+_informers: dict[str, list[tuple[str | None, WatchCache]]] = {}
+"""kind (runs, jobs, pods) -> [(namespace or None for all namespaces, cache)], filled by `start_informers`."""
+
+
+def collection_path(kind: str, namespace: str | None) -> str:
+    base = {"runs": f"/apis/{GROUP}/{VERSION}", "jobs": "/apis/batch/v1", "pods": "/api/v1"}[kind]
+    plural = RUN_PLURAL if kind == "runs" else kind
+    return f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+
+
+def start_informers(namespaces: list[str | None], specs: dict[str, tuple[str | None, Any, Any]],
+                    wait: float = 60.0) -> dict[str, list[WatchCache]]:
+    """Start one informer per kind and namespace (None: every namespace) and wait until each listed once.
+    specs: kind -> (label selector, transform, on_event)."""
+    for kind, (label, transform, on_event) in specs.items():
+        _informers[kind] = [(ns, WatchCache(collection_path(kind, ns), label, transform=transform,
+                                            on_event=on_event).start()) for ns in namespaces]
+    deadline = time.monotonic() + wait
+    for caches in _informers.values():
+        for _, cache in caches:
+            if not cache.synced.wait(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"the informer of {cache.path} did not list within {wait:.0f} s")
+    return {kind: [c for _, c in caches] for kind, caches in _informers.items()}
+
+
+def informer(kind: str, namespace: str) -> WatchCache | None:
+    """The started informer covering `namespace` for reads, or None (not started, or cache reads off)."""
+    if not CACHE_READS:
         return None
+    for ns, cache in _informers.get(kind, ()):
+        if ns is None or ns == namespace:
+            return cache
+    return None
 
 
-_caches: dict[str, WatchCache] = {}
-_caches_lock = threading.Lock()
-CACHE_ENABLED = os.environ.get("SYNPO_OPERATOR_CACHE", "1") != "0"
-
-
-def watch_cache(path: str, label: str | None, wait: float = 30.0,
-                transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> WatchCache | None:
-    """The process-wide cache of `path` (a collection) for objects with `label`, started on first use;
-    None when caching is off or the cache could not sync (callers LIST instead)."""
-    if not CACHE_ENABLED:
-        return None
-    key = f"{path}?{label or ''}"
-    with _caches_lock:
-        cache = _caches.get(key)
-        if cache is None:
-            cache = _caches[key] = WatchCache(path, label, transform=transform).start()
-    if not cache.synced.wait(wait) or cache.failed is not None:
-        with _caches_lock:
-            if _caches.get(key) is cache and cache.failed is not None:
-                cache.stop()
-                _caches.pop(key, None)
-        return None
-    return cache
-
-
-def stop_caches() -> None:
-    with _caches_lock:
-        for cache in _caches.values():
+def stop_informers() -> None:
+    for caches in _informers.values():
+        for _, cache in caches:
             cache.stop()
-        _caches.clear()
-
+    _informers.clear()

@@ -498,16 +498,24 @@ def run_from_body(body: Mapping[str, Any]) -> SynPORun:
 
 
 def _events_for(transitions: list[Transition], started: list[str], names: Mapping[str, str]) -> list[Event]:
+    """At most one Event per reason and reconcile (a run's first reconcile starts three stages: one write,
+    not three); failures stay one Event each, since each carries its own message."""
     events = []
-    for key in started:
-        events.append(Event("Normal", "StageStarted", f"stage {key} started (Job {names.get(key, key)})"))
+    if started:
+        listed = ", ".join(f"{key} (Job {names.get(key, key)})" for key in started)
+        events.append(Event("Normal", "StageStarted", _clip(f"started {_stages(len(started))} {listed}")))
+    succeeded = [tr.key for tr in transitions if tr.new == "Succeeded"]
+    if succeeded:
+        events.append(Event("Normal", "StageSucceeded", f"{_stages(len(succeeded))} {', '.join(succeeded)} succeeded"))
     for tr in transitions:
-        if tr.new == "Succeeded":
-            events.append(Event("Normal", "StageSucceeded", f"stage {tr.key} succeeded"))
-        elif tr.new == "Failed":
+        if tr.new == "Failed":
             events.append(Event("Warning", "StageFailed",
                                 _clip(f"stage {tr.key} failed: {tr.record.state.message}")))
     return events
+
+
+def _stages(n: int) -> str:
+    return "stage" if n == 1 else "stages"
 
 
 def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: datetime | None = None, *,

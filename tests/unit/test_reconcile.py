@@ -285,7 +285,11 @@ def test_run_to_success_with_results_and_summaries():
     assert one["gpuSeconds"] > 0
     assert st["latestWinRate"] == 0.625
     reasons = [e.reason for o in outcomes for e in o.events]
-    assert reasons.count("StageStarted") == 10 and reasons.count("StageSucceeded") == 10
+    for o in outcomes:  # one Event per reason and reconcile
+        assert len({e.reason for e in o.events}) == len(o.events)
+    started = " ".join(e.message for o in outcomes for e in o.events if e.reason == "StageStarted")
+    succeeded = " ".join(e.message for o in outcomes for e in o.events if e.reason == "StageSucceeded")
+    assert all(f"{s} (Job demo-{s})" in started and s in succeeded for s in stages)
     assert reasons[-1] == "RunSucceeded"
     # every Job was created exactly once
     jobs = [c for c in h.kube.creates if c.startswith("jobs/")]

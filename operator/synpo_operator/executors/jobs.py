@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from ..api.run import SynPORun
-from ..kube import KubeError, WatchCache, request, slim_job, slim_pod, watch_cache
+from ..kube import KubeError, WatchCache, informer, request
 from ..plan.planner import StagePhase, StageState, Start
 from ..reconcile import StageRecord, job_record, now_utc
 from .manifests import LABEL_RUN, LABEL_STAGE_KEY, render_stage
@@ -103,24 +103,23 @@ class JobExecutor:
         """Pods are owned by their Jobs, not by the run: matched to Jobs by owner uid in `records`."""
         return (self._request("GET", self._pods, query={"labelSelector": self._selector}) or {}).get("items") or []
 
-    def _cache(self, path: str) -> WatchCache | None:
-        """The operator's watch cache of `path` (Jobs or pods labelled synpo.dev/run in the namespace), or
-        None when this executor talks to an injected client (tests) or caching is off/unavailable."""
+    def _cache(self, kind: str) -> WatchCache | None:
+        """The operator's informer of Jobs or pods labelled synpo.dev/run covering the namespace, or None
+        when this executor talks to an injected client (tests) or no informer runs (CLI, cache reads off)."""
         if self._request is not request:
             return None
-        return watch_cache(path, LABEL_RUN, transform=slim_pod if path == self._pods else slim_job)
+        return informer(kind, self.namespace)
 
-    def _cached_or_list(self, path: str) -> list[dict[str, Any]]:
-        cache = self._cache(path)
+    def _cached_or_list(self, kind: str, path: str) -> list[dict[str, Any]]:
+        cache = self._cache(kind)
         if cache is None:
             return self._list(path)
-        cache.drain()
-        return [i for i in cache.by_label(self.name) if _owned_by(i, self.uid)]
+        return [i for i in cache.by_label(self.namespace, self.name) if _owned_by(i, self.uid)]
 
     # ---- Executor ---------------------------------------------------------------------------------
     def jobs(self) -> list[dict[str, Any]]:
         """The run's Jobs that are not being deleted (from the watch cache: no LIST per reconcile)."""
-        return [j for j in self._cached_or_list(self._jobs)
+        return [j for j in self._cached_or_list("jobs", self._jobs)
                 if not (j.get("metadata") or {}).get("deletionTimestamp")]
 
     def _pods_for(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -128,11 +127,10 @@ class JobExecutor:
         pods' own watch lagging behind the Jobs'), then by a LIST."""
         if not any(_may_have_pods(j) for j in jobs):
             return []  # no pod was ever started (e.g. suspended, waiting for Kueue): nothing to read
-        cache = self._cache(self._pods)
+        cache = self._cache("pods")
         if cache is None:
             return self._list_pods()
-        cache.drain()
-        pods = [p for p in cache.by_label(self.name)]
+        pods = cache.by_label(self.namespace, self.name)
         phases: dict[str, dict[str, int]] = {}
         for pod in pods:
             phase = (pod.get("status") or {}).get("phase")
@@ -199,7 +197,7 @@ class JobExecutor:
                 return False
             raise
         self.created.append(job["metadata"]["name"])
-        cache = self._cache(self._jobs) if isinstance(created, dict) else None
+        cache = self._cache("jobs") if isinstance(created, dict) else None
         if cache is not None:
             cache.put(created)  # seen by this reconcile's status and the next one, before the watch has it
         return True

@@ -1,0 +1,91 @@
+"""Kubernetes Events about SynPORuns and SynPOSchedules, posted by one background thread.
+
+Reconciles only queue an Event (a dict append): they never wait on the API server for it, and a burst of
+Events never holds up the status writes. The queue is bounded; beyond it Events are logged and dropped
+(they are informational: the status carries the same facts).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from . import clock, kube
+
+COMPONENT = "synpo-operator"
+MAX_QUEUED = 10_000
+MESSAGE_LIMIT = 1024
+
+log = logging.getLogger("synpo.events")
+
+
+def event_body(obj: dict[str, Any], type_: str, reason: str, message: str, now: str) -> dict[str, Any]:
+    """A core/v1 Event about obj (pure)."""
+    meta = obj.get("metadata") or {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta.get('name', 'unknown')}.{uuid.uuid4().hex[:16]}",
+                     "namespace": meta.get("namespace") or "default"},
+        "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta.get("name"),
+                           "namespace": meta.get("namespace"), "uid": meta.get("uid")},
+        "type": type_,
+        "reason": reason,
+        "message": message[:MESSAGE_LIMIT],
+        "source": {"component": COMPONENT},
+        "reportingComponent": COMPONENT,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+
+
+class EventPoster:
+    def __init__(self, send: Callable[[dict[str, Any]], Any] | None = None):
+        self._send = send or (lambda body: kube.request(
+            "POST", f"/api/v1/namespaces/{body['metadata']['namespace']}/events", body))
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(MAX_QUEUED)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def post(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        body = event_body(obj, type_, reason, message, clock.rfc3339(clock.now()))
+        self._ensure_thread()
+        try:
+            self._queue.put_nowait(body)
+        except queue.Full:
+            log.warning("event queue full; dropped %s %s: %s", type_, reason, message)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait (up to timeout) until the queued Events are posted."""
+        done = threading.Event()
+        self._queue.put({"_flush": done})  # type: ignore[dict-item]
+        self._ensure_thread()
+        done.wait(timeout)
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="synpo-events")
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            body = self._queue.get()
+            if body is None:
+                return
+            if "_flush" in body:
+                body["_flush"].set()
+                continue
+            try:
+                self._send(body)
+            except Exception as err:  # noqa: BLE001 - Events are best effort
+                log.info("could not post event %s on %s: %s", body["reason"],
+                         body["involvedObject"].get("name"), err)
+
+
+EVENTS = EventPoster()

@@ -1,0 +1,106 @@
+"""A de-duplicating work queue for reconciles (client-go's workqueue, in a few lines).
+
+- A key is queued at most once: a burst of events for one run costs one reconcile.
+- A key is handed to one worker at a time: added again while a worker holds it, it is queued once more
+  when that worker calls `done` (the reconcile then sees everything that happened meanwhile).
+- Two lanes: urgent keys (runs never reconciled) are handed out before the rest, so a thousand new runs
+  are not stuck behind resyncs and Job events of older ones.
+- `add_after` queues a key later (retries with back-off).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Hashable
+
+URGENT, NORMAL = 0, 1
+
+
+class WorkQueue:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._lanes: tuple[deque[Hashable], deque[Hashable]] = (deque(), deque())
+        self._queued: dict[Hashable, int] = {}
+        """key -> the lane it waits in (a lane may hold stale entries of keys promoted or handed out)."""
+        self._active: set[Hashable] = set()
+        self._again: dict[Hashable, int] = {}
+        """Keys added while active -> the lane to queue them in when done."""
+        self._later: list[tuple[float, int, Hashable]] = []
+        self._seq = itertools.count()
+        self._closed = False
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._queued)
+
+    def add(self, key: Hashable, urgent: bool = False) -> None:
+        lane = URGENT if urgent else NORMAL
+        with self._cond:
+            if self._closed:
+                return
+            if key in self._active:
+                self._again[key] = min(lane, self._again.get(key, NORMAL))
+                return
+            self._push(key, lane)
+
+    def add_after(self, key: Hashable, seconds: float) -> None:
+        with self._cond:
+            heapq.heappush(self._later, (time.monotonic() + max(0.0, seconds), next(self._seq), key))
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None) -> Hashable | None:
+        """The next key (the caller must call `done(key)`), or None when closed or after `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                while self._later and self._later[0][0] <= now:
+                    key = heapq.heappop(self._later)[2]
+                    if key in self._active:
+                        self._again.setdefault(key, NORMAL)
+                    else:
+                        self._push(key, NORMAL, notify=False)
+                key = self._pop()
+                if key is not None:
+                    self._active.add(key)
+                    return key
+                waits = [t - now for t in (deadline, self._later[0][0] if self._later else None) if t is not None]
+                if deadline is not None and now >= deadline:
+                    return None
+                self._cond.wait(max(0.0, min(waits)) if waits else None)
+            return None
+
+    def done(self, key: Hashable) -> None:
+        with self._cond:
+            self._active.discard(key)
+            lane = self._again.pop(key, None)
+            if lane is not None and not self._closed:
+                self._push(key, lane)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- under the lock
+    def _push(self, key: Hashable, lane: int, notify: bool = True) -> None:
+        queued = self._queued.get(key)
+        if queued is not None and queued <= lane:
+            return  # already waiting, in this lane or a faster one
+        self._queued[key] = lane
+        self._lanes[lane].append(key)
+        if notify:
+            self._cond.notify()
+
+    def _pop(self) -> Hashable | None:
+        for lane, entries in enumerate(self._lanes):
+            while entries:
+                key = entries.popleft()
+                if self._queued.get(key) == lane:  # else stale: promoted to the urgent lane, or handed out
+                    del self._queued[key]
+                    return key
+        return None

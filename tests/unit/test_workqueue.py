@@ -1,0 +1,119 @@
+"""The reconcile work queue: de-duplication, one worker per key, urgent lane, delayed adds, close."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from synpo_operator.events import event_body
+from synpo_operator.workqueue import WorkQueue
+
+
+def drain(q: WorkQueue) -> list:
+    out = []
+    while (key := q.get(timeout=0)) is not None:
+        out.append(key)
+        q.done(key)
+    return out
+
+
+def test_a_key_is_queued_once():
+    q = WorkQueue()
+    for key in ("a", "b", "a", "a", "c", "b"):
+        q.add(key)
+    assert len(q) == 3
+    assert drain(q) == ["a", "b", "c"]
+    assert len(q) == 0
+
+
+def test_urgent_keys_go_first_and_promote_a_waiting_key():
+    q = WorkQueue()
+    q.add("old-1")
+    q.add("old-2")
+    q.add("new", urgent=True)
+    q.add("old-2", urgent=True)  # promoted: handed out once, before old-1
+    assert drain(q) == ["new", "old-2", "old-1"]
+
+
+def test_a_key_added_while_held_is_handed_out_again_after_done():
+    q = WorkQueue()
+    q.add("run")
+    key = q.get(timeout=0)
+    q.add("run")
+    q.add("run")
+    assert q.get(timeout=0) is None  # never two workers on one key
+    q.done(key)
+    assert q.get(timeout=0) == "run"
+    q.done("run")
+    assert q.get(timeout=0) is None
+
+
+def test_add_after_waits_then_hands_out():
+    q = WorkQueue()
+    q.add_after("later", 0.15)
+    assert q.get(timeout=0.01) is None
+    start = time.monotonic()
+    assert q.get(timeout=2) == "later"
+    assert time.monotonic() - start < 1.5
+
+
+def test_delayed_key_held_by_a_worker_is_queued_after_done():
+    q = WorkQueue()
+    q.add("k")
+    assert q.get(timeout=0) == "k"
+    q.add_after("k", 0)
+    assert q.get(timeout=0.05) is None
+    q.done("k")
+    assert q.get(timeout=0) == "k"
+
+
+def test_close_wakes_blocked_workers():
+    q = WorkQueue()
+    got = []
+    workers = [threading.Thread(target=lambda: got.append(q.get())) for _ in range(3)]
+    for w in workers:
+        w.start()
+    q.close()
+    for w in workers:
+        w.join(2)
+    assert got == [None, None, None]
+    q.add("x")
+    assert q.get(timeout=0) is None
+
+
+def test_many_workers_never_share_a_key():
+    q = WorkQueue()
+    holders: dict[str, int] = {}
+    clash = []
+    lock = threading.Lock()
+
+    def work():
+        while (key := q.get(timeout=0.3)) is not None:
+            with lock:
+                holders[key] = holders.get(key, 0) + 1
+                clash.append(holders[key] > 1)
+            time.sleep(0.001)
+            with lock:
+                holders[key] -= 1
+            q.done(key)
+
+    workers = [threading.Thread(target=work) for _ in range(8)]
+    for w in workers:
+        w.start()
+    for i in range(2000):
+        q.add(f"run-{i % 20}", urgent=i % 7 == 0)
+    for w in workers:
+        w.join(10)
+    assert not any(clash)
+    assert len(q) == 0
+
+
+def test_event_body_names_the_object_and_clips_the_message():
+    run = {"apiVersion": "synpo.dev/v1alpha1", "kind": "SynPORun",
+           "metadata": {"name": "demo", "namespace": "ml", "uid": "u-1"}}
+    body = event_body(run, "Warning", "StageFailed", "x" * 5000, "2026-11-26T12:00:00Z")
+    assert body["metadata"]["namespace"] == "ml" and body["metadata"]["name"].startswith("demo.")
+    assert body["involvedObject"] == {"apiVersion": "synpo.dev/v1alpha1", "kind": "SynPORun", "name": "demo",
+                                      "namespace": "ml", "uid": "u-1"}
+    assert body["type"] == "Warning" and body["reason"] == "StageFailed" and len(body["message"]) == 1024
+    assert body["firstTimestamp"] == body["lastTimestamp"] == "2026-11-26T12:00:00Z"
