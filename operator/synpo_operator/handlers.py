@@ -285,7 +285,7 @@ def job_event(body: Any, namespace: str, **_: Any) -> None:
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 def run_deleted(body: Any, namespace: str, name: str, **_: Any) -> None:
-    """Delete the run's Jobs and ConfigMaps (background propagation), then kopf releases the finalizer."""
+    """Delete the run's Jobs (background propagation), then kopf releases the finalizer."""
     slot = _slot(namespace, name)
     if EXECUTOR == "local":
         if slot.executor is not None:
