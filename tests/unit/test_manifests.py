@@ -365,3 +365,19 @@ def test_manifests_are_plain_yaml(key):
     run = run_of()
     manifest = render_stage(run, node_of(run, key))
     assert yaml.safe_load(yaml.safe_dump(manifest)) == manifest
+
+
+def test_pod_cache_drops_the_stage_config():
+    from synpo_operator.kube import POD_STAGE_CONFIG_ANNOTATION, slim_pod
+
+    assert POD_STAGE_CONFIG_ANNOTATION == ANNOTATION_STAGE_CONFIG
+    doc = copy.deepcopy(CLUSTER)
+    doc["metadata"]["annotations"] = {TEST_POD_ANNOTATIONS: json.dumps({"*": {"synpo.dev/fake-duration": "1s"}})}
+    run = parse_resource(doc)
+    template = render_job(run, node_of(run, "i1-train"))["spec"]["template"]
+    pod = {"metadata": {**copy.deepcopy(template["metadata"]), "name": "p", "managedFields": [{}]},
+           "spec": copy.deepcopy(template["spec"]), "status": {"phase": "Running"}}
+    slim = slim_pod(pod)
+    assert slim["metadata"]["annotations"] == {"synpo.dev/fake-duration": "1s"}
+    assert "managedFields" not in slim["metadata"] and slim["status"] == {"phase": "Running"}
+    assert ANNOTATION_STAGE_CONFIG in pod["metadata"]["annotations"]  # the input is not modified
