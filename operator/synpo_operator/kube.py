@@ -231,9 +231,19 @@ def slim_job(obj: dict[str, Any]) -> dict[str, Any]:
                             if k in spec}}
 
 
+POD_STAGE_CONFIG_ANNOTATION = "synpo.dev/stage-config"
+"""The stage config every stage pod carries (executors.manifests.ANNOTATION_STAGE_CONFIG): up to 192 KiB that
+the executor never reads back, so not kept in the pod cache."""
+
+
 def slim_pod(obj: dict[str, Any]) -> dict[str, Any]:
-    """A pod as the Jobs executor reads it: metadata, status and its containers' resource limits."""
+    """A pod as the Jobs executor reads it: metadata (without the stage config annotation), status and its
+    containers' resource limits."""
     obj = slim(obj)
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and POD_STAGE_CONFIG_ANNOTATION in (meta.get("annotations") or {}):
+        annotations = {k: v for k, v in meta["annotations"].items() if k != POD_STAGE_CONFIG_ANNOTATION}
+        obj = {**obj, "metadata": {**meta, "annotations": annotations}}
     containers = ((obj.get("spec") or {}).get("containers")) or []
     return {**obj, "spec": {"containers": [{"name": c.get("name"), "resources": c.get("resources") or {}}
                                            for c in containers]}}

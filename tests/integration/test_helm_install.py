@@ -200,8 +200,6 @@ def test_namespaced_rbac_allows_the_operator_and_nothing_more(installed_rbac, ku
     job = sa.post(f"/apis/batch/v1/namespaces/{watched}/jobs", _suspended_job("lp-check"))
     assert job["metadata"]["name"] == "lp-check"
     assert sa.get(f"/apis/batch/v1/namespaces/{watched}/jobs")["items"]
-    sa.post(f"/api/v1/namespaces/{watched}/configmaps", {"metadata": {"name": "lp-check"},
-                                                         "data": {"stage.json": "{}"}})
     sa.get(f"/api/v1/namespaces/{watched}/pods")
     sa.post(f"/api/v1/namespaces/{watched}/events", {
         "metadata": {"generateName": "lp-check-"}, "type": "Normal", "reason": "Check", "message": "rbac",
@@ -209,10 +207,12 @@ def test_namespaced_rbac_allows_the_operator_and_nothing_more(installed_rbac, ku
     sa.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/synporuns.synpo.dev")
     sa.get("/api/v1/namespaces")
     sa.delete(f"/apis/batch/v1/namespaces/{watched}/jobs/lp-check", propagationPolicy="Background")
-    sa.delete(f"/api/v1/namespaces/{watched}/configmaps/lp-check")
 
     # forbidden: secrets, exec, pod create, job rewrite, nodes, CRD writes, other namespaces, cluster-wide runs
     _forbidden(sa.get, f"/api/v1/namespaces/{watched}/secrets")
+    # no configmaps: stage configs travel in their Jobs
+    _forbidden(sa.post, f"/api/v1/namespaces/{watched}/configmaps", {"metadata": {"name": "lp-check"},
+                                                                     "data": {"stage.json": "{}"}})
     _forbidden(sa.get, f"/api/v1/namespaces/{watched}/secrets/anything")
     _forbidden(sa.post, f"/api/v1/namespaces/{watched}/pods/anything/exec", None,
                command="sh", stdout="true")

@@ -233,6 +233,7 @@ def test_rbac_is_least_privilege(rendered, name):
     assert grants[("", "pods")] <= {"get", "list", "watch"}
     assert grants[("batch", "jobs")] == {"get", "list", "watch", "create", "delete"}  # never update a Job
     assert ("", "nodes") not in grants and ("", "pods/exec") not in grants
+    assert ("", "configmaps") not in grants  # stage configs travel in their Jobs
     assert grants[("apiextensions.k8s.io", "customresourcedefinitions")] == {"get", "list", "watch"}
     assert {"create", "delete"} <= grants[("synpo.dev", "synporuns")]
     assert not {"create", "delete"} & grants[("synpo.dev", "synposchedules")]

@@ -159,7 +159,10 @@ def test_no_rendered_job_has_host_access_or_privilege(run):
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         for volume in pod["volumes"]:
-            assert set(volume) - {"name"} <= {"emptyDir", "configMap", "persistentVolumeClaim"}, volume
+            assert set(volume) - {"name"} <= {"emptyDir", "downwardAPI", "persistentVolumeClaim"}, volume
+            if "downwardAPI" in volume:  # only the stage config annotation, nothing else about the pod
+                assert [i["fieldRef"]["fieldPath"] for i in volume["downwardAPI"]["items"]] == [
+                    "metadata.annotations['synpo.dev/stage-config']"], volume
         for container in pod["containers"] + pod.get("initContainers", []):
             sc = container["securityContext"]
             assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
@@ -184,5 +187,6 @@ def test_testing_hook_copies_only_fake_kubelet_annotations(key):
         {"*": {key: "unconfined", "synpo.dev/fake-duration": "1s"}})}
     for manifest in render_run_manifests(parse_resource(doc), all_stages=True):
         if manifest["kind"] == "Job":
-            annotations = manifest["spec"]["template"]["metadata"].get("annotations") or {}
+            annotations = dict(manifest["spec"]["template"]["metadata"].get("annotations") or {})
+            json.loads(annotations.pop("synpo.dev/stage-config"))  # the operator's own: the stage config
             assert annotations == {"synpo.dev/fake-duration": "1s"}, annotations

@@ -1,8 +1,9 @@
-"""Pure rendering of stage Jobs and ConfigMaps (executors/manifests.py)."""
+"""Pure rendering of stage Jobs, which carry their stage config (executors/manifests.py)."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 
 import pytest
@@ -11,14 +12,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from synpo_operator.api.loader import parse_resource
+from synpo_operator.executors.jobs import jobs_spec_problems
 from synpo_operator.executors.manifests import (
+    ANNOTATION_STAGE_CONFIG,
     LABEL_QUEUE,
+    MAX_STAGE_CONFIG_BYTES,
     TEST_POD_ANNOTATIONS,
+    StageConfigTooLarge,
     artifacts_uri,
     job_name,
     render_job,
     render_run_manifests,
     render_stage,
+    stage_config_problems,
+    stage_config_sizes,
 )
 from synpo_operator.plan import stage_config, stage_graph
 from synpo_operator.plan.planner import Start
@@ -51,6 +58,11 @@ def walk(obj):
 
 def container(job):
     return job["spec"]["template"]["spec"]["containers"][0]
+
+
+def embedded_config(job):
+    """The stage config the Job carries (its pod-template annotation), parsed."""
+    return json.loads(job["spec"]["template"]["metadata"]["annotations"][ANNOTATION_STAGE_CONFIG])
 
 
 def test_job_name_is_deterministic_and_fits():
@@ -103,35 +115,49 @@ def test_uid_comes_from_run_metadata():
     assert render_job(run, node_of(run, "i0-keywords"))["metadata"]["ownerReferences"][0]["uid"] == "abc-uid"
 
 
-def test_command_and_config_map_volume_storage():
+def test_command_and_embedded_stage_config_storage():
     run = run_of()
     node = node_of(run, "i1-pairs")
-    cm, job = render_stage(run, Start(node))
+    job = render_stage(run, Start(node))
+    assert job["kind"] == "Job"
     c = container(job)
     assert c["command"] == ["python", "-m", "synpo_workloads", "pairs", "--config", "/etc/synpo/stage.json"]
+    assert {e["name"]: e.get("value") for e in c["env"]}["SYNPO_STAGE_CONFIG"] == "/etc/synpo/stage.json"
     assert c["image"] == "registry.example.com/synpo-workloads:0.1.0"
-    assert cm["metadata"]["name"] == job["metadata"]["name"]
-    assert cm["metadata"]["ownerReferences"][0]["kind"] == "SynPORun"
-    config = json.loads(cm["data"]["stage.json"])
+    # the stage config is a pod-template annotation (valid JSON, the stage_config document) ...
+    text = job["spec"]["template"]["metadata"]["annotations"]["synpo.dev/stage-config"]
+    config = json.loads(text)
     assert config == stage_config(run.spec, node, namespace="alignment", run="llama3-synpo",
                                   storage_root="/workspace/runs")
     assert config["output"] == "/workspace/runs/alignment/llama3-synpo/iter-1/pairs"
+    # ... projected by a downwardAPI volume as stage.json, mounted read-only where the command reads it
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert volumes["workspace"] == {"name": "workspace",
                                     "persistentVolumeClaim": {"claimName": "synpo-workspace"}}
-    assert volumes["stage-config"]["configMap"]["name"] == cm["metadata"]["name"]
+    assert volumes["stage-config"] == {"name": "stage-config", "downwardAPI": {"defaultMode": 0o444, "items": [
+        {"path": "stage.json", "fieldRef": {"fieldPath": "metadata.annotations['synpo.dev/stage-config']"}}]}}
+    assert not any("configMap" in v for v in volumes.values())
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert mounts["/workspace"]["name"] == "workspace"
-    assert mounts["/etc/synpo"]["readOnly"] is True
-    assert job["metadata"]["annotations"]["synpo.dev/config-sha256"] == \
-        cm["metadata"]["annotations"]["synpo.dev/config-sha256"]
+    assert mounts["/etc/synpo"] == {"name": "stage-config", "mountPath": "/etc/synpo", "readOnly": True}
+    # the config hash is that of the embedded text
+    assert job["metadata"]["annotations"]["synpo.dev/config-sha256"] == hashlib.sha256(text.encode()).hexdigest()
     assert artifacts_uri(run) == "pvc://synpo-workspace/runs/alignment/llama3-synpo"
+
+
+def test_config_hash_follows_the_spec():
+    run = run_of()
+    node = node_of(run, "i1-pairs")
+    before = render_job(run, node)["metadata"]["annotations"]["synpo.dev/config-sha256"]
+    changed = run_of(pairsPerIteration=run.spec.pairs_per_iteration + 1)
+    after = render_job(changed, node_of(changed, "i1-pairs"))["metadata"]["annotations"]["synpo.dev/config-sha256"]
+    assert before != after
 
 
 def test_uri_storage_has_no_volume():
     run = run_of(storage={"uri": "s3://bucket/runs"})
-    cm, job = render_stage(run, node_of(run, "i0-keywords"))
-    assert json.loads(cm["data"]["stage.json"])["runRoot"] == "s3://bucket/runs/alignment/llama3-synpo"
+    job = render_stage(run, node_of(run, "i0-keywords"))
+    assert embedded_config(job)["runRoot"] == "s3://bucket/runs/alignment/llama3-synpo"
     assert "workspace" not in {v["name"] for v in job["spec"]["template"]["spec"]["volumes"]}
     assert artifacts_uri(run) == "s3://bucket/runs/alignment/llama3-synpo"
 
@@ -221,27 +247,75 @@ def test_test_pod_annotations_selectors():
         "*": {"synpo.dev/fake-duration": "2s", "synpo.dev/fake-exit-code": "0"},
         "train": {"synpo.dev/fake-exit-code": "1"},
         "i2-train": {"synpo.dev/fake-exit-code": "0", "synpo.dev/fake-termination-message": "{\"rows\": 1}"},
+        "i0-evaluate": {ANNOTATION_STAGE_CONFIG: "{}"},  # not a fake-* key: ignored, the real config stays
     })}
     run = parse_resource(doc)
-    ann = lambda key: render_job(run, node_of(run, key))["spec"]["template"]["metadata"].get("annotations")  # noqa: E731
+
+    def ann(key):
+        annotations = dict(render_job(run, node_of(run, key))["spec"]["template"]["metadata"]["annotations"])
+        assert json.loads(annotations.pop(ANNOTATION_STAGE_CONFIG))["stage"] == node_of(run, key).id.name
+        return annotations
+
     assert ann("i0-keywords") == {"synpo.dev/fake-duration": "2s", "synpo.dev/fake-exit-code": "0"}
     assert ann("i1-train")["synpo.dev/fake-exit-code"] == "1"
     assert ann("i2-train")["synpo.dev/fake-exit-code"] == "0"
     assert ann("i2-train")["synpo.dev/fake-termination-message"] == '{"rows": 1}'
+    assert ann("i0-evaluate") == {"synpo.dev/fake-duration": "2s", "synpo.dev/fake-exit-code": "0"}
     # malformed annotations are ignored, not fatal
     doc["metadata"]["annotations"] = {TEST_POD_ANNOTATIONS: "{not json"}
     run = parse_resource(doc)
-    assert "annotations" not in render_job(run, node_of(run, "i0-keywords"))["spec"]["template"]["metadata"]
+    assert ann("i0-keywords") == {}
+
+
+def test_every_stage_config_is_embedded_and_sized_exactly():
+    run = run_of()
+    sizes = stage_config_sizes(run)
+    for node in stage_graph(run.spec):
+        job = render_job(run, node)
+        text = job["spec"]["template"]["metadata"]["annotations"][ANNOTATION_STAGE_CONFIG]
+        assert json.loads(text) == stage_config(run.spec, node, namespace="alignment", run="llama3-synpo",
+                                                storage_root="/workspace/runs")
+        assert sizes[node.key] == len(text.encode())
+    assert stage_config_problems(run) == [] and jobs_spec_problems(run) == []
+
+
+def oversized_run():
+    """A valid run whose spec (and so every stage config) is over MAX_STAGE_CONFIG_BYTES."""
+    doc = copy.deepcopy(CLUSTER)
+    doc["spec"]["env"] = [{"name": f"PAD_{i}", "value": "x" * 4000} for i in range(60)]
+    return parse_resource(doc)
+
+
+def test_oversized_stage_config_is_a_clear_error():
+    run = oversized_run()
+    node = node_of(run, "i1-train")
+    with pytest.raises(StageConfigTooLarge) as err:
+        render_job(run, node)
+    size = stage_config_sizes(run)["i1-train"]
+    assert size > MAX_STAGE_CONFIG_BYTES and err.value.size == size and err.value.stage == "i1-train"
+    message = str(err.value)
+    assert "i1-train" in message and str(size) in message and str(MAX_STAGE_CONFIG_BYTES) in message
+    with pytest.raises(ValueError):
+        render_stage(run, Start(node))
+    # the Jobs executor reports it as an invalid spec, naming each stage, before starting anything
+    problems = jobs_spec_problems(run)
+    assert len(problems) == len(stage_graph(run.spec))
+    assert any(p.startswith("stage i1-train:") and str(size) in p for p in problems)
+
+
+def test_stage_config_bound_leaves_room_for_other_annotations():
+    assert MAX_STAGE_CONFIG_BYTES <= 256 * 1024 - 32 * 1024
 
 
 def test_render_run_manifests_first_and_all():
     run = run_of()
     first = render_run_manifests(run)
-    assert [m["kind"] for m in first] == ["ConfigMap", "Job"] * (len(first) // 2)
+    assert [m["kind"] for m in first] == ["Job"] * 3
     assert {m["metadata"]["name"] for m in first if m["kind"] == "Job"} == {
         "llama3-synpo-i0-keywords", "llama3-synpo-i0-evaluate", "llama3-synpo-i1-improver"}
     every = render_run_manifests(run, all_stages=True)
-    assert len(every) == 2 * len(stage_graph(run.spec))
+    assert len(every) == len(stage_graph(run.spec))
+    assert all(m["kind"] == "Job" for m in every)
     assert len({m["metadata"]["name"] for m in every if m["kind"] == "Job"}) == len(stage_graph(run.spec))
 
 
@@ -250,7 +324,7 @@ def test_plan_manifests_cli(capsys):
 
     assert main(["plan", str(ROOT / "examples" / "cluster-llama3.yaml"), "--manifests"]) == 0
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
-    assert {d["kind"] for d in docs} == {"ConfigMap", "Job"}
+    assert {d["kind"] for d in docs} == {"Job"}
 
 
 names = st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True)
@@ -277,7 +351,7 @@ def test_no_spec_can_escalate(gpus, shards, backoff, selector, env, queue, volum
     spec["storage"] = {"volume": {"claimName": "ws"}} if volume else {"uri": "s3://b/r"}
     run = parse_resource(doc)
     for node in stage_graph(run.spec):
-        for manifest in render_stage(run, node):
+        for manifest in [render_stage(run, node)]:
             pairs = list(walk(manifest))
             keys = {k for k, _ in pairs}
             assert "hostPath" not in keys and "hostNetwork" not in keys and "hostPID" not in keys
@@ -289,5 +363,21 @@ def test_no_spec_can_escalate(gpus, shards, backoff, selector, env, queue, volum
 @pytest.mark.parametrize("key", ["i0-keywords", "i1-refine", "i4-evaluate"])
 def test_manifests_are_plain_yaml(key):
     run = run_of()
-    for manifest in render_stage(run, node_of(run, key)):
-        assert yaml.safe_load(yaml.safe_dump(manifest)) == manifest
+    manifest = render_stage(run, node_of(run, key))
+    assert yaml.safe_load(yaml.safe_dump(manifest)) == manifest
+
+
+def test_pod_cache_drops_the_stage_config():
+    from synpo_operator.kube import POD_STAGE_CONFIG_ANNOTATION, slim_pod
+
+    assert POD_STAGE_CONFIG_ANNOTATION == ANNOTATION_STAGE_CONFIG
+    doc = copy.deepcopy(CLUSTER)
+    doc["metadata"]["annotations"] = {TEST_POD_ANNOTATIONS: json.dumps({"*": {"synpo.dev/fake-duration": "1s"}})}
+    run = parse_resource(doc)
+    template = render_job(run, node_of(run, "i1-train"))["spec"]["template"]
+    pod = {"metadata": {**copy.deepcopy(template["metadata"]), "name": "p", "managedFields": [{}]},
+           "spec": copy.deepcopy(template["spec"]), "status": {"phase": "Running"}}
+    slim = slim_pod(pod)
+    assert slim["metadata"]["annotations"] == {"synpo.dev/fake-duration": "1s"}
+    assert "managedFields" not in slim["metadata"] and slim["status"] == {"phase": "Running"}
+    assert ANNOTATION_STAGE_CONFIG in pod["metadata"]["annotations"]  # the input is not modified

@@ -35,7 +35,7 @@ def ts(moment: datetime) -> str:
 
 
 class FakeKube:
-    """Just enough of an API server for Jobs, Pods and ConfigMaps: create (409 on names), list by label,
+    """Just enough of an API server for Jobs and Pods: create (409 on names), list by label,
     get, delete, merge-patch. Records every create."""
 
     def __init__(self):
@@ -47,7 +47,7 @@ class FakeKube:
     @staticmethod
     def _split(path: str) -> tuple[str, str | None]:
         parts = path.rstrip("/").split("/")
-        if parts[-1] in ("jobs", "pods", "configmaps"):
+        if parts[-1] in ("jobs", "pods"):
             return path.rstrip("/"), None
         return "/".join(parts[:-1]), parts[-1]
 
@@ -227,8 +227,8 @@ def test_first_reconcile_creates_first_stages_and_status():
     out = h.step()
     assert out.phase == "Running"
     assert h.job_names() == ["demo-i0-evaluate", "demo-i0-keywords", "demo-i1-improver"]
-    assert sorted(c for c in h.kube.creates if c.startswith("configmaps/")) == [
-        "configmaps/demo-i0-evaluate", "configmaps/demo-i0-keywords", "configmaps/demo-i1-improver"]
+    # one write per stage: the Job, which carries its stage config (no ConfigMap)
+    assert sorted(h.kube.creates) == ["jobs/demo-i0-evaluate", "jobs/demo-i0-keywords", "jobs/demo-i1-improver"]
     st = h.status
     assert st["phase"] == "Running" and st["observedGeneration"] == 1
     assert st["startTime"] == ts(T0)
@@ -418,6 +418,8 @@ def test_ttl_after_finished():
     ({"pairsPerIteration": 50}, "pairsPerIteration must not exceed promptsPerIteration"),
     ({"storage": {"uri": "./runs"}}, "spec.storage.uri"),
     ({"training": {"loss": "ipo"}}, "spec.training.loss"),
+    # every stage config travels in a Job annotation (256 KiB for all of them)
+    ({"env": [{"name": f"PAD_{i}", "value": "x" * 4000} for i in range(60)]}, "stage i0-keywords: its config is"),
 ])
 def test_invalid_spec_fails_once_without_jobs(change, field):
     h = Harness(**change)
@@ -430,6 +432,21 @@ def test_invalid_spec_fails_once_without_jobs(change, field):
     writes = h.writes
     again = h.step()
     assert not again.events and h.writes == writes  # no storm: nothing new to say
+
+
+def test_delete_all_deletes_only_the_runs_jobs():
+    h = Harness()
+    h.step()
+    paths = []
+
+    def recording(method, path, body=None, **kw):
+        paths.append((method, path))
+        return h.kube(method, path, body, **kw)
+
+    deleted = JobExecutor("ns", "demo", uid="run-uid", request=recording).delete_all()
+    assert sorted(deleted) == ["demo-i0-evaluate", "demo-i0-keywords", "demo-i1-improver"]
+    assert h.job_names() == [] and sorted(h.kube.deletes) == [f"jobs/{n}" for n in sorted(deleted)]
+    assert not any("configmaps" in path for _, path in paths)
 
 
 def test_invalid_spec_fixed_by_a_new_generation_runs():

@@ -65,8 +65,10 @@ RBAC rules for the namespaced resources the operator touches (shared by the Clus
 each Role in namespaced scope). Least privilege:
 - no secrets (stage Jobs only reference them in env.valueFrom), no pods/exec, no pod create, no Job update/patch
   (the operator never rewrites a Job's spec; Kueue owns spec.suspend).
+- no configmaps: a stage's config travels in its Job (a pod-template annotation, projected by a downwardAPI
+  volume). The chart's optional Grafana dashboard ConfigMap is created by Helm, not by the operator.
 - <resource>/finalizers update: needed by the OwnerReferencesPermissionEnforcement admission plugin to set
-  blockOwnerDeletion on Jobs/ConfigMaps owned by a run, and on runs owned by a schedule.
+  blockOwnerDeletion on Jobs owned by a run, and on runs owned by a schedule.
 */}}
 {{- define "synpo-operator.namespacedRules" -}}
 - apiGroups: ["synpo.dev"]
@@ -83,9 +85,6 @@ each Role in namespaced scope). Least privilege:
   verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete"]
-- apiGroups: [""]
-  resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["pods"]

@@ -1,4 +1,4 @@
-"""The Kubernetes Jobs executor: one Job (and its ConfigMap) per stage, found again by label.
+"""The Kubernetes Jobs executor: one Job per stage (it carries the stage config), found again by label.
 
 Every method is idempotent and holds no state between calls: the cluster is the state. Creates are
 create-if-absent (409 AlreadyExists means another reconcile, or an earlier operator process, already did it),
@@ -17,7 +17,7 @@ from ..api.run import SynPORun
 from ..kube import KubeError, WatchCache, informer, request
 from ..plan.planner import StagePhase, StageState, Start
 from ..reconcile import StageRecord, job_record, now_utc
-from .manifests import LABEL_RUN, LABEL_STAGE_KEY, render_stage
+from .manifests import LABEL_RUN, LABEL_STAGE_KEY, render_stage, stage_config_problems
 
 Request = Callable[..., Any]
 
@@ -26,7 +26,7 @@ _pool_lock = threading.Lock()
 
 
 def _start_pool() -> ThreadPoolExecutor:
-    """Threads that create the ConfigMaps and Jobs of independent stages at the same time."""
+    """Threads that create the Jobs of independent stages at the same time."""
     global _pool
     with _pool_lock:
         if _pool is None:
@@ -61,6 +61,8 @@ def jobs_spec_problems(run: SynPORun) -> list[str]:
     if uri is not None and _is_local_path(uri):
         problems.append(f"spec.storage.uri: {uri!r} is a local path, which stage pods cannot share; use "
                         "storage.volume (a PersistentVolumeClaim) or an object-store URI such as s3://bucket/runs")
+    # each stage's config travels in a Job annotation (256 KiB for all of them): refuse before starting any
+    problems.extend(stage_config_problems(run))
     return problems
 
 
@@ -86,10 +88,6 @@ class JobExecutor:
     @property
     def _pods(self) -> str:
         return f"/api/v1/namespaces/{self.namespace}/pods"
-
-    @property
-    def _config_maps(self) -> str:
-        return f"/api/v1/namespaces/{self.namespace}/configmaps"
 
     @property
     def _selector(self) -> str:
@@ -180,16 +178,10 @@ class JobExecutor:
                 if rec.state.phase is StagePhase.SUCCEEDED and rec.result}
 
     def start(self, start: Start) -> bool:
-        """Create the stage's ConfigMap and Job unless they exist; True when the Job was created now."""
+        """Create the stage's Job unless it exists (one write); True when the Job was created now."""
         if self.run is None:
             raise RuntimeError("JobExecutor.start needs the run")
-        config_map, job = render_stage(self.run, start, uid=self.uid)
-        try:
-            self._request("POST", self._config_maps, config_map)
-        except KubeError as err:
-            if not err.conflict:
-                raise
-            self._refresh_config_map(config_map)
+        job = render_stage(self.run, start, uid=self.uid)
         try:
             created = self._request("POST", self._jobs, job)
         except KubeError as err:
@@ -218,16 +210,6 @@ class JobExecutor:
             raise error
         return results
 
-    def _refresh_config_map(self, wanted: dict[str, Any]) -> None:
-        """An existing ConfigMap with other content (the spec changed while the stage was not running)."""
-        path = f"{self._config_maps}/{wanted['metadata']['name']}"
-        current = self._request("GET", path)
-        have = ((current or {}).get("metadata") or {}).get("annotations") or {}
-        want = wanted["metadata"]["annotations"]
-        if have != want or (current or {}).get("data") != wanted["data"]:
-            self._request("PATCH", path, {"metadata": {"annotations": want}, "data": wanted["data"]},
-                          content_type="application/merge-patch+json")
-
     def _delete(self, path: str) -> bool:
         try:
             self._request("DELETE", path, {"propagationPolicy": "Background"})
@@ -249,11 +231,9 @@ class JobExecutor:
         return stopped
 
     def delete_all(self) -> list[str]:
-        """Delete every Job and ConfigMap of the run (run deletion); returns the Job names deleted."""
+        """Delete every Job of the run (run deletion); returns the Job names deleted."""
         deleted = []
         for job in self._list(self._jobs):
             if self._delete(f"{self._jobs}/{job['metadata']['name']}"):
                 deleted.append(job["metadata"]["name"])
-        for cm in self._list(self._config_maps):
-            self._delete(f"{self._config_maps}/{cm['metadata']['name']}")
         return deleted

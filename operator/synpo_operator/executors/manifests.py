@@ -1,16 +1,20 @@
-"""Pure rendering of the Kubernetes objects that run a stage: one ConfigMap (the stage config) and one Job.
+"""Pure rendering of the Kubernetes object that runs a stage: one Job, which carries the stage config.
 
 Nothing here talks to an API server; `executors.jobs` creates what these functions return, and
 `synpo plan --manifests` prints it. Every choice is deterministic, so a restarted operator renders
 byte-identical objects and a create of an existing one is answered 409 AlreadyExists (no duplicates).
 
 Choices (see docs/operator.md):
-- Names: `<run>-i<t>-<stage>` for both the Job and its ConfigMap. Run names are at most 40 characters,
+- Names: `<run>-i<t>-<stage>`. Run names are at most 40 characters,
   which keeps every Job name within 63 and every Indexed-Job pod hostname (`<job>-<index>`) within 63.
   The operator never retries a stage itself (max_attempts=1: Jobs retry their pods, `backoffLimit`), so one
   name per stage is enough; should a later attempt ever be started, it is `<run>-i<t>-<stage>-a<n>`.
-- The ConfigMap is owned by the run, not the Job: it survives the deletion of an active Job on suspend
-  and is garbage-collected with the run.
+- The stage config (`stage.json`) travels in the Job itself, one API write per stage: it is the pod-template
+  annotation `synpo.dev/stage-config` (compact JSON), projected into the container as
+  `/etc/synpo/stage.json` by a downwardAPI volume. Kubernetes caps all annotations of an object at 256 KiB,
+  so a stage config over MAX_STAGE_CONFIG_BYTES is refused (StageConfigTooLarge; the Jobs executor reports
+  it as InvalidSpec before starting anything). The Job's `synpo.dev/config-sha256` is the SHA-256 of
+  that text.
 - Kueue: with `spec.queueName` the Job is created with `suspend: true` and the queue-name label, as Kueue
   expects (it unsuspends the Job on admission); without a queue `suspend` is left unset. The operator
   never changes `spec.suspend` of an existing Job.
@@ -40,6 +44,11 @@ LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_ATTEMPT = "synpo.dev/attempt"
 ANNOTATION_GPUS = "synpo.dev/gpus-per-pod"
 ANNOTATION_CONFIG_HASH = "synpo.dev/config-sha256"
+ANNOTATION_STAGE_CONFIG = "synpo.dev/stage-config"
+"""Pod-template annotation holding the stage config; the downwardAPI volume projects it as `stage.json`."""
+MAX_STAGE_CONFIG_BYTES = 192 * 1024
+"""Largest stage config embedded in a Job: Kubernetes allows 256 KiB for all annotations of an object
+together; the rest is left for the other annotations (ours, and what admission webhooks add to pods)."""
 TEST_POD_ANNOTATIONS = "synpo.dev/test-pod-annotations"
 FAKE_ANNOTATION_PREFIX = "synpo.dev/fake-"
 """The only pod annotations TEST_POD_ANNOTATIONS may set (the dev cluster's kwok reads them)."""
@@ -184,24 +193,56 @@ def gpus_for(spec: SynPORunSpec, node: StageNode) -> int:
     return spec.resources.gpus_per_pod if node.gpu else 0
 
 
-def render_config_map(run: SynPORun, node: StageNode, *, uid: str | None = None) -> dict[str, Any]:
-    """The ConfigMap holding the stage's config (`stage.json`), owned by the run."""
+class StageConfigTooLarge(ValueError):
+    """A stage config that does not fit in a Job annotation."""
+
+    def __init__(self, stage: str, size: int, limit: int = MAX_STAGE_CONFIG_BYTES):
+        self.stage, self.size, self.limit = stage, size, limit
+        super().__init__(f"stage {stage}: its config is {size} bytes, more than the {limit} bytes a Job "
+                         f"annotation ({ANNOTATION_STAGE_CONFIG}) may safely hold; shorten the spec")
+
+
+def _dump(config: dict[str, Any]) -> str:
+    return json.dumps(config, separators=(",", ":"), sort_keys=True)
+
+
+def stage_config_text(run: SynPORun, node: StageNode) -> str:
+    """The stage's config (`stage.json`) as the Job carries it: compact JSON, keys sorted (deterministic)."""
     name = run.metadata.name
     namespace = run.metadata.namespace or "default"
-    config = stage_config(run.spec, node, namespace=namespace, run=name, storage_root=storage_root(run.spec))
-    text = json.dumps(config, indent=2, sort_keys=True)
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": job_name(name, node.key),
-            "namespace": namespace,
-            "labels": stage_labels(name, node),
-            "annotations": {ANNOTATION_CONFIG_HASH: hashlib.sha256(text.encode()).hexdigest()},
-            "ownerReferences": [owner_reference(run, uid or _run_uid(run))],
-        },
-        "data": {CONFIG_FILE: text},
-    }
+    text = _dump(stage_config(run.spec, node, namespace=namespace, run=name, storage_root=storage_root(run.spec)))
+    size = len(text.encode())
+    if size > MAX_STAGE_CONFIG_BYTES:
+        raise StageConfigTooLarge(node.key, size)
+    return text
+
+
+def stage_config_sizes(run: SynPORun) -> dict[str, int]:
+    """The size in bytes of every stage's config text (by stage key), exactly as stage_config_text would
+    render it, but with the spec (the bulk of each config) serialised once for all stages."""
+    name = run.metadata.name
+    namespace = run.metadata.namespace or "default"
+    root = storage_root(run.spec)
+    spec_size = len(_dump(run.spec.to_api()).encode())
+    sizes = {}
+    for node in stage_graph(run.spec):
+        # the same document with `"spec":{}`; compact JSON, so the spec's own text replaces exactly "{}"
+        skeleton = stage_config(run.spec, node, namespace=namespace, run=name, storage_root=root, spec_doc={})
+        sizes[node.key] = len(_dump(skeleton).encode()) - 2 + spec_size
+    return sizes
+
+
+_SKELETON_BOUND = 64 * 1024
+"""More than a stage config holds besides the spec (a few paths and references of at most ~2 KiB each)."""
+
+
+def stage_config_problems(run: SynPORun) -> list[str]:
+    """An InvalidSpec message per stage whose config cannot be embedded in its Job. Runs every reconcile: a
+    spec well under the bound is not sized stage by stage (render_job checks every config it renders)."""
+    if len(_dump(run.spec.to_api()).encode()) + _SKELETON_BOUND <= MAX_STAGE_CONFIG_BYTES:
+        return []
+    return [str(StageConfigTooLarge(key, size)) for key, size in stage_config_sizes(run).items()
+            if size > MAX_STAGE_CONFIG_BYTES]
 
 
 def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | None = None) -> dict[str, Any]:
@@ -213,10 +254,12 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
     job_labels = dict(labels)
     if spec.queue_name:
         job_labels[LABEL_QUEUE] = spec.queue_name
-    config_map = render_config_map(run, node, uid=uid)
+    config_text = stage_config_text(run, node)
 
     volumes: list[dict[str, Any]] = [
-        {"name": "stage-config", "configMap": {"name": config_map["metadata"]["name"], "defaultMode": 0o444}},
+        {"name": "stage-config", "downwardAPI": {"defaultMode": 0o444, "items": [
+            {"path": CONFIG_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_STAGE_CONFIG}']"}},
+        ]}},
         {"name": "tmp", "emptyDir": {}},
         {"name": "cache", "emptyDir": {}},
     ]
@@ -281,10 +324,9 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
         # A named ServiceAccount is usually there for workload identity (object storage): keep its token.
         pod_spec["automountServiceAccountToken"] = True
 
-    template_meta: dict[str, Any] = {"labels": labels}
     pod_annotations = extra_pod_annotations(run, node)
-    if pod_annotations:
-        template_meta["annotations"] = pod_annotations
+    pod_annotations[ANNOTATION_STAGE_CONFIG] = config_text
+    template_meta: dict[str, Any] = {"labels": labels, "annotations": pod_annotations}
 
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
@@ -306,7 +348,7 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
     annotations = {
         ANNOTATION_ATTEMPT: str(attempt),
         ANNOTATION_GPUS: str(gpus_for(spec, node)),
-        ANNOTATION_CONFIG_HASH: config_map["metadata"]["annotations"][ANNOTATION_CONFIG_HASH],
+        ANNOTATION_CONFIG_HASH: hashlib.sha256(config_text.encode()).hexdigest(),
     }
     return {
         "apiVersion": "batch/v1",
@@ -322,11 +364,11 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
     }
 
 
-def render_stage(run: SynPORun, start: Start | StageNode, *, uid: str | None = None) -> list[dict[str, Any]]:
-    """The ConfigMap and the Job for one stage start, in creation order."""
+def render_stage(run: SynPORun, start: Start | StageNode, *, uid: str | None = None) -> dict[str, Any]:
+    """The Job for one stage start (the only object a stage needs: it carries its config)."""
     node = start.stage if isinstance(start, Start) else start
     attempt = start.attempt if isinstance(start, Start) else 1
-    return [render_config_map(run, node, uid=uid), render_job(run, node, attempt=attempt, uid=uid)]
+    return render_job(run, node, attempt=attempt, uid=uid)
 
 
 def render_run_manifests(run: SynPORun, *, all_stages: bool = False) -> list[dict[str, Any]]:
@@ -335,14 +377,12 @@ def render_run_manifests(run: SynPORun, *, all_stages: bool = False) -> list[dic
         nodes = stage_graph(run.spec)
     else:
         nodes = [s.stage for s in plan(run.spec, {}, max_attempts=1).start]
-    out: list[dict[str, Any]] = []
-    for node in nodes:
-        out.extend(render_stage(run, node))
-    return out
+    return [render_stage(run, node) for node in nodes]
 
 
 __all__ = [
-    "LABEL_ITERATION", "LABEL_MANAGED_BY", "LABEL_QUEUE", "LABEL_RUN", "LABEL_STAGE", "LABEL_STAGE_KEY",
-    "STAGES", "TEST_POD_ANNOTATIONS", "artifacts_uri", "gpus_for", "job_name", "render_config_map",
-    "render_job", "render_run_manifests", "render_stage", "storage_root",
+    "ANNOTATION_STAGE_CONFIG", "LABEL_ITERATION", "LABEL_MANAGED_BY", "LABEL_QUEUE", "LABEL_RUN", "LABEL_STAGE",
+    "LABEL_STAGE_KEY", "MAX_STAGE_CONFIG_BYTES", "STAGES", "TEST_POD_ANNOTATIONS", "StageConfigTooLarge",
+    "artifacts_uri", "gpus_for", "job_name", "render_job", "render_run_manifests", "render_stage",
+    "stage_config_problems", "stage_config_sizes", "stage_config_text", "storage_root",
 ]
