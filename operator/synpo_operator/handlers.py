@@ -6,10 +6,12 @@ labelled `synpo.dev/run` feed one de-duplicating `WorkQueue`; `SYNPO_OPERATOR_WO
 calling `reconcile_now` for one run at a time. What queues a run:
 - a change of the run, except the echo of our own status write (recognised by its resourceVersion);
 - a change of the status of one of its Jobs, or a Job deleted;
-- one resync pass over the cached runs every `SYNPO_OPERATOR_RESYNC_SECONDS` (default 30): deadlines, TTL,
-  local processes, anything missed; settled runs are skipped;
-- a run slot freed up (concurrency caps), or a failed reconcile (retried with back-off).
-Runs never reconciled go first. Why not kopf handlers for runs: at a thousand runs kopf's per-object state
+- a resync pass over the cached runs every `SYNPO_OPERATOR_RESYNC_SECONDS` (default 30): runs past their
+  deadline or TTL, and with the local executor every unsettled run (its processes send no events); every
+  tenth pass every unsettled run (a safety net);
+- a run slot freed up (concurrency caps); the TTL or deadline a reconcile computed (`requeue_after`); a
+  failed reconcile (retried with back-off).
+Event-driven reconciles go before resyncs and retries. Why not kopf handlers for runs: at a thousand runs kopf's per-object state
 (a timer task per run, a worker per Job) and the finalizer it PATCHes onto every new run (plus the watch
 round trip before the first handler) cost more memory, API writes and latency than the reconciles
 themselves. Runs carry no finalizer: their Jobs are owned by them and go with them (garbage collection).
@@ -36,7 +38,6 @@ Configuration comes from the environment (set by `synpo operator`, read at impor
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import fnmatch
 import logging
 import os
@@ -84,66 +85,27 @@ log = logging.getLogger("synpo.operator")
 QUEUE = WorkQueue()
 RETRY_SECONDS = (0.5, 30.0)
 """Back-off of a failed reconcile: doubling from the first to the second."""
-
-@dataclass
-class _Slot:
-    guard: threading.Lock = field(default_factory=threading.Lock)
-    running: bool = False
-    again: bool = False
-    executor: Any = None
-    """The local executor of the run (it owns child processes); unused for Jobs."""
+FULL_RESYNC_EVERY = 10
+"""Every this many resync passes, every unsettled run is reconciled (not only those with a deadline due)."""
 
 
-_slots: dict[tuple[str, str], _Slot] = {}
-_slots_guard = threading.Lock()
-
-
-def _slot(namespace: str, name: str) -> _Slot:
-    with _slots_guard:
-        return _slots.setdefault((namespace, name), _Slot())
-
-
-def _coalesce(slot: _Slot, work: Any, what: str, why: str, error_kind: str) -> None:
-    """Run work(why) now, or once more after the call in progress (never two at once per slot)."""
-    with slot.guard:
-        if slot.running:
-            slot.again = True
-            return
-        slot.running = True
-    try:
-        while True:
-            with slot.guard:
-                slot.again = False
-            try:
-                work(why)
-            except Exception as err:  # noqa: BLE001 - counted, logged, retried by the next trigger/timer
-                METRICS.error(error_kind)
-                log.warning("%s failed (%s): %s", what, why, err)
-            with slot.guard:
-                if not slot.again:
-                    slot.running = False
-                    return
-            why = "coalesced trigger"
-    except BaseException:
-        with slot.guard:
-            slot.running = False
-        raise
-
-
-def trigger(namespace: str, name: str, why: str = "", urgent: bool = False) -> None:
-    """Queue a reconcile of the run (once, however often it is asked for before a worker takes it)."""
+def trigger(namespace: str, name: str, why: str = "", urgent: bool = True) -> None:
+    """Queue a reconcile of the run (once, however often it is asked for before a worker takes it).
+    Something happened: urgent; resyncs are not, so they never delay what events ask for."""
+    log.debug("queue %s/%s: %s", namespace, name, why)
     QUEUE.add((namespace, name), urgent=urgent)
 
 
 def _nudge(fn: Any, *args: Any) -> None:
-    """Call fn(*args) on a short-lived thread (kopf's context kept, so Events can be posted)."""
-    ctx = contextvars.copy_context()
-    threading.Thread(target=ctx.run, args=(fn, *args), daemon=True, name="synpo-nudge").start()
+    """Call fn(*args) on a short-lived thread (a schedule step must not hold up the caller)."""
+    threading.Thread(target=fn, args=args, daemon=True, name="synpo-nudge").start()
 
 
 _own_writes: dict[tuple[str, str], str] = {}
 """run -> resourceVersion of our last status write: its watch echo needs no reconcile."""
 _failures: dict[tuple[str, str], int] = {}
+_local_executors: dict[tuple[str, str], Any] = {}
+"""run -> its LocalExecutor (it owns the run's child processes); --executor local only."""
 _informers: dict[str, list[kube.WatchCache]] = {}
 
 
@@ -151,8 +113,10 @@ def _work() -> None:
     while (key := QUEUE.get()) is not None:
         namespace, name = key  # type: ignore[misc]
         try:
-            reconcile_now(namespace, name)
+            outcome = reconcile_now(namespace, name)
             _failures.pop(key, None)
+            if outcome is not None and outcome.requeue_after is not None:
+                QUEUE.add_after(key, outcome.requeue_after)  # TTL or deadline due then
         except Exception as err:  # noqa: BLE001 - counted, logged, retried with back-off
             METRICS.error("reconcile")
             _failures[key] = tries = _failures.get(key, 0) + 1
@@ -164,16 +128,29 @@ def _work() -> None:
 
 
 def _resync_loop() -> None:
-    """Queue every run that may need time-driven work: unsettled ones, and settled ones past their TTL."""
+    """Every RESYNC_SECONDS, queue the runs with time-driven work; every FULL_RESYNC_EVERY-th pass, every
+    unsettled run (a safety net: events already queue a run whenever it or its Jobs change)."""
+    passes = 0
     while not _stopping.wait(RESYNC_SECONDS):
+        passes += 1
+        full = passes % FULL_RESYNC_EVERY == 0
         for cache in _informers.get("runs", ()):
             for body in cache.items():
                 meta = body.get("metadata") or {}
-                if meta.get("deletionTimestamp") or not _watched(meta.get("namespace", "")):
-                    continue
-                if _settled(body) and EXECUTOR == "jobs" and not _ttl_expired(body):
-                    continue
-                trigger(meta["namespace"], meta["name"], "resync")
+                if _watched(meta.get("namespace", "")) and _resync_wanted(body, full):
+                    trigger(meta["namespace"], meta["name"], "resync", urgent=False)
+
+
+def _resync_wanted(body: dict[str, Any], full: bool) -> bool:
+    if (body.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    if _settled(body):
+        return _ttl_expired(body)
+    if full or EXECUTOR == "local":  # local processes send no events: they are polled
+        return True
+    deadline = (body.get("spec") or {}).get("activeDeadlineSeconds")
+    started = parse_time((body.get("status") or {}).get("startTime"))
+    return deadline is not None and started is not None and (clock.now() - started).total_seconds() >= deadline
 
 
 _stopping = threading.Event()
@@ -199,17 +176,16 @@ def _on_run(type_: str, old: dict[str, Any] | None, new: dict[str, Any]) -> None
         return
     if type_ == "MODIFIED" and _own_writes.get(key) == meta.get("resourceVersion"):
         return  # the echo of our own status write
-    trigger(namespace, name, f"run {type_.lower()}", urgent=not (new.get("status") or {}).get("phase"))
+    trigger(namespace, name, f"run {type_.lower()}")
 
 
 def _run_gone(namespace: str, name: str) -> None:
     """The run is deleted: its Jobs go by garbage collection (they are owned by it); local processes are
     stopped here."""
     key = (namespace, name)
-    with _slots_guard:
-        slot = _slots.pop(key, None)
-    if slot is not None and slot.executor is not None:
-        slot.executor.stop()
+    local = _local_executors.pop(key, None)
+    if local is not None:
+        local.stop()
     _own_writes.pop(key, None)
     _failures.pop(key, None)
     METRICS.forget(namespace, name)
@@ -258,7 +234,7 @@ def start_controller() -> None:
 
 # ---- executors ---------------------------------------------------------------------------------------------
 
-def _executor_for(body: dict[str, Any], slot: _Slot) -> tuple[Any, Any, Any]:
+def _executor_for(body: dict[str, Any]) -> tuple[Any, Any, Any]:
     """(executor, executor_check, max_attempts) for the run."""
     meta = body.get("metadata") or {}
     namespace, name, uid = meta.get("namespace", "default"), meta["name"], meta.get("uid")
@@ -268,7 +244,7 @@ def _executor_for(body: dict[str, Any], slot: _Slot) -> tuple[Any, Any, Any]:
         run = None
     if EXECUTOR == "local":
         # local processes are not retried by anyone else: the planner retries up to backoffLimit times
-        return (_local_executor(run, namespace, name, slot), _local_spec_problems,
+        return (_local_executor(run, namespace, name), _local_spec_problems,
                 lambda r: r.spec.backoff_limit + 1)
     return JobExecutor(namespace, name, run=run, uid=uid), jobs_spec_problems, 1
 
@@ -292,29 +268,29 @@ class _NoExecutor:
         return []
 
 
-def _local_executor(run: Any, namespace: str, name: str, slot: _Slot) -> Any:
+def _local_executor(run: Any, namespace: str, name: str) -> Any:
+    current = _local_executors.get((namespace, name))
     if run is None or _local_spec_problems(run):
-        return slot.executor or _NoExecutor()
-    if slot.executor is None:
+        return current or _NoExecutor()
+    if current is None:
         from .executors.local import LocalExecutor
 
         def fresh() -> Any:
             return LocalExecutor(run.spec, name=name, namespace=namespace)
 
-        slot.executor = ProtocolAdapter(fresh(), factory=fresh)
+        current = _local_executors[(namespace, name)] = ProtocolAdapter(fresh(), factory=fresh)
     else:
-        slot.executor.executor.spec = run.spec
-    return slot.executor
+        current.executor.spec = run.spec
+    return current
 
 
 # ---- the reconcile -------------------------------------------------------------------------------------
 
-def reconcile_now(namespace: str, name: str, slot: _Slot | None = None, why: str = "") -> Outcome | None:
-    slot = slot or _slot(namespace, name)
+def reconcile_now(namespace: str, name: str) -> Outcome | None:
     body = kube.get_run(namespace, name)
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         return None
-    executor, check, attempts = _executor_for(body, slot)
+    executor, check, attempts = _executor_for(body)
     admit = (lambda: CAPACITY.admit(body)) if CAPS.limited else None
     outcome = reconcile(body, executor, clock.now(), executor_check=check, max_attempts=attempts, admit=admit)
     old = body.get("status") or {}
@@ -426,6 +402,43 @@ def _slot_changed(old: RunSlot | None, new: RunSlot | None) -> None:
 
 SCHEDULE_PLURAL = kube.SCHEDULE_PLURAL
 
+
+@dataclass
+class _Slot:
+    """Coalescing state of one schedule: its steps run on kopf's and our threads, never two at once."""
+
+    guard: threading.Lock = field(default_factory=threading.Lock)
+    running: bool = False
+    again: bool = False
+
+
+def _coalesce(slot: _Slot, work: Any, what: str, why: str, error_kind: str) -> None:
+    """Run work(why) now, or once more after the call in progress (never two at once per slot)."""
+    with slot.guard:
+        if slot.running:
+            slot.again = True
+            return
+        slot.running = True
+    try:
+        while True:
+            with slot.guard:
+                slot.again = False
+            try:
+                work(why)
+            except Exception as err:  # noqa: BLE001 - counted, logged, retried by the next trigger or timer
+                METRICS.error(error_kind)
+                log.warning("%s failed (%s): %s", what, why, err)
+            with slot.guard:
+                if not slot.again:
+                    slot.running = False
+                    return
+            why = "coalesced trigger"
+    except BaseException:
+        with slot.guard:
+            slot.running = False
+        raise
+
+
 _schedule_slots: dict[tuple[str, str], _Slot] = {}
 _schedule_timers: dict[tuple[str, str], threading.Timer] = {}
 _schedule_blocked: dict[tuple[str, str], str] = {}
@@ -531,8 +544,7 @@ def _requeue_schedule(namespace: str, name: str, seconds: float) -> None:
     if seconds >= RESYNC_SECONDS:
         return
     key = (namespace, name)
-    ctx = contextvars.copy_context()
-    timer = threading.Timer(seconds, ctx.run, args=(trigger_schedule, namespace, name, "scheduled time"))
+    timer = threading.Timer(seconds, trigger_schedule, args=(namespace, name, "scheduled time"))
     timer.daemon = True
     with _schedules_guard:
         previous = _schedule_timers.pop(key, None)

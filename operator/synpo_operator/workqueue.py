@@ -3,8 +3,8 @@
 - A key is queued at most once: a burst of events for one run costs one reconcile.
 - A key is handed to one worker at a time: added again while a worker holds it, it is queued once more
   when that worker calls `done` (the reconcile then sees everything that happened meanwhile).
-- Two lanes: urgent keys (runs never reconciled) are handed out before the rest, so a thousand new runs
-  are not stuck behind resyncs and Job events of older ones.
+- Two lanes: urgent keys (something happened: a new run, a Job finished) are handed out before the rest
+  (periodic resyncs, retries), so a resync of a thousand idle runs never delays the next stage of one.
 - `add_after` queues a key later (retries with back-off).
 """
 

@@ -468,12 +468,33 @@ def test_suspend_resume_and_delete(kube, operator, namespace):
         current["pausable-i0-prompt-generator"]["spec"]["suspend"] is False
 
     kube.delete(path)
-    # TTL 2 s, then the finalizer round trip; on a loaded 2-core CI machine 30 s once proved too tight.
-    kube.wait_gone(path, timeout=90)
-    kube.wait_for(JOBS.format(ns=namespace), lambda o: not o["items"], timeout=30)
+    kube.wait_gone(path, timeout=90)  # no finalizer: gone at once
+    # the Jobs are owned by the run: garbage collection deletes them
+    kube.wait_for(JOBS.format(ns=namespace), lambda o: not o["items"], timeout=60)
     # the operator creates no ConfigMaps (each stage config travels in its Job); none is left behind either
     cms = kube.get(f"/api/v1/namespaces/{namespace}/configmaps", labelSelector="synpo.dev/run=pausable")
     assert not cms["items"]
+
+
+def test_progress_is_event_driven_and_legacy_finalizers_are_released(kube, dev_cluster, crds, namespace, tmp_path):
+    """With resyncs an hour apart, every stage after the first still starts as soon as the one before it
+    finished: Job events drive the run. Runs carry no finalizer; one left by an older operator is removed
+    when the run is deleted."""
+    op = Operator(dev_cluster.kubeconfig, namespace, tmp_path, extra_args=("--resync-seconds", "3600"))
+    op.start()
+    try:
+        legacy = run_doc("legacy", pods={"*": {"synpo.dev/fake-hold": "true"}})
+        legacy["metadata"]["finalizers"] = ["synpo.dev/finalizer"]
+        apply(kube, namespace, legacy)
+        apply(kube, namespace, run_doc("evented", pods={"*": {"synpo.dev/fake-duration": "100ms"}}))
+        done = wait_run(kube, namespace, "evented", lambda s: s.get("phase") in ("Succeeded", "Failed"), timeout=120)
+        assert done["status"]["phase"] == "Succeeded"
+        assert not done["metadata"].get("finalizers")
+        wait_run(kube, namespace, "legacy", lambda s: s.get("phase") == "Running")
+        kube.delete(f"{RUNS.format(ns=namespace)}/legacy")
+        kube.wait_gone(f"{RUNS.format(ns=namespace)}/legacy", timeout=60)
+    finally:
+        op.stop()
 
 
 def test_invalid_spec_the_api_server_cannot_see(kube, operator, namespace):
@@ -491,7 +512,7 @@ def test_ttl_after_finished_deletes_the_run(kube, operator, namespace):
     apply(kube, namespace, run_doc("ttl", ttlSecondsAfterFinished=2))
     path = f"{RUNS.format(ns=namespace)}/ttl"
     wait_run(kube, namespace, "ttl", lambda s: s.get("phase") == "Succeeded", timeout=120)
-    # TTL 2 s, then the finalizer round trip; on a loaded 2-core CI machine 30 s once proved too tight.
+    # TTL 2 s, then a resync pass (1 s here); on a loaded 2-core CI machine 30 s once proved too tight.
     kube.wait_gone(path, timeout=90)
     kube.wait_for(JOBS.format(ns=namespace), lambda o: not o["items"], timeout=30)
 
