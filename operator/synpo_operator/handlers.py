@@ -11,7 +11,7 @@ calling `reconcile_now` for one run at a time. What queues a run:
   tenth pass every unsettled run (a safety net);
 - a run slot freed up (concurrency caps); the TTL or deadline a reconcile computed (`requeue_after`); a
   failed reconcile (retried with back-off).
-Event-driven reconciles go before resyncs and retries. Why not kopf handlers for runs: at a thousand runs kopf's per-object state
+New runs go first, then event-driven reconciles, then resyncs and retries. Why not kopf handlers for runs: at a thousand runs kopf's per-object state
 (a timer task per run, a worker per Job) and the finalizer it PATCHes onto every new run (plus the watch
 round trip before the first handler) cost more memory, API writes and latency than the reconciles
 themselves. Runs carry no finalizer: their Jobs are owned by them and go with them (garbage collection).
@@ -65,7 +65,7 @@ from .reconcile import (
     status_patch,
 )
 from .schedule import PROMOTION_ANNOTATION, SCHEDULE_LABEL, ScheduleOutcome, reconcile_schedule
-from .workqueue import WorkQueue
+from .workqueue import EVENT, LATER, NEW, WorkQueue
 
 PLURAL = "synporuns"
 FINALIZER = "synpo.dev/finalizer"
@@ -89,11 +89,10 @@ FULL_RESYNC_EVERY = 10
 """Every this many resync passes, every unsettled run is reconciled (not only those with a deadline due)."""
 
 
-def trigger(namespace: str, name: str, why: str = "", urgent: bool = True) -> None:
-    """Queue a reconcile of the run (once, however often it is asked for before a worker takes it).
-    Something happened: urgent; resyncs are not, so they never delay what events ask for."""
+def trigger(namespace: str, name: str, why: str = "", lane: int = EVENT) -> None:
+    """Queue a reconcile of the run (once, however often it is asked for before a worker takes it)."""
     log.debug("queue %s/%s: %s", namespace, name, why)
-    QUEUE.add((namespace, name), urgent=urgent)
+    QUEUE.add((namespace, name), lane)
 
 
 def _nudge(fn: Any, *args: Any) -> None:
@@ -138,7 +137,7 @@ def _resync_loop() -> None:
             for body in cache.items():
                 meta = body.get("metadata") or {}
                 if _watched(meta.get("namespace", "")) and _resync_wanted(body, full):
-                    trigger(meta["namespace"], meta["name"], "resync", urgent=False)
+                    trigger(meta["namespace"], meta["name"], "resync", LATER)
 
 
 def _resync_wanted(body: dict[str, Any], full: bool) -> bool:
@@ -176,7 +175,7 @@ def _on_run(type_: str, old: dict[str, Any] | None, new: dict[str, Any]) -> None
         return
     if type_ == "MODIFIED" and _own_writes.get(key) == meta.get("resourceVersion"):
         return  # the echo of our own status write
-    trigger(namespace, name, f"run {type_.lower()}")
+    trigger(namespace, name, f"run {type_.lower()}", EVENT if (new.get("status") or {}).get("phase") else NEW)
 
 
 def _run_gone(namespace: str, name: str) -> None:

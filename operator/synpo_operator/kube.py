@@ -214,11 +214,25 @@ def annotate_run(namespace: str, name: str, annotations: dict[str, str | None]) 
 
 # ---- watch caches (informers) ------------------------------------------------------------------------------
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+POD_STAGE_CONFIG_ANNOTATION = "synpo.dev/stage-config"
+"""The stage config every stage pod carries (executors.manifests.ANNOTATION_STAGE_CONFIG): up to 192 KiB that
+the executor never reads back."""
+_UNREAD_ANNOTATIONS = (LAST_APPLIED, POD_STAGE_CONFIG_ANNOTATION)
+
+
 def slim(obj: dict[str, Any]) -> dict[str, Any]:
-    """The object without `metadata.managedFields` (a third to a half of a typical object)."""
+    """The object without what no reconcile reads: `metadata.managedFields` (a third to a half of a typical
+    object), kubectl's last-applied copy of the object and the stage config a pod carries."""
     meta = obj.get("metadata")
-    if isinstance(meta, dict) and "managedFields" in meta:
-        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+    if not isinstance(meta, dict):
+        return obj
+    annotations = meta.get("annotations") or {}
+    if "managedFields" in meta or any(k in annotations for k in _UNREAD_ANNOTATIONS):
+        meta = {k: v for k, v in meta.items() if k != "managedFields"}
+        if annotations:
+            meta["annotations"] = {k: v for k, v in annotations.items() if k not in _UNREAD_ANNOTATIONS}
+        obj = {**obj, "metadata": meta}
     return obj
 
 
@@ -231,19 +245,9 @@ def slim_job(obj: dict[str, Any]) -> dict[str, Any]:
                             if k in spec}}
 
 
-POD_STAGE_CONFIG_ANNOTATION = "synpo.dev/stage-config"
-"""The stage config every stage pod carries (executors.manifests.ANNOTATION_STAGE_CONFIG): up to 192 KiB that
-the executor never reads back, so not kept in the pod cache."""
-
-
 def slim_pod(obj: dict[str, Any]) -> dict[str, Any]:
-    """A pod as the Jobs executor reads it: metadata (without the stage config annotation), status and its
-    containers' resource limits."""
+    """A pod as the Jobs executor reads it: metadata, status and its containers' resource limits."""
     obj = slim(obj)
-    meta = obj.get("metadata")
-    if isinstance(meta, dict) and POD_STAGE_CONFIG_ANNOTATION in (meta.get("annotations") or {}):
-        annotations = {k: v for k, v in meta["annotations"].items() if k != POD_STAGE_CONFIG_ANNOTATION}
-        obj = {**obj, "metadata": {**meta, "annotations": annotations}}
     containers = ((obj.get("spec") or {}).get("containers")) or []
     return {**obj, "spec": {"containers": [{"name": c.get("name"), "resources": c.get("resources") or {}}
                                            for c in containers]}}

@@ -3,8 +3,10 @@
 - A key is queued at most once: a burst of events for one run costs one reconcile.
 - A key is handed to one worker at a time: added again while a worker holds it, it is queued once more
   when that worker calls `done` (the reconcile then sees everything that happened meanwhile).
-- Two lanes: urgent keys (something happened: a new run, a Job finished) are handed out before the rest
-  (periodic resyncs, retries), so a resync of a thousand idle runs never delays the next stage of one.
+- Priority lanes, each first in, first out: NEW (runs never reconciled) before EVENT (something happened:
+  a Job finished, a spec changed) before LATER (resyncs, retries, TTLs). A thousand runs applied at once get
+  their first Jobs before the status churn of their own Jobs is looked at, and a resync of idle runs never
+  delays the next stage of a busy one.
 - `add_after` queues a key later (retries with back-off).
 """
 
@@ -17,13 +19,13 @@ import time
 from collections import deque
 from collections.abc import Hashable
 
-URGENT, NORMAL = 0, 1
+NEW, EVENT, LATER = 0, 1, 2
 
 
 class WorkQueue:
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._lanes: tuple[deque[Hashable], deque[Hashable]] = (deque(), deque())
+        self._lanes: tuple[deque[Hashable], ...] = (deque(), deque(), deque())
         self._queued: dict[Hashable, int] = {}
         """key -> the lane it waits in (a lane may hold stale entries of keys promoted or handed out)."""
         self._active: set[Hashable] = set()
@@ -37,13 +39,12 @@ class WorkQueue:
         with self._cond:
             return len(self._queued)
 
-    def add(self, key: Hashable, urgent: bool = False) -> None:
-        lane = URGENT if urgent else NORMAL
+    def add(self, key: Hashable, lane: int = EVENT) -> None:
         with self._cond:
             if self._closed:
                 return
             if key in self._active:
-                self._again[key] = min(lane, self._again.get(key, NORMAL))
+                self._again[key] = min(lane, self._again.get(key, LATER))
                 return
             self._push(key, lane)
 
@@ -61,9 +62,9 @@ class WorkQueue:
                 while self._later and self._later[0][0] <= now:
                     key = heapq.heappop(self._later)[2]
                     if key in self._active:
-                        self._again.setdefault(key, NORMAL)
+                        self._again.setdefault(key, LATER)
                     else:
-                        self._push(key, NORMAL, notify=False)
+                        self._push(key, LATER, notify=False)
                 key = self._pop()
                 if key is not None:
                     self._active.add(key)
@@ -100,7 +101,7 @@ class WorkQueue:
         for lane, entries in enumerate(self._lanes):
             while entries:
                 key = entries.popleft()
-                if self._queued.get(key) == lane:  # else stale: promoted to the urgent lane, or handed out
+                if self._queued.get(key) == lane:  # else stale: promoted to a faster lane, or handed out
                     del self._queued[key]
                     return key
         return None

@@ -1,4 +1,4 @@
-"""The reconcile work queue: de-duplication, one worker per key, urgent lane, delayed adds, close."""
+"""The reconcile work queue: de-duplication, one worker per key, priority lanes, delayed adds, close."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 import time
 
 from synpo_operator.events import event_body
-from synpo_operator.workqueue import WorkQueue
+from synpo_operator.workqueue import EVENT, LATER, NEW, WorkQueue
 
 
 def drain(q: WorkQueue) -> list:
@@ -26,13 +26,15 @@ def test_a_key_is_queued_once():
     assert len(q) == 0
 
 
-def test_urgent_keys_go_first_and_promote_a_waiting_key():
+def test_lanes_go_in_order_and_a_waiting_key_is_promoted():
     q = WorkQueue()
-    q.add("old-1")
-    q.add("old-2")
-    q.add("new", urgent=True)
-    q.add("old-2", urgent=True)  # promoted: handed out once, before old-1
-    assert drain(q) == ["new", "old-2", "old-1"]
+    q.add("resync-1", LATER)
+    q.add("resync-2", LATER)
+    q.add("job-event", EVENT)
+    q.add("new", NEW)
+    q.add("resync-2", NEW)  # promoted: handed out once, before everything else
+    q.add("job-event", LATER)  # never demoted
+    assert drain(q) == ["new", "resync-2", "job-event", "resync-1"]
 
 
 def test_a_key_added_while_held_is_handed_out_again_after_done():
@@ -101,7 +103,7 @@ def test_many_workers_never_share_a_key():
     for w in workers:
         w.start()
     for i in range(2000):
-        q.add(f"run-{i % 20}", urgent=i % 7 == 0)
+        q.add(f"run-{i % 20}", i % 3)
     for w in workers:
         w.join(10)
     assert not any(clash)

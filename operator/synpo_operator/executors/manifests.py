@@ -217,32 +217,22 @@ def stage_config_text(run: SynPORun, node: StageNode) -> str:
     return text
 
 
-def stage_config_sizes(run: SynPORun) -> dict[str, int]:
-    """The size in bytes of every stage's config text (by stage key), exactly as stage_config_text would
-    render it, but with the spec (the bulk of each config) serialised once for all stages."""
-    name = run.metadata.name
-    namespace = run.metadata.namespace or "default"
-    root = storage_root(run.spec)
-    spec_size = len(_dump(run.spec.to_api()).encode())
-    sizes = {}
-    for node in stage_graph(run.spec):
-        # the same document with `"spec":{}`; compact JSON, so the spec's own text replaces exactly "{}"
-        skeleton = stage_config(run.spec, node, namespace=namespace, run=name, storage_root=root, spec_doc={})
-        sizes[node.key] = len(_dump(skeleton).encode()) - 2 + spec_size
-    return sizes
-
-
 _SKELETON_BOUND = 64 * 1024
 """More than a stage config holds besides the spec (a few paths and references of at most ~2 KiB each)."""
 
 
 def stage_config_problems(run: SynPORun) -> list[str]:
-    """An InvalidSpec message per stage whose config cannot be embedded in its Job. Runs every reconcile: a
-    spec well under the bound is not sized stage by stage (render_job checks every config it renders)."""
+    """An InvalidSpec message per stage whose config cannot be embedded in its Job. Runs every reconcile, so
+    cheap: the spec is the bulk of every stage config, and only a spec near the bound is sized stage by stage."""
     if len(_dump(run.spec.to_api()).encode()) + _SKELETON_BOUND <= MAX_STAGE_CONFIG_BYTES:
         return []
-    return [str(StageConfigTooLarge(key, size)) for key, size in stage_config_sizes(run).items()
-            if size > MAX_STAGE_CONFIG_BYTES]
+    problems = []
+    for node in stage_graph(run.spec):
+        try:
+            stage_config_text(run, node)
+        except StageConfigTooLarge as err:
+            problems.append(str(err))
+    return problems
 
 
 def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | None = None) -> dict[str, Any]:
@@ -384,5 +374,5 @@ __all__ = [
     "ANNOTATION_STAGE_CONFIG", "LABEL_ITERATION", "LABEL_MANAGED_BY", "LABEL_QUEUE", "LABEL_RUN", "LABEL_STAGE",
     "LABEL_STAGE_KEY", "MAX_STAGE_CONFIG_BYTES", "STAGES", "TEST_POD_ANNOTATIONS", "StageConfigTooLarge",
     "artifacts_uri", "gpus_for", "job_name", "render_job", "render_run_manifests", "render_stage",
-    "stage_config_problems", "stage_config_sizes", "stage_config_text", "storage_root",
+    "stage_config_problems", "stage_config_text", "storage_root",
 ]

@@ -24,9 +24,8 @@ def _resolve(root: str, ref: str) -> str:
 
 
 def stage_config(spec: SynPORunSpec, node: StageNode, *, namespace: str, run: str,
-                 storage_root: str, spec_doc: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The stage's config document. `storage_root` is as the stage process sees it (mount path or URI).
-    `spec_doc` replaces `spec.to_api()` under "spec" (a caller that has it already, or sizes the rest)."""
+                 storage_root: str) -> dict[str, Any]:
+    """The stage's config document. `storage_root` is as the stage process sees it (mount path or URI)."""
     root = run_root(storage_root, namespace, run)
     return {
         "apiVersion": API_VERSION,
@@ -41,5 +40,5 @@ def stage_config(spec: SynPORunSpec, node: StageNode, *, namespace: str, run: st
         "inputs": {role: _resolve(root, path) for role, path in node.inputs.items()},
         "models": {role: _resolve(root, ref) for role, ref in node.models.items()},
         "data": dict(node.data),
-        "spec": spec.to_api() if spec_doc is None else spec_doc,
+        "spec": spec.to_api(),
     }
