@@ -541,6 +541,18 @@ def table(result: dict[str, Any], baseline: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
+def _worktree(ref: str) -> Path:
+    """A detached checkout of `ref` (removed at exit): the baseline operator's code."""
+    import atexit
+
+    path = Path(tempfile.mkdtemp(prefix="synpo-bench-ref-")) / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), ref], check=True,
+                   capture_output=True)
+    atexit.register(subprocess.run, ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
+                    capture_output=True)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=1000, help="SynPORuns applied at once (default 1000)")
@@ -561,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-args", default="", help="`synpo operator` flags of the baseline")
     p.add_argument("--baseline-env", default="SYNPO_OPERATOR_CACHE=0",
                    help="environment of the baseline operator, NAME=VALUE[,NAME=VALUE] (default: caches off)")
+    p.add_argument("--baseline-ref", metavar="GIT_REF",
+                   help="the baseline is the operator as committed at GIT_REF (checked out into a temporary "
+                        "git worktree, first on its PYTHONPATH), e.g. the commit before a change; "
+                        "--baseline-env then defaults to nothing")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = p.parse_args(argv)
 
@@ -576,8 +592,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                                            "kubernetes": info.k8s_version}, "args": vars(args)}
     base = None
-    if args.baseline:
+    if args.baseline or args.baseline_ref:
         env = dict(kv.split("=", 1) for kv in args.baseline_env.split(",") if kv)
+        if args.baseline_ref:
+            env = {} if args.baseline_env == p.get_default("baseline_env") else env
+            env["PYTHONPATH"] = str(_worktree(args.baseline_ref) / "operator")
         base = Bench(kube, cfg_template, args, "baseline", args.baseline_args.split(), env).run()
         results["baseline"] = base
         log(f"baseline: {json.dumps(base)}")

@@ -82,7 +82,9 @@ log = logging.getLogger("synpo.operator")
 
 # ---- the run controller: work queue, workers, informers, resync ------------------------------------------
 
-QUEUE = WorkQueue()
+LANES = {NEW: "new", EVENT: "event", LATER: "later"}
+QUEUE = WorkQueue(observe_wait=lambda lane, seconds: METRICS.queue_wait.labels(lane=LANES[lane]).observe(seconds))
+METRICS.queue_depth.set_function(lambda: len(QUEUE))
 RETRY_SECONDS = (0.5, 30.0)
 """Back-off of a failed reconcile: doubling from the first to the second."""
 FULL_RESYNC_EVERY = 10
@@ -112,7 +114,8 @@ def _work() -> None:
     while (key := QUEUE.get()) is not None:
         namespace, name = key  # type: ignore[misc]
         try:
-            outcome = reconcile_now(namespace, name)
+            with METRICS.reconcile_duration.time():
+                outcome = reconcile_now(namespace, name)
             _failures.pop(key, None)
             if outcome is not None and outcome.requeue_after is not None:
                 QUEUE.add_after(key, outcome.requeue_after)  # TTL or deadline due then

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -460,18 +459,18 @@ def collection_path(kind: str, namespace: str | None) -> str:
     return f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
 
 
-def start_informers(namespaces: list[str | None], specs: dict[str, tuple[str | None, Any, Any]],
-                    wait: float = 60.0) -> dict[str, list[WatchCache]]:
-    """Start one informer per kind and namespace (None: every namespace) and wait until each listed once.
+def start_informers(namespaces: list[str | None], specs: dict[str, tuple[str | None, Any, Any]]
+                    ) -> dict[str, list[WatchCache]]:
+    """Start one informer per kind and namespace (None: every namespace) and wait until each has listed
+    once (however long that takes: an informer retries its LIST until the API server answers).
     specs: kind -> (label selector, transform, on_event)."""
     for kind, (label, transform, on_event) in specs.items():
         _informers[kind] = [(ns, WatchCache(collection_path(kind, ns), label, transform=transform,
                                             on_event=on_event).start()) for ns in namespaces]
-    deadline = time.monotonic() + wait
     for caches in _informers.values():
         for _, cache in caches:
-            if not cache.synced.wait(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError(f"the informer of {cache.path} did not list within {wait:.0f} s")
+            while not cache.synced.wait(30):
+                log.warning("still waiting for the first LIST of %s", cache.path)
     return {kind: [c for _, c in caches] for kind, caches in _informers.items()}
 
 

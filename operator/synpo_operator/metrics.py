@@ -23,6 +23,7 @@ from prometheus_client import (
 from .plan.graph import StageId
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf"))
 STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400, float("inf"))
 
 
@@ -53,6 +54,13 @@ class Metrics:
         self.reconcile_errors = Counter("synpo_reconcile_errors", "Reconciles that raised an error",
                                         ["kind"], registry=r)
         self.reconciles = Counter("synpo_reconciles", "Reconciles done", registry=r)
+        # the run work queue (as client-go's workqueue metrics): where a slow reaction comes from
+        self.queue_depth = Gauge("synpo_workqueue_depth", "Runs waiting for a reconcile", registry=r)
+        self.queue_wait = Histogram("synpo_workqueue_wait_seconds", "Time a run waited in the queue",
+                                    ["lane"], buckets=LATENCY_BUCKETS, registry=r)
+        self.reconcile_duration = Histogram("synpo_reconcile_duration_seconds",
+                                            "Time of one reconcile, API calls included",
+                                            buckets=LATENCY_BUCKETS, registry=r)
         # schedules
         self.schedule_runs_created = Counter("synpo_schedule_runs_created", "SynPORuns created by schedules",
                                              ["namespace", "schedule"], registry=r)

@@ -8,6 +8,7 @@
   their first Jobs before the status churn of their own Jobs is looked at, and a resync of idle runs never
   delays the next stage of a busy one.
 - `add_after` queues a key later (retries with back-off).
+- `observe_wait(lane, seconds)`, if given, hears how long each key waited (for metrics).
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 NEW, EVENT, LATER = 0, 1, 2
 
 
 class WorkQueue:
-    def __init__(self) -> None:
+    def __init__(self, observe_wait: Callable[[int, float], None] | None = None) -> None:
+        self._observe_wait = observe_wait
         self._cond = threading.Condition()
         self._lanes: tuple[deque[Hashable], ...] = (deque(), deque(), deque())
         self._queued: dict[Hashable, int] = {}
         """key -> the lane it waits in (a lane may hold stale entries of keys promoted or handed out)."""
+        self._since: dict[Hashable, float] = {}
         self._active: set[Hashable] = set()
         self._again: dict[Hashable, int] = {}
         """Keys added while active -> the lane to queue them in when done."""
@@ -65,9 +68,13 @@ class WorkQueue:
                         self._again.setdefault(key, LATER)
                     else:
                         self._push(key, LATER, notify=False)
-                key = self._pop()
-                if key is not None:
+                popped = self._pop()
+                if popped is not None:
+                    key, lane = popped
                     self._active.add(key)
+                    waited = now - self._since.pop(key, now)
+                    if self._observe_wait is not None:
+                        self._observe_wait(lane, waited)
                     return key
                 waits = [t - now for t in (deadline, self._later[0][0] if self._later else None) if t is not None]
                 if deadline is not None and now >= deadline:
@@ -93,15 +100,16 @@ class WorkQueue:
         if queued is not None and queued <= lane:
             return  # already waiting, in this lane or a faster one
         self._queued[key] = lane
+        self._since.setdefault(key, time.monotonic())
         self._lanes[lane].append(key)
         if notify:
             self._cond.notify()
 
-    def _pop(self) -> Hashable | None:
+    def _pop(self) -> tuple[Hashable, int] | None:
         for lane, entries in enumerate(self._lanes):
             while entries:
                 key = entries.popleft()
                 if self._queued.get(key) == lane:  # else stale: promoted to a faster lane, or handed out
                     del self._queued[key]
-                    return key
+                    return key, lane
         return None

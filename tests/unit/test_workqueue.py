@@ -119,3 +119,13 @@ def test_event_body_names_the_object_and_clips_the_message():
                                       "namespace": "ml", "uid": "u-1"}
     assert body["type"] == "Warning" and body["reason"] == "StageFailed" and len(body["message"]) == 1024
     assert body["firstTimestamp"] == body["lastTimestamp"] == "2026-11-26T12:00:00Z"
+
+
+def test_wait_times_are_reported_per_lane():
+    waits = []
+    q = WorkQueue(observe_wait=lambda lane, seconds: waits.append((lane, seconds)))
+    q.add("a", LATER)
+    q.add("a", NEW)  # promoted: measured from the first add
+    time.sleep(0.05)
+    assert q.get(timeout=0) == "a"
+    assert waits[0][0] == NEW and 0.04 <= waits[0][1] < 5
