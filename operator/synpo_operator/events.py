@@ -48,7 +48,7 @@ class EventPoster:
     def __init__(self, send: Callable[[dict[str, Any]], Any] | None = None):
         self._send = send or (lambda body: kube.request(
             "POST", f"/api/v1/namespaces/{body['metadata']['namespace']}/events", body))
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(MAX_QUEUED)
+        self._queue: queue.Queue[dict[str, Any] | threading.Event] = queue.Queue(MAX_QUEUED)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -63,8 +63,11 @@ class EventPoster:
     def flush(self, timeout: float = 5.0) -> None:
         """Wait (up to timeout) until the queued Events are posted."""
         done = threading.Event()
-        self._queue.put({"_flush": done})  # type: ignore[dict-item]
         self._ensure_thread()
+        try:
+            self._queue.put(done, timeout=timeout)  # a marker: set when everything before it is posted
+        except queue.Full:
+            return
         done.wait(timeout)
 
     def _ensure_thread(self) -> None:
@@ -76,10 +79,8 @@ class EventPoster:
     def _loop(self) -> None:
         while True:
             body = self._queue.get()
-            if body is None:
-                return
-            if "_flush" in body:
-                body["_flush"].set()
+            if isinstance(body, threading.Event):
+                body.set()
                 continue
             try:
                 self._send(body)

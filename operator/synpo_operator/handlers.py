@@ -108,6 +108,7 @@ _failures: dict[tuple[str, str], int] = {}
 _local_executors: dict[tuple[str, str], Any] = {}
 """run -> its LocalExecutor (it owns the run's child processes); --executor local only."""
 _informers: dict[str, list[kube.WatchCache]] = {}
+_stopping = threading.Event()
 
 
 def _work() -> None:
@@ -155,9 +156,6 @@ def _resync_wanted(body: dict[str, Any], full: bool) -> bool:
     return deadline is not None and started is not None and (clock.now() - started).total_seconds() >= deadline
 
 
-_stopping = threading.Event()
-
-
 def _watched(namespace: str) -> bool:
     return not NAMESPACES or any(fnmatch.fnmatch(namespace, pattern) for pattern in NAMESPACES)
 
@@ -195,7 +193,8 @@ def _run_gone(namespace: str, name: str) -> None:
 
 
 def _release_finalizer(namespace: str, name: str, finalizers: list[str]) -> None:
-    """Runs made by operator versions before 0.2 carry our finalizer; nothing needs it any more."""
+    """Runs made by earlier versions of the operator (kopf handled runs then) carry our finalizer; nothing
+    needs it any more."""
     try:
         kube.request("PATCH", kube.run_path(namespace, name), [
             {"op": "test", "path": "/metadata/finalizers", "value": finalizers},

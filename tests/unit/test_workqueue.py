@@ -1,4 +1,5 @@
-"""The reconcile work queue: de-duplication, one worker per key, priority lanes, delayed adds, close."""
+"""The run controller's plumbing: the reconcile work queue (de-duplication, one worker per key, priority lanes,
+delayed adds, close) and the background Event poster."""
 
 from __future__ import annotations
 
@@ -129,3 +130,32 @@ def test_wait_times_are_reported_per_lane():
     time.sleep(0.05)
     assert q.get(timeout=0) == "a"
     assert waits[0][0] == NEW and 0.04 <= waits[0][1] < 5
+
+
+def test_event_poster_posts_in_order_and_flushes():
+    from synpo_operator.events import EventPoster
+
+    sent = []
+    poster = EventPoster(send=lambda body: sent.append(body["reason"]))
+    run = {"apiVersion": "synpo.dev/v1alpha1", "kind": "SynPORun", "metadata": {"name": "r", "namespace": "ns"}}
+    for reason in ("StageStarted", "StageSucceeded", "RunSucceeded"):
+        poster.post(run, "Normal", reason, "m")
+    poster.flush()
+    assert sent == ["StageStarted", "StageSucceeded", "RunSucceeded"]
+
+
+def test_event_poster_survives_a_failing_api():
+    from synpo_operator.events import EventPoster
+
+    calls = []
+
+    def send(body):
+        calls.append(body["reason"])
+        raise OSError("API server unreachable")
+
+    poster = EventPoster(send=send)
+    run = {"metadata": {"name": "r", "namespace": "ns"}}
+    poster.post(run, "Warning", "A", "m")
+    poster.post(run, "Warning", "B", "m")
+    poster.flush()
+    assert calls == ["A", "B"]
