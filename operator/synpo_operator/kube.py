@@ -270,7 +270,7 @@ class WatchCache:
     them). `put` stores an object the caller just wrote (newer resourceVersions win), so a reconcile sees its
     own writes before the watch delivers them."""
 
-    def __init__(self, path: str, label: str | None, *, server_timeout: int = 300,
+    def __init__(self, path: str, label: str | None, *, server_timeout: int = 60,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  on_event: Callable[[str, dict[str, Any] | None, dict[str, Any]], None] | None = None):
         self.path = path
@@ -279,6 +279,8 @@ class WatchCache:
         """Applied to every object stored: drops what readers never look at (memory)."""
         self.on_event = on_event
         self.server_timeout = server_timeout
+        """The server ends each WATCH after this long (we resume from the last resourceVersion) and a read
+        gives up 30 s after it: a stream that silently stops delivering costs at most 90 s, not minutes."""
         self._objects: dict[tuple[str, str], dict[str, Any]] = {}
         self._by_value: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self._lock = threading.Lock()

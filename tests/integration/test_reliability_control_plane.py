@@ -37,8 +37,9 @@ def _restart_mid_run(kube, dev_cluster, operator, namespace, baseline, component
         try:
             done = wait_run(kube, namespace, name, lambda s: s.get("phase") in DONE, timeout=240)
             break
-        except TimeoutError:
-            raise
+        except TimeoutError as err:
+            raise AssertionError(f"{err}\n{_cluster_state(kube, namespace)}\noperator log:\n"
+                                 f"{operator.logs()[-4000:]}") from None
         except Exception:  # noqa: BLE001
             time.sleep(1)
     assert done is not None
@@ -49,6 +50,21 @@ def _restart_mid_run(kube, dev_cluster, operator, namespace, baseline, component
     figure(fault=f"{component}-restart", restarts=1, down_s=down, api_ready_after_s=round(waited, 1), survived=1,
            duplicated_jobs=0, operator_restarts=operator.starts - 1,
            pairs_total=done["status"]["iterations"][-1]["pairsTotal"])
+
+
+def _cluster_state(kube, namespace: str) -> str:
+    """What the Jobs and pods look like, for a failure message (which stage is stuck, and where)."""
+    lines = []
+    for job in kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")["items"]:
+        st = job.get("status") or {}
+        conds = ",".join(c["type"] for c in st.get("conditions") or [] if c.get("status") == "True")
+        lines.append(f"job {job['metadata']['name']}: active={st.get('active')} succeeded={st.get('succeeded')} "
+                     f"failed={st.get('failed')} conditions={conds}")
+    for pod in kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"]:
+        st = pod.get("status") or {}
+        lines.append(f"pod {pod['metadata']['name']}: {st.get('phase')} node={pod['spec'].get('nodeName')} "
+                     f"conditions={[(c['type'], c['status']) for c in st.get('conditions') or []]}")
+    return "\n".join(lines)
 
 
 def test_apiserver_restart_mid_run(kube, dev_cluster, operator, namespace, baseline):  # noqa: F811
