@@ -73,14 +73,16 @@ class WorkQueue:
                     key, lane = popped
                     self._active.add(key)
                     waited = now - self._since.pop(key, now)
-                    if self._observe_wait is not None:
-                        self._observe_wait(lane, waited)
-                    return key
+                    break
                 waits = [t - now for t in (deadline, self._later[0][0] if self._later else None) if t is not None]
                 if deadline is not None and now >= deadline:
                     return None
                 self._cond.wait(max(0.0, min(waits)) if waits else None)
-            return None
+            else:
+                return None
+        if self._observe_wait is not None:  # outside the lock: never call out while holding it
+            self._observe_wait(lane, waited)
+        return key
 
     def done(self, key: Hashable) -> None:
         with self._cond:
