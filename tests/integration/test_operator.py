@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from reliability.chaos import JobLedger
 
 from synpo_operator.devcluster.client import ApiError, KubeClient
 
@@ -218,32 +218,6 @@ def wait_for_event(kube: KubeClient, ns: str, name: str, reason: str, text: str 
         timeout=15)
 
 
-class JobAudit:
-    """Polls the namespace's Jobs and records every (name, uid) it sees: a Job created twice shows up as
-    one name with two UIDs."""
-
-    def __init__(self, kube: KubeClient, ns: str):
-        self.kube, self.ns = kube, ns
-        self.seen: dict[str, set[str]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for job in self.kube.get(JOBS.format(ns=self.ns))["items"]:
-                    self.seen.setdefault(job["metadata"]["name"], set()).add(job["metadata"]["uid"])
-            except Exception:  # noqa: BLE001 - polling is best-effort
-                pass
-            time.sleep(0.1)
-
-    def stop(self) -> dict[str, set[str]]:
-        self._stop.set()
-        self._thread.join(5)
-        return self.seen
-
-
 # ---- admission: schema and CEL ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mutate, needle", [
@@ -418,7 +392,7 @@ def test_disruption_is_not_counted_as_failure(kube, operator, namespace):
 
 
 def test_operator_killed_mid_run_resumes_without_duplicates(kube, operator, namespace):
-    audit = JobAudit(kube, namespace)
+    audit = JobLedger(kube, namespace)
     slow = {"*": {"synpo.dev/fake-duration": "1500ms"}}
     apply(kube, namespace, run_doc("restart", pods=slow))
     wait_run(kube, namespace, "restart",

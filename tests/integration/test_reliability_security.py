@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from reliability.test_security_models import ESCAPES
 
 from synpo_operator.devcluster.client import ApiError
 
@@ -134,16 +135,6 @@ def kube_config(kube, tmp_path: Path, token: str | None = None) -> str:
 
 # ---- storage paths ---------------------------------------------------------------------------------------
 
-ESCAPES = [
-    ("storage", {"uri": "s3://bucket/../other-team"}),
-    ("storage", {"uri": "../runs"}),
-    ("storage", {"uri": "runs/.."}),
-    ("storage", {"uri": "C:\\runs\\..\\x"}),
-    ("storage", {"volume": {"claimName": "ws", "subPath": "../x"}}),
-    ("storage", {"volume": {"claimName": "ws", "subPath": "runs/../../x"}}),
-    ("model", {"base": "../../etc/models"}),
-    ("data", {"seed": "s3://d/../seed.jsonl", "corpus": "s3://d/c.jsonl", "eval": "s3://d/e.jsonl"}),
-]
 
 
 @pytest.mark.parametrize("field, value", ESCAPES, ids=[json.dumps(v) for _, v in ESCAPES])

@@ -133,15 +133,21 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _termination_log() -> str | None:
+    """Where the termination message goes: $SYNPO_TERMINATION_LOG, else Kubernetes' path when writable."""
+    target = os.environ.get("SYNPO_TERMINATION_LOG")
+    if not target and os.path.exists(TERMINATION_LOG) and os.access(TERMINATION_LOG, os.W_OK):
+        target = TERMINATION_LOG
+    return target
+
+
 def emit(result: dict[str, Any]) -> None:
     """Termination message (≤ 4 KiB) and the last stdout line."""
     text = json.dumps(result, separators=(",", ":"), default=str)
     if len(text.encode()) > MAX_RESULT_BYTES:
         text = json.dumps({k: v for k, v in result.items() if isinstance(v, int | float | bool)},
                           separators=(",", ":"))[:MAX_RESULT_BYTES]
-    target = os.environ.get("SYNPO_TERMINATION_LOG")
-    if not target and os.path.exists(TERMINATION_LOG) and os.access(TERMINATION_LOG, os.W_OK):
-        target = TERMINATION_LOG
+    target = _termination_log()
     if target:
         try:
             with open(target, "w", encoding="utf-8") as f:
@@ -178,9 +184,7 @@ def run_stage(stage: str, config: dict[str, Any], shard: int = 0) -> dict[str, A
 
 
 def write_failure(message: str, code: int) -> None:
-    target = os.environ.get("SYNPO_TERMINATION_LOG")
-    if not target and os.path.exists(TERMINATION_LOG) and os.access(TERMINATION_LOG, os.W_OK):
-        target = TERMINATION_LOG
+    target = _termination_log()
     if target:
         try:
             with open(target, "w", encoding="utf-8") as f:
