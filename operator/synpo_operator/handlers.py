@@ -56,8 +56,10 @@ from .executors.jobs import JobExecutor, jobs_spec_problems
 from .executors.manifests import LABEL_RUN, RUN_KIND
 from .metrics import METRICS
 from .reconcile import (
+    Event,
     Outcome,
     ProtocolAdapter,
+    merge_events,
     parse_time,
     reconcile,
     run_from_body,
@@ -188,6 +190,7 @@ def _run_gone(namespace: str, name: str) -> None:
         local.stop()
     _own_writes.pop(key, None)
     _failures.pop(key, None)
+    _deferred.pop(key, None)
     METRICS.forget(namespace, name)
     _slot_changed(CAPACITY.forget(namespace, name), None)
 
@@ -221,6 +224,7 @@ def _on_job(type_: str, old: dict[str, Any] | None, new: dict[str, Any]) -> None
 def start_controller() -> None:
     """Start the informers (they queue every existing run once) and the workers and resync thread."""
     _stopping.clear()
+    EVENTS.hold = lambda: not _stopping.is_set() and _burst()
     scopes: list[str | None] = list(NAMESPACES) if NAMESPACES and not any(
         ch in n for n in NAMESPACES for ch in "*?[") else [None]
     _informers.update(kube.start_informers(scopes, {
@@ -287,22 +291,57 @@ def _local_executor(run: Any, namespace: str, name: str) -> Any:
 
 # ---- the reconcile -------------------------------------------------------------------------------------
 
+def _burst() -> bool:
+    """New runs wait for a worker: their first Jobs go before writes that can wait."""
+    return QUEUE.waiting(NEW) > 0
+
+
+@dataclass
+class _Deferred:
+    """A new run's first reconcile during a burst: what its first status write must still carry."""
+
+    start_time: str | None
+    events: list[Event]
+
+
+_deferred: dict[tuple[str, str], _Deferred] = {}
+
+
 def reconcile_now(namespace: str, name: str) -> Outcome | None:
+    key = (namespace, name)
     body = kube.get_run(namespace, name)
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         return None
+    old = body.get("status") or {}
+    held = None if old else _deferred.get(key)
+    # A burst of new runs (a thousand applied at once) is bound by the API server: while new runs wait, a run
+    # never reconciled gets one Job and nothing else; its other ready stages, its first status write (with
+    # the startTime of this reconcile) and its Events (merged) come with its next reconcile, queued behind
+    # every new run and event.
+    burst = not old and held is None and _burst()
     executor, check, attempts = _executor_for(body)
     admit = (lambda: CAPACITY.admit(body)) if CAPS.limited else None
-    outcome = reconcile(body, executor, clock.now(), executor_check=check, max_attempts=attempts, admit=admit)
-    old = body.get("status") or {}
-    if status_differs(old, outcome.status):
+    outcome = reconcile({**body, "status": {"startTime": held.start_time}} if held else body, executor,
+                        clock.now(), executor_check=check, max_attempts=attempts, admit=admit,
+                        max_starts=1 if burst else None)
+    events = outcome.events
+    if burst and outcome.started:
+        METRICS.burst_deferrals.inc()
+        _deferred[key] = _Deferred(outcome.status.get("startTime"), outcome.events)
+        _observe_run({**body, "status": outcome.status})
+        QUEUE.add(key, LATER)
+        events = []
+    elif status_differs(old, outcome.status):
         patched = kube.patch_run_status(namespace, name, status_patch(old, outcome.status))
         if patched:
             _own_writes[(namespace, name)] = (patched.get("metadata") or {}).get("resourceVersion", "")
         _observe_run(patched or {**body, "status": outcome.status})
+        if held is not None:
+            events = merge_events([*held.events, *events])
+            _deferred.pop(key, None)
     for started in outcome.started:
         log.info("%s/%s: created Job for stage %s", namespace, name, started)
-    for event in outcome.events:
+    for event in events:
         _post(body, event.type, event.reason, event.message)
     METRICS.observe(namespace, name, outcome)
     if outcome.delete_run:

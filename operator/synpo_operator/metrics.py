@@ -58,6 +58,8 @@ class Metrics:
         self.queue_depth = Gauge("synpo_workqueue_depth", "Runs waiting for a reconcile", registry=r)
         self.queue_wait = Histogram("synpo_workqueue_wait_seconds", "Time a run waited in the queue",
                                     ["lane"], buckets=LATENCY_BUCKETS, registry=r)
+        self.burst_deferrals = Counter("synpo_burst_deferrals", "First reconciles that created one Job and "
+                                       "deferred the rest (new runs were waiting)", registry=r)
         self.reconcile_duration = Histogram("synpo_reconcile_duration_seconds",
                                             "Time of one reconcile, API calls included",
                                             buckets=LATENCY_BUCKETS, registry=r)

@@ -320,6 +320,17 @@ class Event:
     message: str
 
 
+def merge_events(events: Iterable[Event]) -> list[Event]:
+    """One Event per type and reason, messages joined in order (Events held back over several reconciles)."""
+    merged: dict[tuple[str, str], Event] = {}
+    for event in events:
+        key = (event.type, event.reason)
+        first = merged.get(key)
+        merged[key] = event if first is None else Event(event.type, event.reason,
+                                                         _clip(f"{first.message}; {event.message}"))
+    return list(merged.values())
+
+
 @dataclass(frozen=True)
 class Transition:
     """A stage that changed phase in this reconcile (or was first seen)."""
@@ -519,7 +530,8 @@ def _stages(n: int) -> str:
 
 
 def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: datetime | None = None, *,
-              executor_check: Any = None, max_attempts: Any = 1, admit: Any = None) -> Outcome:
+              executor_check: Any = None, max_attempts: Any = 1, admit: Any = None,
+              max_starts: int | None = None) -> Outcome:
     """One reconcile of a run. `executor` is None when the executor cannot be built (bad spec).
 
     executor_check: optional callable(run) -> list of problems the executor has with the spec (e.g. a
@@ -527,7 +539,8 @@ def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: 
     max_attempts: starts per stage (1 for Jobs, which retry pods themselves), or callable(run) -> int.
     admit: optional callable() -> (bool, message), asked before a run that has not started any stage starts
     its first one (the concurrent-run caps); when it says no, nothing starts and the run stays Pending with
-    reason WaitingForCapacity."""
+    reason WaitingForCapacity.
+    max_starts: start at most this many of the ready stages (the others start on a later reconcile)."""
     now = now or clock.now()
     meta = body.get("metadata") or {}
     generation = meta.get("generation")
@@ -573,6 +586,8 @@ def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: 
             waiting = why or "waiting for capacity"
             decision = Decision(phase="Pending", reason=WAITING_FOR_CAPACITY, message=waiting)
     if decision.phase == "Running":
+        if max_starts is not None:
+            decision = replace(decision, start=decision.start[:max_starts])
         start_many = getattr(executor, "start_many", None)
         if callable(start_many) and len(decision.start) > 1:
             created = start_many(decision.start)  # independent stages: created concurrently

@@ -30,6 +30,8 @@ class WorkQueue:
         self._lanes: tuple[deque[Hashable], ...] = (deque(), deque(), deque())
         self._queued: dict[Hashable, int] = {}
         """key -> the lane it waits in (a lane may hold stale entries of keys promoted or handed out)."""
+        self._waiting = [0, 0, 0]
+        """Keys waiting per lane (the lanes' deques also hold stale entries)."""
         self._since: dict[Hashable, float] = {}
         self._active: set[Hashable] = set()
         self._again: dict[Hashable, int] = {}
@@ -41,6 +43,10 @@ class WorkQueue:
     def __len__(self) -> int:
         with self._cond:
             return len(self._queued)
+
+    def waiting(self, lane: int) -> int:
+        """How many keys wait in that lane."""
+        return self._waiting[lane]  # one read of an int: no lock needed
 
     def add(self, key: Hashable, lane: int = EVENT) -> None:
         with self._cond:
@@ -101,6 +107,9 @@ class WorkQueue:
         queued = self._queued.get(key)
         if queued is not None and queued <= lane:
             return  # already waiting, in this lane or a faster one
+        if queued is not None:
+            self._waiting[queued] -= 1
+        self._waiting[lane] += 1
         self._queued[key] = lane
         self._since.setdefault(key, time.monotonic())
         self._lanes[lane].append(key)
@@ -113,5 +122,6 @@ class WorkQueue:
                 key = entries.popleft()
                 if self._queued.get(key) == lane:  # else stale: promoted to a faster lane, or handed out
                     del self._queued[key]
+                    self._waiting[lane] -= 1
                     return key, lane
         return None

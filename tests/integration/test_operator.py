@@ -471,6 +471,43 @@ def test_progress_is_event_driven_and_legacy_finalizers_are_released(kube, dev_c
         op.stop()
 
 
+def test_a_burst_of_new_runs_gets_first_jobs_before_anything_else(kube, dev_cluster, crds, namespace, tmp_path):
+    """One worker, 24 runs applied at once: while new runs wait, a new run gets one Job; its other ready
+    stages, its first status write (with the startTime of its first reconcile) and one StageStarted Event
+    naming all three come with its next reconcile. Nothing is created twice and nothing is lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from synpo_operator.clock import parse_time
+
+    op = Operator(dev_cluster.kubeconfig, namespace, tmp_path, extra_args=("--workers", "1"))
+    op.start()
+    try:
+        names = [f"burst-{i:02d}" for i in range(24)]
+        docs = [run_doc(n, pods={"*": {"synpo.dev/fake-hold": "true"}}) for n in names]
+        ledger = JobLedger(kube, namespace)
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda doc: apply(kube, namespace, doc), docs))
+        for name in names:
+            wait_run(kube, namespace, name, lambda s: len(s.get("stages") or []) == 3, timeout=120)
+        deferred = sum(float(line.rsplit(" ", 1)[1]) for line in op.metrics().splitlines()
+                       if line.startswith("synpo_burst_deferrals_total"))
+        assert deferred >= 1, "no new run waited for the single worker: the burst path was not taken"
+        for name in names:
+            run_jobs = jobs(kube, namespace, name)
+            assert sorted(run_jobs) == [f"{name}-i0-evaluate", f"{name}-i0-keywords", f"{name}-i1-improver"]
+            first_job = min(parse_time(j["metadata"]["creationTimestamp"]) for j in run_jobs.values())
+            status = get_run(kube, namespace, name)["status"]
+            assert parse_time(status["startTime"]) <= first_job, (status["startTime"], first_job)
+            assert status["phase"] == "Running"
+            started = wait_for_event(kube, namespace, name, "StageStarted")
+            assert started["message"].count("(Job ") == 3, started["message"]  # one Event, the held one merged in
+            assert len([e for e in events(kube, namespace, name) if e["reason"] == "StageStarted"]) == 1
+        ledger.stop()
+        assert not ledger.duplicated(), "a Job was created twice"
+    finally:
+        op.stop()
+
+
 def test_invalid_spec_the_api_server_cannot_see(kube, operator, namespace):
     apply(kube, namespace, run_doc("localpath", storage={"uri": "./runs"}))
     st = wait_run(kube, namespace, "localpath", lambda s: s.get("phase") == "Failed")["status"]

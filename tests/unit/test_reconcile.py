@@ -243,6 +243,26 @@ def test_first_reconcile_creates_first_stages_and_status():
     assert sorted(out.started) == ["i0-evaluate", "i0-keywords", "i1-improver"]
 
 
+def test_max_starts_starts_the_first_ready_stages_and_leaves_the_rest_for_later():
+    h = Harness()
+    out = h.step(max_starts=1)
+    assert out.started == ["i0-keywords"] and h.job_names() == ["demo-i0-keywords"]
+    out = h.step()  # the next reconcile starts the others, once
+    assert sorted(out.started) == ["i0-evaluate", "i1-improver"]
+    assert h.job_names() == ["demo-i0-evaluate", "demo-i0-keywords", "demo-i1-improver"]
+    assert not h.step().started
+
+
+def test_merge_events_keeps_one_event_per_reason_in_order():
+    from synpo_operator.reconcile import Event, merge_events
+
+    merged = merge_events([Event("Normal", "StageStarted", "started stage a (Job x)"),
+                           Event("Warning", "StageFailed", "b failed"),
+                           Event("Normal", "StageStarted", "started stages c (Job y), d (Job z)")])
+    assert merged == [Event("Normal", "StageStarted", "started stage a (Job x); started stages c (Job y), d (Job z)"),
+                      Event("Warning", "StageFailed", "b failed")]
+
+
 def test_reconcile_is_idempotent_and_restart_safe():
     h = Harness()
     h.step()

@@ -38,6 +38,23 @@ def test_lanes_go_in_order_and_a_waiting_key_is_promoted():
     assert drain(q) == ["new", "resync-2", "job-event", "resync-1"]
 
 
+def test_waiting_counts_keys_per_lane_through_promotion_and_hand_out():
+    q = WorkQueue()
+    for key in ("a", "b", "c"):
+        q.add(key, LATER)
+    q.add("b", NEW)  # promoted: counted once, in its new lane
+    q.add("d", EVENT)
+    assert [q.waiting(lane) for lane in (NEW, EVENT, LATER)] == [1, 1, 2]
+    held = q.get(timeout=0)
+    assert held == "b" and q.waiting(NEW) == 0
+    q.add("b", NEW)  # held by a worker: not waiting until done
+    assert q.waiting(NEW) == 0
+    q.done("b")
+    assert q.waiting(NEW) == 1
+    drain(q)
+    assert [q.waiting(lane) for lane in (NEW, EVENT, LATER)] == [0, 0, 0]
+
+
 def test_a_key_added_while_held_is_handed_out_again_after_done():
     q = WorkQueue()
     q.add("run")
@@ -142,6 +159,29 @@ def test_event_poster_posts_in_order_and_flushes():
         poster.post(run, "Normal", reason, "m")
     poster.flush()
     assert sent == ["StageStarted", "StageSucceeded", "RunSucceeded"]
+
+
+def test_event_poster_holds_events_while_told_to_but_not_past_the_limit(monkeypatch):
+    from synpo_operator import events
+    from synpo_operator.events import EventPoster
+
+    sent = []
+    hold = threading.Event()
+    hold.set()
+    poster = EventPoster(send=lambda body: sent.append(body["reason"]), hold=hold.is_set)
+    run = {"metadata": {"name": "r", "namespace": "ns"}}
+    poster.post(run, "Normal", "StageStarted", "m")
+    time.sleep(0.3)
+    assert sent == []  # held: new runs wait for their first Jobs
+    hold.clear()
+    poster.flush()
+    assert sent == ["StageStarted"]
+
+    monkeypatch.setattr(events, "HOLD_SECONDS", 0.2)
+    hold.set()  # held for ever: an Event still goes after HOLD_SECONDS
+    poster.post(run, "Normal", "RunSucceeded", "m")
+    poster.flush(timeout=5)
+    assert sent == ["StageStarted", "RunSucceeded"]
 
 
 def test_event_poster_survives_a_failing_api():

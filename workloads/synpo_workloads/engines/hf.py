@@ -1,7 +1,8 @@
-"""The transformers engine: batched `generate` with left padding, prompts sorted by length to cut padding.
+"""The transformers engine: batched decoding with left padding, prompts sorted by length to cut padding.
 
-On a GPU it uses a static KV cache (transformers then compiles the decoding step); on CPU the dynamic cache,
-since compiling costs more than it saves for short CPU runs.
+Llama-architecture models (SmolLM2, Llama, Qwen2) decode through `decode.StaticDecoder`: a preallocated KV
+cache and one decoding step without host syncs, captured in a CUDA graph on a GPU. Other models, and
+`static_decoding = False`, use transformers' `generate` (on a GPU with its static cache).
 
 Speed (bench/generation.py, docs/benchmarks.md#generation): prompts are tokenised once (the length sort and
 the batches reuse the ids); top-k/top-p sampling uses one fused `topk` + nucleus filter
@@ -22,6 +23,8 @@ class TransformersEngine:
         self.model.eval()
         self.batch_size = batch_size
         self.fast_sampling = True
+        self.static_decoding = True
+        self._decoder = None
         self.last_stats: dict = {}
 
     def render(self, prompt: Prompt, prefill: str = "") -> str:
@@ -36,42 +39,23 @@ class TransformersEngine:
     def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[str]:
         import torch
 
-        from .sampling import make_processor
-
         texts = [self.render(p, params.prefill) for p in prompts]
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]  # tokenised once
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]), reverse=True)
         outputs: list[str] = [""] * len(texts)
-        device = self.model.device
-        gen_kwargs = dict(
-            max_new_tokens=params.max_new_tokens,
-            do_sample=params.temperature > 0,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        if params.temperature > 0:
-            gen_kwargs.update(temperature=params.temperature, top_p=params.top_p)
-            if self.fast_sampling:
-                # transformers' effective top_k (its default is 50 when the checkpoint sets none)
-                top_k = self.model.generation_config.top_k
-                top_k = 50 if top_k is None else top_k
-                gen_kwargs.update(top_k=0, top_p=1.0, logits_processor=[make_processor(params.top_p, top_k)])
-        if params.stop:
-            gen_kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
-        if device.type == "cuda":
-            gen_kwargs["cache_implementation"] = "static"
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         eos.add(self.tokenizer.eos_token_id)
+        # transformers' effective top_k (its default is 50 when the checkpoint sets none)
+        top_k = self.model.generation_config.top_k
+        top_k = 50 if top_k is None else top_k
+        decode_batch = self._batch_decoder(params, eos, top_k)
         new_tokens = 0
         torch.manual_seed(params.seed)
         progress.report(0, len(order), "prompts", force=True)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            enc = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt").to(device)
-            with torch.inference_mode():
-                out = self.model.generate(**enc, **gen_kwargs)
-            new = out[:, enc["input_ids"].shape[1]:].tolist()
-            for i, row in zip(idx, new, strict=True):
+            for i, row in zip(idx, decode_batch([ids[i] for i in idx]), strict=True):
                 n = generated_length(row, eos, self.tokenizer.pad_token_id)
                 new_tokens += n
                 text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
@@ -80,12 +64,59 @@ class TransformersEngine:
         self.last_stats = {"prompts": len(texts), "new_tokens": new_tokens}
         return outputs
 
+    def _batch_decoder(self, params: SamplingParams, eos: set[int], top_k: int):
+        """rows of prompt ids -> rows of new ids: the static decoder, or transformers' generate."""
+        import torch
+
+        from . import decode
+        from .sampling import make_processor, make_sampler
+
+        device, pad = self.model.device, self.tokenizer.pad_token_id
+        if self.static_decoding and decode.supports(self.model):
+            sample = make_sampler(params.temperature, params.top_p, top_k)
+            stops = list(params.stop or ())
+
+            def stopped(_row: int, tokens: list[int]) -> bool:
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                return any(stop in text for stop in stops)
+
+            def with_decoder(rows: list[list[int]]) -> list[list[int]]:
+                need = -(-(max(map(len, rows)) + params.max_new_tokens) // 64) * 64  # slots, in steps of 64
+                current = self._decoder
+                batch = max(len(rows), self.batch_size)  # a last, smaller batch reuses the full-size cache
+                if current is None or current.batch != batch or current.max_len < need:
+                    self._decoder = None  # free the old cache first
+                    current = self._decoder = decode.StaticDecoder(self.model, batch, need)
+                return current.generate(rows, max_new=params.max_new_tokens, sample=sample, eos=sorted(eos),
+                                        pad_id=pad, stopped=stopped if stops else None)
+
+            return with_decoder
+
+        gen_kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=params.temperature > 0, pad_token_id=pad)
+        if params.temperature > 0:
+            gen_kwargs.update(temperature=params.temperature, top_p=params.top_p)
+            if self.fast_sampling:
+                gen_kwargs.update(top_k=0, top_p=1.0, logits_processor=[make_processor(params.top_p, top_k)])
+        if params.stop:
+            gen_kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        if device.type == "cuda":
+            gen_kwargs["cache_implementation"] = "static"
+
+        def with_generate(rows: list[list[int]]) -> list[list[int]]:
+            enc = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt").to(device)
+            with torch.inference_mode():
+                out = self.model.generate(**enc, **gen_kwargs)
+            return out[:, enc["input_ids"].shape[1]:].tolist()
+
+        return with_generate
+
     def close(self) -> None:
         import gc
 
         import torch
 
         del self.model
+        self._decoder = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

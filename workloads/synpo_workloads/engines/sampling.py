@@ -68,3 +68,31 @@ def _full_top_p(scores, top_p: float):
     keep[..., 0] = True
     kept = sorted_logits.masked_fill(~keep, -float("inf"))
     return scores.new_full(scores.shape, -float("inf")).scatter(-1, sorted_indices, kept)
+
+
+def make_sampler(temperature: float, top_p: float, top_k: int | None, candidates: int = 1024):
+    """logits [B, V] -> next tokens [B], on the device, without a host sync (a CUDA graph can hold it):
+    greedy at temperature 0, else the exponential race over the top-k candidates (`sample_top_k_top_p`)."""
+    if temperature <= 0:
+        return lambda logits: logits.argmax(dim=-1)
+    k = int(top_k) if top_k else candidates
+    return lambda logits: sample_top_k_top_p(logits / temperature, top_p, k)
+
+
+def sample_top_k_top_p(scores, top_p: float, k: int):
+    """One token per row from softmax(scores) restricted to the top k and, within them, to the nucleus p:
+    the same kept set as `filter_scores` with top_k = k. Drawn by an exponential race, argmax(p_i / E_i)
+    with E_i ~ Exp(1), which picks i with probability p_i / sum(p): no sort of the vocabulary, no
+    multinomial (it syncs with the host). With top-k off, k is `candidates` (1024): the nucleus is cut within
+    the 1024 most likely tokens (the rest of the vocabulary is dropped even if p is not reached there)."""
+    import torch
+
+    values, indices = torch.topk(scores, min(k, scores.shape[-1]), dim=-1)  # sorted, descending
+    probs = values.softmax(dim=-1)
+    if top_p < 1.0:
+        before = probs.cumsum(dim=-1) - probs
+        keep = before < top_p
+        keep[..., 0] = True
+        probs = probs * keep
+    choice = (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1, keepdim=True)
+    return indices.gather(-1, choice).squeeze(-1)
