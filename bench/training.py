@@ -11,12 +11,14 @@ cosine schedule, global batch = micro-batch x accumulation, seed), so they take 
 - `trl-default`: a plain `CPOTrainer` with TRL's default sampler (random order) and collator (each micro-batch
   padded to its longest pair);
 - `synpo`: `synpo_workloads.training.preference_trainer`, exactly what the train stage runs
-  (length-grouped micro-batches, see there).
+  (length-grouped micro-batches, and the forward on packed rows with output logits only where a completion
+  token is scored: `synpo_workloads/packing.py`).
 
 Pairs: the shipped seed prompts with chosen/rejected responses cut to log-uniform random lengths
 (`--min-words`..`--max-words`), so lengths vary as they do in real SynPO pairs. tok/s counts real
 (non-padding) tokens of chosen and rejected sequences (prompt included) per second of `trainer.train()`;
-"padded" counts what the model actually processed (micro-batch x longest sequence, both halves). The mean
+"processed" counts what the transformer actually ran on: micro-batch x longest sequence, both halves (TRL),
+or packed rows x longest sequence (synpo). The mean
 training loss of both must agree (`--tolerance`, relative): with the same pairs each epoch averages the
 same per-pair losses; only the order and the tiny learning-rate steps differ.
 """
@@ -77,16 +79,21 @@ def load_model(ref: str, random_init: bool, device: str):
 
 
 class CountingCollator:
-    """Wraps the trainer's collator: real vs processed (padded) tokens of every micro-batch."""
+    """Wraps the trainer's collator: real tokens of every micro-batch, and the tokens the model runs on: the
+    padded batch (TRL's forward) or the packed rows (`packing.pack_rows`, the train stage's forward)."""
 
-    def __init__(self, inner):
-        self.inner, self.real, self.padded, self.batches = inner, 0, 0, 0
+    def __init__(self, inner, packed: bool):
+        self.inner, self.packed = inner, packed
+        self.real = self.padded = self.batches = 0
 
     def __call__(self, features):
+        from synpo_workloads.packing import pack_rows
+
         batch = self.inner(features)
         width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
-        self.padded += 2 * batch["chosen_input_ids"].shape[0] * width
-        self.real += int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
+        lengths = batch["chosen_attention_mask"].sum(1).tolist() + batch["rejected_attention_mask"].sum(1).tolist()
+        self.padded += width * (len(pack_rows(lengths, width)) if self.packed else len(lengths))
+        self.real += sum(lengths)
         self.batches += 1
         return batch
 
@@ -116,7 +123,7 @@ def run(name, ref, pairs, section, args):
         else:
             trainer, _ = training.preference_trainer(ref, pairs, section, checkpoints=tmp, seed=args.seed,
                                                      model=model)
-        counter = CountingCollator(trainer.data_collator)
+        counter = CountingCollator(trainer.data_collator, packed=hasattr(trainer, "processed_tokens"))
         trainer.data_collator = counter
         if args.padding_only:  # one pass over the dataloader, no model: padding of the batching only
             for _ in trainer.get_train_dataloader():
@@ -175,13 +182,13 @@ def main(argv=None) -> int:
     rows = [run(name, args.model, pairs, section, args) for name in ("trl-default", "synpo")]
     base = rows[0]
     if args.padding_only:
-        print("| setup | micro-batches | real tokens | padded tokens | padding % | padded vs trl-default |")
+        print("| setup | micro-batches | real tokens | processed tokens | padding % | processed vs trl-default |")
         print("|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['setup']} | {r['micro_batches']} | {r['real_tokens']} | {r['padded_tokens']} | "
                   f"{r['padding_pct']} | {r['padded_tokens'] / base['padded_tokens']:.3f} |")
         return 0
-    print("| setup | steps | real tokens | padded tokens | padding % | s | tok/s (real) | mean loss | "
+    print("| setup | steps | real tokens | processed tokens | padding % | s | tok/s (real) | mean loss | "
           "final step loss | ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

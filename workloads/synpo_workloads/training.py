@@ -192,12 +192,12 @@ def preference_trainer(base_ref: str, pairs: list[dict], section, *, checkpoints
         common["train_sampling_strategy"] = "group_by_length"
     dataset = Dataset.from_list(pairs)
     if section.loss == "simpo":
-        from trl.experimental.cpo import CPOConfig, CPOTrainer
+        from trl.experimental.cpo import CPOConfig
 
         args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=section.gamma, beta=section.beta,
                          max_completion_length=section.max_length)
-        trainer = CPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             callbacks=callbacks())
+        trainer = packed_cpo_trainer()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                       callbacks=callbacks())
     else:
         from trl import DPOConfig, DPOTrainer
 
@@ -209,6 +209,37 @@ def preference_trainer(base_ref: str, pairs: list[dict], section, *, checkpoints
     if group_by_length:
         _add_length_column(trainer)
     return trainer, tokenizer
+
+
+def packed_cpo_trainer():
+    """TRL's CPOTrainer with its forward on packed rows (`packing.packed_logps`): the same SimPO loss, computed
+    on the real tokens only, and output logits only where a completion token is scored. TRL's own forward
+    serves what packing does not cover (an NLL term, encoder-decoders, several processes, attention kernels
+    without 4-D masks, left-padded batches)."""
+    import torch
+    from trl.experimental.cpo import CPOTrainer
+
+    from . import packing
+
+    class PackedCPOTrainer(CPOTrainer):
+        processed_tokens = 0
+        """Tokens the model ran on (rows x width), for the benchmark."""
+
+        def concatenated_forward(self, model, batch):
+            cat = self.concatenated_inputs(batch, padding_value=self.pad_token_id, device=self.accelerator.device)
+            if (self.is_encoder_decoder or self.aux_loss_enabled or self.cpo_alpha != 0 or world_size() > 1
+                    or model.config._attn_implementation not in ("sdpa", "eager")
+                    or not packing.packable(cat["concatenated_attention_mask"])):
+                return super().concatenated_forward(model, batch)
+            logps, mean_logit, processed = packing.packed_logps(
+                model, cat["concatenated_input_ids"], cat["concatenated_attention_mask"], cat["concatenated_labels"],
+                average=self.loss_type in ("ipo", "simpo"))  # TRL pads labels with -100
+            self.processed_tokens += processed
+            chosen = batch["chosen_labels"].shape[0]
+            nll = torch.tensor(0.0, device=logps.device)
+            return logps[:chosen], logps[chosen:], mean_logit[:chosen], mean_logit[chosen:], nll
+
+    return PackedCPOTrainer
 
 
 def pair_lengths(dataset) -> list[int]:
