@@ -131,12 +131,26 @@ def test_static_decoder_ends_rows_at_eos_and_at_stop_strings(tiny_model):
     eos = next(t for t in free[0] if t not in free[1] + free[2] and t != pad)  # ends row 0 only
     torch.manual_seed(5)
     ended = decoder.generate(rows, max_new=12, sample=sample, eos=[eos], pad_id=pad, sync_every=4,
-                             stopped=lambda i, tokens: i == 1 and len(tokens) >= 4)
+                             stopped=lambda i, tokens: 3 if i == 1 and len(tokens) >= 4 else None)
     n0 = generated_length(ended[0], {eos}, pad)
     assert ended[0][:n0] == free[0][:n0] and ended[0][n0 - 1] == eos
     assert all(t == pad for t in ended[0][n0:])
-    assert ended[1][:4] == free[1][:4] and all(t == pad for t in ended[1][4:])  # stopped at the 4-step check
+    # stopped at the 4-step check, its tokens after the (pretend) stop string dropped
+    assert ended[1][:3] == free[1][:3] and all(t == pad for t in ended[1][3:])
     assert ended[2] == free[2]
+
+
+def test_stop_prefix_is_the_shortest_prefix_holding_a_stop_string():
+    from synpo_workloads.engines.hf import stop_prefix
+
+    def decode(tokens):
+        return "".join(chr(ord("a") + t) for t in tokens)
+
+    tokens = [0, 1, 2, 3, 1, 2, 3]  # "abcdbcd"
+    assert stop_prefix(tokens, decode, ["cd"]) == 4
+    assert stop_prefix(tokens, decode, ["x", "bc"]) == 3
+    assert stop_prefix(tokens, decode, ["dbcd"]) == 7
+    assert stop_prefix(tokens, decode, ["e"]) is None
 
 
 def test_seeded_static_sampling_is_reproducible(tiny_model):

@@ -164,7 +164,8 @@ def sft(base_ref: str, examples: list[dict], section, *, model_dir: str, checkpo
 
 def preference(base_ref: str, pairs: list[dict], section, *, model_dir: str, checkpoints: str, seed: int,
                dtype: str = "auto") -> dict[str, Any]:
-    """SimPO (TRL's CPOTrainer, loss_type=simpo, cpo_alpha=0) or DPO (explicit frozen reference copy)."""
+    """SimPO (TRL's CPOTrainer, loss_type=simpo, cpo_alpha=0, its forward on packed rows) or DPO (explicit
+    frozen reference copy)."""
     trainer, tokenizer = preference_trainer(base_ref, pairs, section, checkpoints=checkpoints, seed=seed, dtype=dtype)
     return _finish(trainer, model_dir, tokenizer, checkpoints)
 
@@ -178,6 +179,7 @@ def preference_trainer(base_ref: str, pairs: list[dict], section, *, checkpoints
     fewer than 8) and sorts each by length before it is cut into micro-batches, so a micro-batch pads to
     similar lengths: less compute on pad tokens on CPU and GPU alike. Every pair is still seen once per epoch;
     on large datasets the global batches become length-homogeneous (transformers' standard group_by_length).
+    SimPO's forward then runs on packed rows (`packed_cpo_trainer`): no compute on padding at all.
     """
     from datasets import Dataset
 

@@ -143,10 +143,11 @@ class StaticDecoder:
 
     # ---- one batch
     def generate(self, rows: list[list[int]], *, max_new: int, sample: Callable, eos: list[int], pad_id: int,
-                 sync_every: int = 16, stopped: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
-        """New tokens of each row (a finished row ends at its EOS, included). `sample(logits) -> tokens` must
-        not sync with the host; `stopped(row, tokens)` (host, every `sync_every` steps) ends a row early
-        (stop strings)."""
+                 sync_every: int = 16, stopped: Callable[[int, list[int]], int | None] | None = None
+                 ) -> list[list[int]]:
+        """New tokens of each row (a finished row ends at its EOS, included, then pad ids). `sample(logits) ->
+        tokens` must not sync with the host; `stopped(row, tokens)` (host, every `sync_every` steps) ends a
+        row early (stop strings): it returns how many of the tokens to keep, or None."""
         import torch
 
         n = len(rows)
@@ -198,12 +199,14 @@ class StaticDecoder:
             new = self.out[:n, longest:longest + steps].tolist()
         return new
 
-    def _stop_rows(self, n: int, start: int, steps: int, stopped: Callable[[int, list[int]], bool]) -> None:
+    def _stop_rows(self, n: int, start: int, steps: int, stopped: Callable[[int, list[int]], int | None]) -> None:
         done = self.done[:n].tolist()
         rows = self.out[:n, start:start + steps].tolist()
         for i in range(n):
-            if not done[i] and stopped(i, rows[i]):
+            keep = None if done[i] else stopped(i, rows[i])
+            if keep is not None:  # the tokens after the stop string were decoded for nothing: drop them
                 self.done[i] = True
+                self.out[i, start + keep:] = self._pad_id
 
 
 def _attend(q, keys, values, mask, scale: float):

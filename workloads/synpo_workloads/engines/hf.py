@@ -12,6 +12,8 @@ sort per step. `last_stats` holds the generated-token count of the last call (up
 
 from __future__ import annotations
 
+import os
+
 from .. import models, progress
 from . import Prompt, SamplingParams, cut_at_stop
 
@@ -23,7 +25,7 @@ class TransformersEngine:
         self.model.eval()
         self.batch_size = batch_size
         self.fast_sampling = True
-        self.static_decoding = True
+        self.static_decoding = os.environ.get("SYNPO_STATIC_DECODING", "1") != "0"  # 0: transformers' generate
         self._decoder = None
         self.last_stats: dict = {}
 
@@ -76,9 +78,8 @@ class TransformersEngine:
             sample = make_sampler(params.temperature, params.top_p, top_k)
             stops = list(params.stop or ())
 
-            def stopped(_row: int, tokens: list[int]) -> bool:
-                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-                return any(stop in text for stop in stops)
+            def stopped(_row: int, tokens: list[int]) -> int | None:
+                return stop_prefix(tokens, lambda t: self.tokenizer.decode(t, skip_special_tokens=True), stops)
 
             def with_decoder(rows: list[list[int]]) -> list[list[int]]:
                 need = -(-(max(map(len, rows)) + params.max_new_tokens) // 64) * 64  # slots, in steps of 64
@@ -120,6 +121,22 @@ class TransformersEngine:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def stop_prefix(tokens: list[int], decode, stops: list[str]) -> int | None:
+    """Length of the shortest prefix of tokens whose text holds a stop string (None: none does yet), found
+    by bisection (holding a stop string only becomes true as the prefix grows)."""
+    def has_stop(n: int) -> bool:
+        text = decode(tokens[:n])
+        return any(stop in text for stop in stops)
+
+    if not has_stop(len(tokens)):
+        return None
+    lo, hi = 1, len(tokens)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if has_stop(mid) else (mid + 1, hi)
+    return lo
 
 
 def generated_length(row: list[int], eos: set[int], pad: int | None) -> int:

@@ -1,6 +1,7 @@
 """train: preference optimisation of M0 on all pairs so far (the accumulated dataset) → M_t.
 
-SimPO by default (TRL CPOTrainer, loss_type=simpo, cpo_alpha=0, simpo_gamma=γ, β), DPO on request.
+SimPO by default (TRL CPOTrainer, loss_type=simpo, cpo_alpha=0, simpo_gamma=γ, β; its forward on packed rows,
+`training.packed_cpo_trainer`), DPO on request.
 Checkpoints in <output>/checkpoints; a rerun after a kill resumes from the last one. The model is saved to
 <output>/model with its tokenizer.
 """
