@@ -18,9 +18,16 @@ pytestmark = pytest.mark.workloads
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
+def _interruptible() -> None:
+    # A shell without job control starts background commands with SIGINT ignored, and the ignore is
+    # inherited: `synpo run` would never see the Ctrl-C this test sends when the suite itself runs in the
+    # background. The child gets the default disposition, as at a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def synpo(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "synpo_operator.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=ENV, **kw)
+                            stderr=subprocess.STDOUT, text=True, env=ENV, preexec_fn=_interruptible, **kw)
 
 
 def manifests(run_dir: Path) -> dict[str, float]:
