@@ -228,10 +228,11 @@ def packed_cpo_trainer():
         """Tokens the model ran on (rows x width), for the benchmark."""
 
         def concatenated_forward(self, model, batch):
-            cat = self.concatenated_inputs(batch, padding_value=self.pad_token_id, device=self.accelerator.device)
             if (self.is_encoder_decoder or self.aux_loss_enabled or self.cpo_alpha != 0 or world_size() > 1
-                    or model.config._attn_implementation not in ("sdpa", "eager")
-                    or not packing.packable(cat["concatenated_attention_mask"])):
+                    or model.config._attn_implementation not in ("sdpa", "eager")):
+                return super().concatenated_forward(model, batch)  # before concatenating: TRL does it again
+            cat = self.concatenated_inputs(batch, padding_value=self.pad_token_id, device=self.accelerator.device)
+            if not packing.packable(cat["concatenated_attention_mask"]):
                 return super().concatenated_forward(model, batch)
             logps, mean_logit, processed = packing.packed_logps(
                 model, cat["concatenated_input_ids"], cat["concatenated_attention_mask"], cat["concatenated_labels"],

@@ -49,9 +49,7 @@ def filter_scores(scores, top_p: float, top_k: int | None, candidates: int = 102
             probs = values.softmax(dim=-1)
         else:  # mass relative to the full row
             probs = (values - torch.logsumexp(scores, dim=-1, keepdim=True)).exp()
-        before = probs.cumsum(dim=-1) - probs  # mass of the better-ranked tokens
-        keep = before < top_p
-        keep[..., 0] = True  # min_tokens_to_keep = 1
+        keep = _nucleus(probs, top_p)
         short = None if top_k else (probs.sum(dim=-1) < top_p)
     out = torch.full_like(scores, -float("inf"))
     out.scatter_(-1, indices, values.masked_fill(~keep, -float("inf")))
@@ -61,12 +59,17 @@ def filter_scores(scores, top_p: float, top_k: int | None, candidates: int = 102
     return out
 
 
-def _full_top_p(scores, top_p: float):
-    sorted_logits, sorted_indices = scores.sort(dim=-1, descending=True)
-    probs = sorted_logits.softmax(dim=-1)
+def _nucleus(probs, top_p: float):
+    """Which of the probabilities (each row in descending order) make the nucleus: those whose better-ranked
+    tokens hold less than top_p of the mass, and always the first (min_tokens_to_keep = 1)."""
     keep = (probs.cumsum(dim=-1) - probs) < top_p
     keep[..., 0] = True
-    kept = sorted_logits.masked_fill(~keep, -float("inf"))
+    return keep
+
+
+def _full_top_p(scores, top_p: float):
+    sorted_logits, sorted_indices = scores.sort(dim=-1, descending=True)
+    kept = sorted_logits.masked_fill(~_nucleus(sorted_logits.softmax(dim=-1), top_p), -float("inf"))
     return scores.new_full(scores.shape, -float("inf")).scatter(-1, sorted_indices, kept)
 
 
@@ -90,9 +93,6 @@ def sample_top_k_top_p(scores, top_p: float, k: int):
     values, indices = torch.topk(scores, min(k, scores.shape[-1]), dim=-1)  # sorted, descending
     probs = values.softmax(dim=-1)
     if top_p < 1.0:
-        before = probs.cumsum(dim=-1) - probs
-        keep = before < top_p
-        keep[..., 0] = True
-        probs = probs * keep
+        probs = probs * _nucleus(probs, top_p)
     choice = (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1, keepdim=True)
     return indices.gather(-1, choice).squeeze(-1)
