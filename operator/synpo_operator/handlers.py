@@ -58,7 +58,6 @@ from .metrics import METRICS
 from .reconcile import (
     Event,
     Outcome,
-    ProtocolAdapter,
     merge_events,
     parse_time,
     reconcile,
@@ -262,30 +261,17 @@ def _local_spec_problems(run: Any) -> list[str]:
     return []
 
 
-class _NoExecutor:
-    def records(self) -> dict:
-        return {}
-
-    def start(self, start: Any) -> bool:
-        return False
-
-    def stop(self) -> list[str]:
-        return []
-
-
 def _local_executor(run: Any, namespace: str, name: str) -> Any:
+    """The run's LocalExecutor (it owns the run's processes); None while the spec is unusable locally."""
     current = _local_executors.get((namespace, name))
     if run is None or _local_spec_problems(run):
-        return current or _NoExecutor()
+        return current
     if current is None:
         from .executors.local import LocalExecutor
 
-        def fresh() -> Any:
-            return LocalExecutor(run.spec, name=name, namespace=namespace)
-
-        current = _local_executors[(namespace, name)] = ProtocolAdapter(fresh(), factory=fresh)
+        current = _local_executors[(namespace, name)] = LocalExecutor(run.spec, name=name, namespace=namespace)
     else:
-        current.executor.spec = run.spec
+        current.spec = run.spec
     return current
 
 

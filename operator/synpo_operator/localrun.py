@@ -1,21 +1,26 @@
 """`synpo run FILE`: the whole SynPO loop on one machine, and `synpo report DIR`.
 
-The same planner as the operator decides; a LocalExecutor runs each stage as a subprocess. Interrupt it
-at any time and run the same command again: finished stages are kept, the rest continues.
+The operator's reconcile step drives it (the same planner, status and retries); a LocalExecutor runs each
+stage as a subprocess. Interrupt it at any time (Ctrl-C or SIGTERM) and run the same command again:
+finished stages are kept, the rest continues.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from .api.common import API_VERSION
 from .api.loader import SpecError, load_file
 from .api.run import SynPORun
-from .plan.planner import plan
+from .clock import parse_time
+from .reconcile import reconcile
 
 
 def _bar_factory(enabled: bool):
@@ -28,9 +33,18 @@ def _bar_factory(enabled: bool):
     return make
 
 
+def run_body(run: SynPORun) -> dict[str, Any]:
+    """The run as the reconcile step reads it (what the API server would serve), without a status yet."""
+    meta = run.metadata
+    return {"apiVersion": API_VERSION, "kind": "SynPORun",
+            "metadata": {"name": meta.name, "namespace": meta.namespace or "default", "generation": 1},
+            "spec": run.spec.to_api(), "status": {}}
+
+
 def run_local(run: SynPORun, *, storage_root: str | None = None, parallel: int = 1,
               poll_seconds: float = 1.0, show_progress: bool = True, out=sys.stdout) -> str:
-    """Run to completion; returns the final phase. Raises KeyboardInterrupt after stopping the stages."""
+    """Run to completion with the operator's reconcile step and a LocalExecutor; returns the final phase.
+    Raises KeyboardInterrupt (Ctrl-C, or SIGTERM) after stopping the running stages."""
     from .executors.local import LocalExecutor
 
     namespace = run.metadata.namespace or "default"
@@ -45,49 +59,80 @@ def run_local(run: SynPORun, *, storage_root: str | None = None, parallel: int =
     make_bar = _bar_factory(show_progress and out.isatty())
     bars: dict[str, Any] = {}
     started = time.monotonic()
+    body = run_body(run)
+    stopping: list[bool] = []
     print(f"run {namespace}/{run.metadata.name}: artifacts in {executor.root}, logs in {executor.logs_dir}",
           file=out, flush=True)
-    try:
-        while True:
-            observed = executor.observe()
-            decision = plan(run.spec, observed, max_attempts=run.spec.backoff_limit + 1,
-                            max_parallel=parallel)
-            _finish_bars(bars, observed, executor, out)
-            if decision.finished:
-                break
-            for start in decision.start:
-                retry = f" (attempt {start.attempt})" if start.attempt > 1 else ""
-                print(f"→ {start.stage.key}{retry}", file=out, flush=True)
-                executor.start(start)
-                bars[start.stage.key] = make_bar(start.stage.key, len(bars))
-            for key, bar in bars.items():
-                progress = executor.progress(key)
-                if progress and bar is not None:
-                    bar.total, bar.unit = progress.get("total"), progress.get("unit", "")
-                    bar.n = progress.get("done", 0)
-                    bar.refresh()
-            executor.wait(poll_seconds)
-    except BaseException:
-        executor.stop()
-        raise
-    finally:
-        for bar in bars.values():
-            bar.close()
-        lock.close()
+    with _sigterm_as_interrupt(stopping=lambda: bool(stopping)):
+        try:
+            while True:
+                outcome = reconcile(body, executor, max_attempts=run.spec.backoff_limit + 1,
+                                    max_parallel=parallel)
+                body["status"] = outcome.status
+                _report_transitions(bars, outcome, out)
+                if outcome.phase in ("Succeeded", "Failed"):
+                    break
+                for key in outcome.started:
+                    attempt = next(s.get("attempts", 1) for s in outcome.status.get("stages", [])
+                                   if s.get("name") == key)
+                    retry = f" (attempt {attempt})" if attempt > 1 else ""
+                    print(f"→ {key}{retry}", file=out, flush=True)
+                    bars[key] = make_bar(key, len(bars))
+                for key, bar in bars.items():
+                    progress = executor.progress(key)
+                    if progress and bar is not None:
+                        bar.total, bar.unit = progress.get("total"), progress.get("unit", "")
+                        bar.n = progress.get("done", 0)
+                        bar.refresh()
+                executor.wait(poll_seconds)
+        except BaseException:
+            stopping.append(True)  # a second SIGTERM must not cut the stop short
+            executor.stop()
+            raise
+        finally:
+            for bar in bars.values():
+                bar.close()
+            lock.close()
     elapsed = time.monotonic() - started
-    print(f"{decision.phase}: {decision.message} ({elapsed / 60:.1f} min)", file=out, flush=True)
-    return decision.phase
+    ready = next((c for c in outcome.status.get("conditions", []) if c.get("type") == "Ready"), {})
+    print(f"{outcome.phase}: {ready.get('message', '')} ({elapsed / 60:.1f} min)", file=out, flush=True)
+    return outcome.phase
 
 
-def _finish_bars(bars: dict[str, Any], observed, executor, out) -> None:
-    for key in [k for k in bars if observed.get(k) and observed[k].phase.value != "Running"]:
-        bars.pop(key).close()
-        state = observed[key]
-        attempt = executor._attempts.get(key)
-        seconds = time.monotonic() - attempt.started if attempt else 0.0
-        mark = "✓" if state.phase.value == "Succeeded" else "✗"
-        detail = f": {state.message}" if state.message else ""
-        print(f"{mark} {key} {state.phase.value.lower()} in {seconds:.0f}s{detail}", file=out, flush=True)
+@contextlib.contextmanager
+def _sigterm_as_interrupt(stopping: Any):
+    """SIGTERM (timeout, a CI runner, systemd) ends `synpo run` as Ctrl-C does: KeyboardInterrupt, so the
+    running stages are stopped (their process groups) and the next run redoes them. Once `stopping()`,
+    further SIGTERMs are ignored until the stages are stopped."""
+    def interrupt(signum: int, frame: Any) -> None:
+        if not stopping():
+            raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _report_transitions(bars: dict[str, Any], outcome: Any, out) -> None:
+    for tr in outcome.transitions:
+        if tr.new == "Running":
+            continue
+        bar = bars.pop(tr.key, None)
+        if bar is None:
+            continue  # done before this `synpo run` started: nothing to report
+        bar.close()
+        rec = tr.record
+        begun, ended = parse_time(rec.start_time), parse_time(rec.completion_time)
+        seconds = (ended - begun).total_seconds() if begun and ended else 0.0
+        mark = "✓" if tr.new == "Succeeded" else "✗"
+        detail = f": {rec.state.message}" if rec.state.message else ""
+        print(f"{mark} {tr.key} {tr.new.lower()} in {seconds:.0f}s{detail}", file=out, flush=True)
 
 
 def _run_command(args: argparse.Namespace) -> int:

@@ -1,11 +1,10 @@
-"""The reconcile step shared by every executor: observe → plan → act → status, with no Kubernetes client.
+"""The reconcile step shared by every executor and both commands: observe → plan → act → status.
 
-`reconcile(body, executor, now)` takes the run as the API server returns it (a dict), an executor that can
-observe and start its stages, and the time. It starts what the planner says, stops what must stop, and
-returns the new status, the events to post and the stage transitions (for metrics). Handlers only feed it
-and carry out what it returns, so nearly all of the operator's behaviour is tested here without a cluster.
-
-Also here: pure translations of Job and Pod objects (API JSON, camelCase) into stage records.
+`reconcile(body, executor, now)` takes the run as the API server returns it (a dict; `synpo run` builds the
+same dict from the file), an `plan.executor.Executor` (Jobs or local processes), and the time. It starts
+what the planner says, stops what must stop, and returns the new status, the events to post and the stage
+transitions (for metrics). The controller (and `synpo run`) only feed it and carry out what it returns, so
+nearly all of the operator's behaviour is tested here without a cluster. No Kubernetes client here.
 """
 
 from __future__ import annotations
@@ -13,303 +12,21 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any
 
 from . import clock
+from .api import conditions as reasons
 from .api.common import Condition
+from .api.conditions import clip, ready_reason, run_conditions
 from .api.loader import SpecError, parse_resource
+from .api.results import LC_WIN_RATE, MODEL, PAIRS_KEPT, PAIRS_TOTAL, SCORE, WIN_RATE
 from .api.run import IterationSummary, StageStatus, SynPORun, SynPORunStatus
 from .clock import parse_time, rfc3339
-from .plan.graph import STAGES, StageId, model_artifact, stage_graph
-from .plan.planner import Decision, StagePhase, StageState, Start, plan
-
-MAX_MESSAGE = 1024
-WAITING_FOR_CAPACITY = "WaitingForCapacity"
-CONDITION_TYPES = ("Ready", "Succeeded", "Failed", "Suspended")
-RESULT_VALUE = (int, float, str, bool)
-
-
-# ---- time ---------------------------------------------------------------------------------------------
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
-def _clip(text: str, limit: int = MAX_MESSAGE) -> str:
-    text = " ".join(text.split()) if "\n" in text else text
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-# ---- stage records ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class StageRecord:
-    """Everything an executor observed about one stage."""
-
-    key: str
-    state: StageState
-    start_time: str | None = None
-    completion_time: str | None = None
-    result: dict[str, Any] | None = None
-    """Summary from the termination message (succeeded stages)."""
-    gpu_seconds: float | None = None
-    """GPUs × run time of every pod so far."""
-    pod_failures: int = 0
-    """Failed pods that counted towards backoffLimit (disruptions excluded)."""
-    queued: bool = False
-    """The Job exists but is suspended (waiting for Kueue admission)."""
-    name: str | None = None
-    """The executor's object name (the Job)."""
-
-    @property
-    def finished(self) -> bool:
-        return self.state.phase is not StagePhase.RUNNING
-
-
-def parse_summary(message: str | None) -> dict[str, Any] | None:
-    """A stage's JSON summary from its termination message; scalar values only (None when not JSON)."""
-    if not message:
-        return None
-    text = message.strip()
-    start = text.find("{")
-    if start < 0:
-        return None
-    try:
-        doc = json.loads(text[start:])
-    except ValueError:
-        # FallbackToLogsOnError may append or prepend log lines: take the last line that parses.
-        for line in reversed(text.splitlines()):
-            line = line.strip()
-            if line.startswith("{"):
-                try:
-                    doc = json.loads(line)
-                    break
-                except ValueError:
-                    continue
-        else:
-            return None
-    if not isinstance(doc, dict):
-        return None
-    return {str(k): v for k, v in doc.items() if isinstance(v, RESULT_VALUE) and v is not None}
-
-
-def merge_results(results: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """One summary from the shards of an Indexed Job: integers are summed, floats averaged, other values
-    taken from the first shard that has them."""
-    results = [r for r in results if r]
-    if not results:
-        return None
-    if len(results) == 1:
-        return dict(results[0])
-    merged: dict[str, Any] = {}
-    keys: list[str] = []
-    for r in results:
-        keys += [k for k in r if k not in keys]
-    for key in keys:
-        values = [r[key] for r in results if key in r]
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            merged[key] = sum(values)
-        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            merged[key] = sum(values) / len(values)
-        else:
-            merged[key] = values[0]
-    merged["shards"] = len(results)
-    return merged
-
-
-def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == type_ and cond.get("status") == "True":
-            return cond
-    return None
-
-
-def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        term = (status.get("state") or {}).get("terminated")
-        if term:
-            return term
-    return None
-
-
-def _pod_times(pod: Mapping[str, Any], now: datetime) -> tuple[datetime | None, datetime | None]:
-    status = pod.get("status") or {}
-    start: datetime | None = None
-    end: datetime | None = None
-    for cs in status.get("containerStatuses") or []:
-        state = cs.get("state") or {}
-        if state.get("running"):
-            start = parse_time(state["running"].get("startedAt")) or start
-            end = now
-        elif state.get("terminated"):
-            start = parse_time(state["terminated"].get("startedAt")) or start
-            end = parse_time(state["terminated"].get("finishedAt")) or end
-    if start is None:
-        start = parse_time(status.get("startTime"))
-        if start is not None and end is None and status.get("phase") == "Running":
-            end = now
-    return start, end
-
-
-def _pod_gpus(pod: Mapping[str, Any]) -> int:
-    total = 0
-    for c in (pod.get("spec") or {}).get("containers") or []:
-        limits = (c.get("resources") or {}).get("limits") or {}
-        try:
-            total += int(limits.get("nvidia.com/gpu", 0))
-        except (TypeError, ValueError):
-            pass
-    return total
-
-
-def is_disruption(pod: Mapping[str, Any]) -> bool:
-    return _condition(pod, "DisruptionTarget") is not None
-
-
-def pod_gpu_seconds(pods: Iterable[Mapping[str, Any]], now: datetime) -> float:
-    total = 0.0
-    for pod in pods:
-        gpus = _pod_gpus(pod)
-        if not gpus:
-            continue
-        start, end = _pod_times(pod, now)
-        if start and end and end > start:
-            total += gpus * (end - start).total_seconds()
-    return total
-
-
-def _owned_by(pod: Mapping[str, Any], uid: str | None) -> bool:
-    if not uid:
-        return True
-    return any(ref.get("uid") == uid for ref in (pod.get("metadata") or {}).get("ownerReferences") or [])
-
-
-def job_record(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], now: datetime) -> StageRecord:
-    """A stage's record from its Job and the Job's pods (API JSON).
-
-    Complete → Succeeded (summary from the pods' termination messages); Failed → Failed with the Job's
-    reason, the last failed pod's exit code and termination message; anything else → Running."""
-    meta = job.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    key = labels.get("synpo.dev/stage-key") or (
-        f"i{labels.get('synpo.dev/iteration')}-{labels.get('synpo.dev/stage')}")
-    status = job.get("status") or {}
-    spec = job.get("spec") or {}
-    uid = meta.get("uid")
-    own = [p for p in pods if _owned_by(p, uid)]
-    failed_pods = [p for p in own if (p.get("status") or {}).get("phase") == "Failed" and not is_disruption(p)]
-    gpu_seconds = pod_gpu_seconds(own, now)
-    if not own and status.get("startTime"):
-        # pods gone (garbage-collected): estimate from the Job's own times
-        start = parse_time(status.get("startTime"))
-        end = parse_time(status.get("completionTime")) or (now if not _condition(job, "Failed") else None)
-        gpus = int((meta.get("annotations") or {}).get("synpo.dev/gpus-per-pod", "0") or 0)
-        if start and end and end > start:
-            gpu_seconds = gpus * int(spec.get("parallelism") or 1) * (end - start).total_seconds()
-    try:
-        attempt = int((meta.get("annotations") or {}).get("synpo.dev/attempt", "1"))
-    except ValueError:
-        attempt = 1
-    common = dict(key=key, start_time=status.get("startTime") or meta.get("creationTimestamp"),
-                  gpu_seconds=round(gpu_seconds, 3), pod_failures=max(len(failed_pods), 0),
-                  name=meta.get("name"))
-
-    done = _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet")
-    if done:
-        summaries = []
-        for pod in own:
-            if (pod.get("status") or {}).get("phase") == "Succeeded":
-                term = _terminated(pod)
-                summary = parse_summary(term.get("message") if term else None)
-                if summary:
-                    summaries.append(summary)
-        completion = status.get("completionTime") or done.get("lastTransitionTime")
-        return StageRecord(state=StageState(StagePhase.SUCCEEDED, attempt), completion_time=completion,
-                           result=merge_results(summaries), **common)
-
-    failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
-    if failed:
-        reason = failed.get("reason") or "Failed"
-        parts = [f"{reason}: {failed.get('message') or 'the Job failed'}"]
-        last = None
-        for pod in failed_pods:
-            term = _terminated(pod)
-            if term and (last is None or str(term.get("finishedAt") or "") >= str(last.get("finishedAt") or "")):
-                last = term
-        if last is not None:
-            detail = f"last pod exited with code {last.get('exitCode')}"
-            text = (last.get("message") or "").strip()
-            summary = parse_summary(text)
-            if summary and isinstance(summary.get("error"), str):
-                text = summary["error"]
-            if text:
-                detail += f": {text}"
-            parts.append(detail)
-        message = _clip("; ".join(parts))
-        return StageRecord(state=StageState(StagePhase.FAILED, attempt, message),
-                           completion_time=failed.get("lastTransitionTime") or rfc3339(now), **common)
-
-    return StageRecord(state=StageState(StagePhase.RUNNING, attempt),
-                       queued=bool(spec.get("suspend")), **common)
-
-
-# ---- executors ----------------------------------------------------------------------------------------
-
-class RecordingExecutor(Protocol):
-    """What reconcile needs from an executor (Jobs, local processes)."""
-
-    def records(self) -> dict[str, StageRecord]:
-        """Every stage started and still known, by key (deleted/terminating objects left out)."""
-        ...
-
-    def start(self, start: Start) -> bool:
-        """Start a stage if absent; True when this call created it."""
-        ...
-
-    def stop(self) -> list[str]:
-        """Stop every unfinished stage; returns the keys stopped."""
-        ...
-
-
-class ProtocolAdapter:
-    """Makes a plain `executors.base.Executor` (observe/start/results/stop) usable by `reconcile`.
-
-    `factory` (optional) builds a fresh executor: after `stop()` the adapter replaces its executor, so stages
-    it stopped are forgotten (absent, to be started again on resume) instead of being seen as failed."""
-
-    def __init__(self, executor: Any, factory: Any = None):
-        self.executor = executor
-        self.factory = factory
-
-    def records(self) -> dict[str, StageRecord]:
-        direct = getattr(self.executor, "records", None)
-        if callable(direct):
-            return direct()
-        observed = self.executor.observe()
-        try:
-            results = self.executor.results()
-        except Exception:  # noqa: BLE001 - results are best-effort
-            results = {}
-        out: dict[str, StageRecord] = {}
-        for key, state in observed.items():
-            res = results.get(key)
-            out[key] = StageRecord(key=key, state=state,
-                                   result={k: v for k, v in res.items() if isinstance(v, RESULT_VALUE)}
-                                   if isinstance(res, dict) else None)
-        return out
-
-    def start(self, start: Start) -> bool:
-        result = self.executor.start(start)
-        return True if result is None else bool(result)
-
-    def stop(self) -> list[str]:
-        active = [k for k, r in self.records().items() if not r.finished]
-        result = self.executor.stop()
-        if self.factory is not None:
-            self.executor = self.factory()
-        return list(result) if isinstance(result, (list, tuple, set)) else active
-
+from .plan.executor import Executor, StageRecord
+from .plan.graph import STAGES, StageId, model_artifact
+from .plan.planner import Decision, StagePhase, StageState, plan
+from .plan.stage_config import artifacts_uri
 
 # ---- status -------------------------------------------------------------------------------------------
 
@@ -327,7 +44,7 @@ def merge_events(events: Iterable[Event]) -> list[Event]:
         key = (event.type, event.reason)
         first = merged.get(key)
         merged[key] = event if first is None else Event(event.type, event.reason,
-                                                         _clip(f"{first.message}; {event.message}"))
+                                                         clip(f"{first.message}; {event.message}"))
     return list(merged.values())
 
 
@@ -355,66 +72,6 @@ class Outcome:
     """When something time-based happens next (deadline, TTL), in seconds."""
     retries: dict[str, int] = field(default_factory=dict)
     """New pod failures (retries) per stage key since the last status."""
-    error: str | None = None
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.events or self.transitions or self.started or self.stopped)
-
-
-_PHASE_CONDITIONS = {
-    # phase -> {condition type: True?}
-    "Succeeded": {"Ready": True, "Succeeded": True, "Failed": False, "Suspended": False},
-    "Failed": {"Ready": False, "Succeeded": False, "Failed": True, "Suspended": False},
-    "Suspended": {"Ready": False, "Succeeded": False, "Failed": False, "Suspended": True},
-    "Running": {"Ready": False, "Succeeded": False, "Failed": False, "Suspended": False},
-    "Pending": {"Ready": False, "Succeeded": False, "Failed": False, "Suspended": False},
-}
-
-
-def build_conditions(phase: str, reason: str, message: str, generation: int | None,
-                     previous: Iterable[Mapping[str, Any]], now: datetime) -> list[dict[str, Any]]:
-    """Ready/Succeeded/Failed/Suspended for a phase; lastTransitionTime kept while a status is unchanged."""
-    before = {c.get("type"): c for c in previous or []}
-    out = []
-    for type_ in CONDITION_TYPES:
-        true = _PHASE_CONDITIONS[phase][type_]
-        status = "True" if true else "False"
-        old = before.get(type_)
-        if type_ == "Suspended" and not true:
-            if old and old.get("status") == "True":
-                c_reason, c_message = "Resumed", "spec.suspend is false"
-            elif old:
-                c_reason, c_message = old.get("reason") or "NotSuspended", old.get("message") or ""
-            else:
-                c_reason, c_message = "NotSuspended", ""
-        else:
-            c_reason, c_message = reason, message
-        transition = old.get("lastTransitionTime") if old and old.get("status") == status else None
-        cond = Condition(type=type_, status=status, reason=c_reason, message=_clip(c_message, 32768),
-                         observed_generation=generation, last_transition_time=transition or rfc3339(now))
-        out.append(cond.to_api())
-    return out
-
-
-_RESULT_ALIASES = {
-    "pairs_kept": ("pairsKept", "pairs_kept", "kept"),
-    "pairs_total": ("pairsTotal", "pairs_total", "totalPairs", "total"),
-    "win_rate": ("winRate", "win_rate"),
-    "lc_win_rate": ("lcWinRate", "lc_win_rate", "lengthControlledWinRate"),
-    "score": ("score", "meanScore", "mean_score"),
-    "model": ("model", "modelPath", "model_path"),
-}
-
-
-def _pick(result: Mapping[str, Any] | None, field_name: str) -> Any:
-    if not result:
-        return None
-    for alias in _RESULT_ALIASES[field_name]:
-        value = result.get(alias)
-        if value is not None and not isinstance(value, bool):
-            return value
-    return None
 
 
 def iteration_summaries(run: SynPORun, stages: Mapping[str, StageStatus], artifacts: str,
@@ -425,20 +82,18 @@ def iteration_summaries(run: SynPORun, stages: Mapping[str, StageStatus], artifa
         by_iteration.setdefault(StageId.parse(key).iteration, []).append(st)
     out = []
     for t in sorted(by_iteration):
-        pairs = stages.get(f"i{t}-pairs")
-        evaluate = stages.get(f"i{t}-evaluate")
+        pairs = _result(stages.get(f"i{t}-pairs"))
+        evaluate = _result(stages.get(f"i{t}-evaluate"))
         train = stages.get(f"i{t}-train")
-        kept = _pick(pairs.result if pairs else None, "pairs_kept")
-        total = _pick(pairs.result if pairs else None, "pairs_total")
         model = None
         if t == 0:
             model = run.spec.model.base
         elif train is not None and train.phase == "Succeeded":
-            model = _pick(train.result, "model") or f"{artifacts}/{model_artifact(StageId(t, 'train'))}"
+            model = _result(train).get(MODEL) or f"{artifacts}/{model_artifact(StageId(t, 'train'))}"
         gpu = sum(gpu_seconds.get(st.name, 0.0) for st in by_iteration[t])
 
         def num(value: Any, integer: bool = False) -> Any:
-            if value is None:
+            if value is None or isinstance(value, bool):
                 return None
             try:
                 return int(value) if integer else float(value)
@@ -447,14 +102,18 @@ def iteration_summaries(run: SynPORun, stages: Mapping[str, StageStatus], artifa
 
         out.append(IterationSummary(
             index=t,
-            pairs_kept=num(kept, True), pairs_total=num(total, True),
-            win_rate=num(_pick(evaluate.result if evaluate else None, "win_rate")),
-            lc_win_rate=num(_pick(evaluate.result if evaluate else None, "lc_win_rate")),
-            score=num(_pick(evaluate.result if evaluate else None, "score")),
+            pairs_kept=num(pairs.get(PAIRS_KEPT), True), pairs_total=num(pairs.get(PAIRS_TOTAL), True),
+            win_rate=num(evaluate.get(WIN_RATE)),
+            lc_win_rate=num(evaluate.get(LC_WIN_RATE)),
+            score=num(evaluate.get(SCORE)),
             model=str(model)[:2048] if model else None,
             gpu_seconds=round(gpu, 3) if gpu else (0.0 if by_iteration[t] else None),
         ))
     return out
+
+
+def _result(stage: StageStatus | None) -> Mapping[str, Any]:
+    return (stage.result if stage else None) or {}
 
 
 def _stage_order(key: str) -> tuple[int, int, str]:
@@ -486,7 +145,9 @@ def _stage_status(record: StageRecord, previous: Mapping[str, Any] | None) -> St
     return StageStatus(
         name=record.key,
         phase=record.state.phase.value,
-        attempts=max(1, record.pod_failures + (0 if record.state.phase is StagePhase.FAILED else 1)),
+        # Jobs retry pods themselves (pod failures count the attempts); local stages are started again
+        attempts=max(record.state.attempts,
+                     record.pod_failures + (0 if record.state.phase is StagePhase.FAILED else 1)),
         start_time=record.start_time or (previous or {}).get("startTime"),
         completion_time=record.completion_time if record.finished else None,
         message=record.state.message or None,
@@ -514,14 +175,14 @@ def _events_for(transitions: list[Transition], started: list[str], names: Mappin
     events = []
     if started:
         listed = ", ".join(f"{key} (Job {names.get(key, key)})" for key in started)
-        events.append(Event("Normal", "StageStarted", _clip(f"started {_stages(len(started))} {listed}")))
+        events.append(Event("Normal", "StageStarted", clip(f"started {_stages(len(started))} {listed}")))
     succeeded = [tr.key for tr in transitions if tr.new == "Succeeded"]
     if succeeded:
         events.append(Event("Normal", "StageSucceeded", f"{_stages(len(succeeded))} {', '.join(succeeded)} succeeded"))
     for tr in transitions:
         if tr.new == "Failed":
             events.append(Event("Warning", "StageFailed",
-                                _clip(f"stage {tr.key} failed: {tr.record.state.message}")))
+                                clip(f"stage {tr.key} failed: {tr.record.state.message}")))
     return events
 
 
@@ -529,9 +190,9 @@ def _stages(n: int) -> str:
     return "stage" if n == 1 else "stages"
 
 
-def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: datetime | None = None, *,
+def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime | None = None, *,
               executor_check: Any = None, max_attempts: Any = 1, admit: Any = None,
-              max_starts: int | None = None) -> Outcome:
+              max_starts: int | None = None, max_parallel: int | None = None) -> Outcome:
     """One reconcile of a run. `executor` is None when the executor cannot be built (bad spec).
 
     executor_check: optional callable(run) -> list of problems the executor has with the spec (e.g. a
@@ -540,7 +201,8 @@ def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: 
     admit: optional callable() -> (bool, message), asked before a run that has not started any stage starts
     its first one (the concurrent-run caps); when it says no, nothing starts and the run stays Pending with
     reason WaitingForCapacity.
-    max_starts: start at most this many of the ready stages (the others start on a later reconcile)."""
+    max_starts: start at most this many of the ready stages (the others start on a later reconcile).
+    max_parallel: cap on stages running at once (`synpo run --parallel`)."""
     now = now or clock.now()
     meta = body.get("metadata") or {}
     generation = meta.get("generation")
@@ -554,19 +216,19 @@ def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: 
         if problems:
             raise SpecError(f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}", problems)
     except SpecError as err:
-        message = _clip("invalid spec: " + "; ".join(err.problems), 4096)
+        message = clip("invalid spec: " + "; ".join(err.problems), 4096)
         stopped = executor.stop() if executor is not None else []
         status = dict(previous)
         status.update({
             "observedGeneration": generation,
             "phase": "Failed",
-            "conditions": build_conditions("Failed", "InvalidSpec", message, generation,
-                                           previous.get("conditions") or [], now),
+            "conditions": run_conditions("Failed", reasons.INVALID_SPEC, message, generation,
+                                         previous.get("conditions") or [], now),
         })
         status.setdefault("completionTime", rfc3339(now))
         events = [] if (prev_phase == "Failed" and previous.get("observedGeneration") == generation) else [
-            Event("Warning", "InvalidSpec", message)]
-        return Outcome(status=_normalise(status), phase="Failed", events=events, stopped=stopped, error=message)
+            Event("Warning", reasons.INVALID_SPEC, message)]
+        return Outcome(status=_normalise(status), phase="Failed", events=events, stopped=stopped)
 
     assert executor is not None
     records = executor.records()
@@ -574,7 +236,8 @@ def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: 
     elapsed = (now - started_at).total_seconds() if started_at else None
     observed = observed_for_plan(records, prev_stages.values())
     attempts = max_attempts(run) if callable(max_attempts) else int(max_attempts)
-    decision: Decision = plan(run.spec, observed, max_attempts=attempts, elapsed_seconds=elapsed)
+    decision: Decision = plan(run.spec, observed, max_attempts=attempts, elapsed_seconds=elapsed,
+                              max_parallel=max_parallel)
 
     started: list[str] = []
     stopped: list[str] = []
@@ -584,15 +247,11 @@ def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: 
         allowed, why = admit()
         if not allowed:
             waiting = why or "waiting for capacity"
-            decision = Decision(phase="Pending", reason=WAITING_FOR_CAPACITY, message=waiting)
+            decision = Decision(phase="Pending", reason=reasons.WAITING_FOR_CAPACITY, message=waiting)
     if decision.phase == "Running":
         if max_starts is not None:
             decision = replace(decision, start=decision.start[:max_starts])
-        start_many = getattr(executor, "start_many", None)
-        if callable(start_many) and len(decision.start) > 1:
-            created = start_many(decision.start)  # independent stages: created concurrently
-        else:
-            created = [executor.start(start) for start in decision.start]
+        created = executor.start(decision.start) if decision.start else []
         started = [start.stage.key for start, ok in zip(decision.start, created, strict=True) if ok]
         if decision.start:
             records = executor.records()
@@ -633,10 +292,8 @@ def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: 
     phase, reason, message = decision.phase, decision.reason, decision.message
     active = [r for r in records.values() if not r.finished]
     if phase == "Running" and active and all(r.queued for r in active):
-        phase, reason = "Pending", "Queued"
+        phase, reason = "Pending", reasons.QUEUED
         message = "waiting for admission of " + ", ".join(sorted(r.name or r.key for r in active))
-    from .executors.manifests import artifacts_uri  # local import: manifests imports the planner too
-
     artifacts = artifacts_uri(run)
     status = SynPORunStatus(
         observed_generation=generation,
@@ -655,21 +312,21 @@ def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: 
     win_rates = [s.win_rate for s in summaries if s.win_rate is not None and s.index > 0] or [
         s.win_rate for s in summaries if s.win_rate is not None]
     status.latest_win_rate = win_rates[-1] if win_rates else None
-    status.conditions = [Condition.model_validate(c) for c in build_conditions(
+    status.conditions = [Condition.model_validate(c) for c in run_conditions(
         phase, reason, message, generation, previous.get("conditions") or [], now)]
 
     events = _events_for(transitions, started, {k: r.name or k for k, r in records.items()})
     if prev_phase != phase:
         if phase == "Succeeded":
-            events.append(Event("Normal", "RunSucceeded", message))
+            events.append(Event("Normal", reasons.RUN_SUCCEEDED, message))
         elif phase == "Failed":
-            events.append(Event("Warning", reason, _clip(message)))
+            events.append(Event("Warning", reason, clip(message)))
         elif phase == "Suspended":
-            events.append(Event("Normal", "Suspended", message))
+            events.append(Event("Normal", reasons.SUSPENDED, message))
         elif prev_phase == "Suspended":
-            events.append(Event("Normal", "Resumed", "spec.suspend is false: the run continues"))
-    if waiting is not None and (_ready_reason(previous) != WAITING_FOR_CAPACITY):
-        events.append(Event("Normal", WAITING_FOR_CAPACITY, _clip(waiting)))
+            events.append(Event("Normal", reasons.RESUMED, "spec.suspend is false: the run continues"))
+    if waiting is not None and ready_reason(previous) != reasons.WAITING_FOR_CAPACITY:
+        events.append(Event("Normal", reasons.WAITING_FOR_CAPACITY, clip(waiting)))
     if stopped:
         events.append(Event("Normal", "StagesStopped", f"deleted the Jobs of {', '.join(sorted(stopped))}"))
     outcome = Outcome(status=_normalise(status.to_api()), phase=phase, events=events, transitions=transitions,
@@ -687,13 +344,6 @@ def reconcile(body: Mapping[str, Any], executor: RecordingExecutor | None, now: 
         begun = parse_time(status.start_time) or now
         outcome.requeue_after = max(0.0, run.spec.active_deadline_seconds - (now - begun).total_seconds()) + 0.5
     return outcome
-
-
-def _ready_reason(status: Mapping[str, Any]) -> str | None:
-    for cond in status.get("conditions") or []:
-        if isinstance(cond, Mapping) and cond.get("type") == "Ready":
-            return cond.get("reason")
-    return None
 
 
 def _normalise(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -727,13 +377,7 @@ def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[
     return patch
 
 
-def all_stage_keys(run: SynPORun) -> list[str]:
-    return [n.key for n in stage_graph(run.spec)]
-
-
 __all__ = [
-    "Event", "Outcome", "ProtocolAdapter", "RecordingExecutor", "StageRecord", "Transition",
-    "build_conditions", "is_disruption", "iteration_summaries", "job_record", "merge_results",
-    "observed_for_plan", "parse_summary", "run_from_body", "parse_time", "reconcile", "replace", "rfc3339", "status_differs",
-    "status_patch",
+    "Event", "Outcome", "Transition", "iteration_summaries", "merge_events", "observed_for_plan", "reconcile",
+    "run_from_body", "status_differs", "status_patch",
 ]

@@ -5,13 +5,7 @@ from __future__ import annotations
 from .api.run import SynPORun, SynPORunSpec
 from .api.schedule import SynPOSchedule
 from .plan.graph import Artifact, stage_graph
-
-
-def _storage_root(spec: SynPORunSpec) -> str:
-    if spec.storage.volume:
-        sub = f"/{spec.storage.volume.sub_path}" if spec.storage.volume.sub_path else ""
-        return f"pvc://{spec.storage.volume.claim_name}{sub}"
-    return spec.storage.uri or ""
+from .plan.stage_config import run_root, storage_uri
 
 
 def _ref(value: str) -> str:
@@ -20,7 +14,7 @@ def _ref(value: str) -> str:
 
 def describe_spec(spec: SynPORunSpec, name: str, namespace: str) -> list[str]:
     graph = stage_graph(spec)
-    root = f"{_storage_root(spec).rstrip('/')}/{namespace}/{name}"
+    root = run_root(storage_uri(spec), namespace, name)
     lines = [
         f"{spec.iterations} iteration(s), {len(graph)} stages; "
         f"{spec.prompts_per_iteration} prompts and {spec.pairs_per_iteration} pairs per iteration; "

@@ -19,14 +19,13 @@ from synpo_operator.executors.manifests import (
     MAX_STAGE_CONFIG_BYTES,
     TEST_POD_ANNOTATIONS,
     StageConfigTooLarge,
-    artifacts_uri,
     job_name,
     render_job,
     render_run_manifests,
     render_stage,
     stage_config_problems,
 )
-from synpo_operator.plan import stage_config, stage_graph
+from synpo_operator.plan import artifacts_uri, stage_config, stage_graph
 from synpo_operator.plan.planner import Start
 
 from .conftest import ROOT

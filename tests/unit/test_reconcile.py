@@ -10,15 +10,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import yaml
 
+from synpo_operator.api.conditions import run_conditions as build_conditions
+from synpo_operator.api.results import merge_results, parse_summary
+from synpo_operator.executors.job_status import job_record
 from synpo_operator.executors.jobs import JobExecutor
 from synpo_operator.kube import KubeError
 from synpo_operator.metrics import Metrics
 from synpo_operator.plan.planner import StagePhase
 from synpo_operator.reconcile import (
-    build_conditions,
-    job_record,
-    merge_results,
-    parse_summary,
     reconcile,
     run_from_body,
     status_differs,
@@ -278,7 +277,7 @@ def test_reconcile_is_idempotent_and_restart_safe():
     from synpo_operator.plan.planner import Start
 
     node = next(n for n in stage_graph(run_from_body(h.body).spec) if n.key == "i0-keywords")
-    assert h.executor().start(Start(node)) is False
+    assert h.executor().start([Start(node)]) == [False]
     assert h.kube.creates == creates
 
 
@@ -525,6 +524,12 @@ def test_merge_results():
         "rows": 5, "score": 0.75, "model": "a", "shards": 2}
     assert merge_results([]) is None
     assert merge_results([{"rows": 1}]) == {"rows": 1}
+    # shards' seconds add up (GPU time is additive) on every path: the Jobs executor and the local store
+    from synpo_workloads.store import merge_results as store_merge
+
+    shards = [{"rows": 2, "seconds": 10.0}, {"rows": 3, "seconds": 30.5}]
+    assert merge_results(shards)["seconds"] == 40.5
+    assert store_merge is merge_results
 
 
 def test_job_record_running_and_queued():

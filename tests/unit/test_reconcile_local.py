@@ -1,12 +1,15 @@
-"""reconcile with a plain `Executor` (observe/start/results/stop), as `synpo operator --executor local` uses it."""
+"""The reconcile step with an executor that behaves like LocalExecutor (`plan.executor.Executor`), as
+`synpo run` and `synpo operator --executor local` drive it: the planner retries failed stages, and stages
+stopped by a suspend are forgotten (started again on resume), never failed."""
 
 from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime
 
+from synpo_operator.plan.executor import StageRecord
 from synpo_operator.plan.planner import StagePhase, StageState
-from synpo_operator.reconcile import ProtocolAdapter, reconcile
+from synpo_operator.reconcile import reconcile
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -33,24 +36,25 @@ class FakeLocal:
         self.failed: dict[str, int] = {}
         self.starts: list[tuple[str, int]] = []
 
-    def observe(self):
-        out = {k: StageState(StagePhase.SUCCEEDED) for k in self.done}
-        out.update({k: StageState(StagePhase.RUNNING, a) for k, a in self.running.items()})
-        out.update({k: StageState(StagePhase.FAILED, a, "exit 1") for k, a in self.failed.items()})
+    def records(self):
+        out = {k: StageRecord(k, StageState(StagePhase.SUCCEEDED),
+                              result={"rows": 1, "winRate": 0.5} if k.endswith("evaluate") else {"rows": 1})
+               for k in self.done}
+        out.update({k: StageRecord(k, StageState(StagePhase.RUNNING, a)) for k, a in self.running.items()})
+        out.update({k: StageRecord(k, StageState(StagePhase.FAILED, a, "exit 1")) for k, a in self.failed.items()})
         return out
 
-    def start(self, start):
-        self.starts.append((start.stage.key, start.attempt))
-        self.failed.pop(start.stage.key, None)
-        self.running[start.stage.key] = start.attempt
-
-    def results(self):
-        return {k: {"rows": 1, "winRate": 0.5} if k.endswith("evaluate") else {"rows": 1} for k in self.done}
+    def start(self, starts):
+        for start in starts:
+            self.starts.append((start.stage.key, start.attempt))
+            self.failed.pop(start.stage.key, None)
+            self.running[start.stage.key] = start.attempt
+        return [True] * len(starts)
 
     def stop(self):
-        for k, a in self.running.items():
-            self.failed[k] = a  # a killed process looks failed to a plain executor
-        self.running.clear()
+        stopped = sorted(self.running)
+        self.running.clear()  # forgotten, as LocalExecutor.stop forgets its stopped attempts
+        return stopped
 
     def progress(self):
         for k in list(self.running):
@@ -72,7 +76,7 @@ def test_local_run_succeeds_with_retry_of_a_failed_stage():
     body = copy.deepcopy(BODY)
     store: set[str] = set()
     local = FakeLocal(store, fail={"i0-keywords"})
-    adapter = ProtocolAdapter(local)
+    adapter = local
     for _ in range(20):
         out = step(body, adapter)
         if out.phase != "Running":
@@ -85,23 +89,16 @@ def test_local_run_succeeds_with_retry_of_a_failed_stage():
 
 def test_local_suspend_forgets_stopped_stages_and_resumes():
     body = copy.deepcopy(BODY)
-    store: set[str] = set()
-    executors = []
-
-    def fresh():
-        executors.append(FakeLocal(store))
-        return executors[-1]
-
-    adapter = ProtocolAdapter(fresh(), factory=fresh)
+    adapter = FakeLocal(set())
     step(body, adapter)
-    executors[-1].progress()  # first stages done
+    adapter.progress()  # first stages done
     step(body, adapter)  # next ones started
-    running = set(executors[-1].running)
+    running = set(adapter.running)
     assert running
     body["spec"]["suspend"] = True
     out = step(body, adapter)
     assert out.phase == "Suspended" and set(out.stopped) == running
-    assert len(executors) == 2  # a fresh executor: the killed stages are not "failed"
+    assert not any(s["phase"] == "Failed" for s in body["status"]["stages"])  # stopped, not failed
     body["spec"]["suspend"] = False
     out = step(body, adapter)
     assert out.phase == "Running" and set(out.started) == running

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from synpo_operator.api.results import BAD_INPUT_EXIT_CODE
+
 
 class UserError(Exception):
     """Bad input the user can fix. `python -m synpo_workloads` prints `str(e)` and exits 2, no traceback."""
 
-    exit_code = 2
+    exit_code = BAD_INPUT_EXIT_CODE
 
 
 class DataError(UserError):

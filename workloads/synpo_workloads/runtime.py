@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from synpo_operator.api import results
+
 from . import store
 from .errors import ConfigError, UserError
 
@@ -174,7 +176,7 @@ def run_stage(stage: str, config: dict[str, Any], shard: int = 0) -> dict[str, A
     _ = ctx.spec  # validate the spec before any work
     started = time.time()
     result = dict(module.run(ctx) or {})
-    result.setdefault("seconds", round(time.time() - started, 2))
+    result.setdefault(results.SECONDS, round(time.time() - started, 2))
     if is_main_process():
         ctx.writer.finish(result)
         for hook in ctx.after_finish:
@@ -188,7 +190,7 @@ def write_failure(message: str, code: int) -> None:
     if target:
         try:
             with open(target, "w", encoding="utf-8") as f:
-                f.write(json.dumps({"error": message[:3000], "exitCode": code}))
+                f.write(json.dumps({results.ERROR: message[:3000], results.EXIT_CODE: code}))
         except OSError:
             pass
 
@@ -210,8 +212,8 @@ def main_entry(stage: str, config_path: str, shard: int) -> int:
     except UserError as e:
         message = str(e).replace("\n", " ")
         print(f"synpo {stage}: error: {message}", file=sys.stderr, flush=True)
-        write_failure(message, 2)
-        return 2
+        write_failure(message, e.exit_code)
+        return e.exit_code
     except Exception as e:  # unexpected: keep the traceback for debugging
         log.exception("%s failed", stage)
         write_failure(f"{type(e).__name__}: {e}", 1)

@@ -28,6 +28,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from synpo_operator.api.results import merge_results
+
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
 MANIFEST_KIND = "StageManifest"
@@ -242,24 +244,7 @@ def stage_result(output: str, shards: int = 1) -> dict[str, Any]:
         if manifest is None:
             raise FileNotFoundError(f"{join(d, MANIFEST)}: no valid manifest (stage not done)")
         results.append(dict(manifest.get("result") or {}))
-    return merge_results(results)
-
-
-def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
-    if len(results) == 1:
-        return results[0]
-    merged: dict[str, Any] = {}
-    for key in dict.fromkeys(k for r in results for k in r):
-        values = [r[key] for r in results if key in r]
-        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-        if numeric and (key == "seconds" or all(isinstance(v, int) for v in values)):
-            merged[key] = sum(values)
-        elif numeric:
-            merged[key] = sum(values) / len(values)
-        else:
-            merged[key] = values[0]
-    merged["shards"] = len(results)
-    return merged
+    return merge_results(results) or {}
 
 
 def discard_partial(output: str, shards: int = 1) -> None:

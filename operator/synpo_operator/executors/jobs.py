@@ -13,10 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
+from .. import clock as _clock
 from ..api.run import SynPORun
 from ..kube import KubeError, WatchCache, informer, request
-from ..plan.planner import StagePhase, StageState, Start
-from ..reconcile import StageRecord, job_record, now_utc
+from ..plan.executor import StageRecord
+from ..plan.planner import Start
+from .job_status import job_record, owned_by
 from .manifests import LABEL_RUN, LABEL_STAGE_KEY, render_stage, stage_config_problems
 
 Request = Callable[..., Any]
@@ -32,13 +34,6 @@ def _start_pool() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="synpo-start")
         return _pool
-
-
-def _owned_by(obj: dict[str, Any], uid: str | None) -> bool:
-    if not uid:
-        return True
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return any(r.get("uid") == uid for r in refs)
 
 
 def _may_have_pods(job: dict[str, Any]) -> bool:
@@ -67,10 +62,10 @@ def jobs_spec_problems(run: SynPORun) -> list[str]:
 
 
 class JobExecutor:
-    """Runs the stages of one SynPORun as batch/v1 Jobs in the run's namespace."""
+    """Runs the stages of one SynPORun as batch/v1 Jobs in the run's namespace (`plan.executor.Executor`)."""
 
     def __init__(self, namespace: str, name: str, *, run: SynPORun | None = None, uid: str | None = None,
-                 request: Request = request, clock: Callable[[], datetime] = now_utc):
+                 request: Request = request, clock: Callable[[], datetime] = _clock.now):
         self.namespace = namespace
         self.name = name
         self.run = run
@@ -95,7 +90,7 @@ class JobExecutor:
 
     def _list(self, path: str) -> list[dict[str, Any]]:
         items = (self._request("GET", path, query={"labelSelector": self._selector}) or {}).get("items") or []
-        return [i for i in items if _owned_by(i, self.uid)]
+        return [i for i in items if owned_by(i, self.uid)]
 
     def _list_pods(self) -> list[dict[str, Any]]:
         """Pods are owned by their Jobs, not by the run: matched to Jobs by owner uid in `records`."""
@@ -112,9 +107,9 @@ class JobExecutor:
         cache = self._cache(kind)
         if cache is None:
             return self._list(path)
-        return [i for i in cache.by_label(self.namespace, self.name) if _owned_by(i, self.uid)]
+        return [i for i in cache.by_label(self.namespace, self.name) if owned_by(i, self.uid)]
 
-    # ---- Executor ---------------------------------------------------------------------------------
+    # ---- reading ----------------------------------------------------------------------------------
     def jobs(self) -> list[dict[str, Any]]:
         """The run's Jobs that are not being deleted (from the watch cache: no LIST per reconcile)."""
         return [j for j in self._cached_or_list("jobs", self._jobs)
@@ -170,14 +165,24 @@ class JobExecutor:
                 out[rec.key] = rec
         return out
 
-    def observe(self) -> dict[str, StageState]:
-        return {key: rec.state for key, rec in self.records().items()}
+    # ---- the Executor contract ---------------------------------------------------------------------
+    def start(self, starts: Sequence[Start]) -> list[bool]:
+        """Create the Jobs of these (independent) stages, concurrently when there are several."""
+        if len(starts) <= 1:
+            return [self._create(s) for s in starts]
+        futures = [_start_pool().submit(self._create, s) for s in starts]
+        results, error = [], None
+        for future in futures:
+            try:
+                results.append(future.result())
+            except Exception as err:  # noqa: BLE001 - re-raised below once every create has finished
+                results.append(False)
+                error = error or err
+        if error is not None:
+            raise error
+        return results
 
-    def results(self) -> dict[str, dict[str, Any]]:
-        return {key: rec.result for key, rec in self.records().items()
-                if rec.state.phase is StagePhase.SUCCEEDED and rec.result}
-
-    def start(self, start: Start) -> bool:
+    def _create(self, start: Start) -> bool:
         """Create the stage's Job unless it exists (one write); True when the Job was created now."""
         if self.run is None:
             raise RuntimeError("JobExecutor.start needs the run")
@@ -193,22 +198,6 @@ class JobExecutor:
         if cache is not None:
             cache.put(created)  # seen by this reconcile's status and the next one, before the watch has it
         return True
-
-    def start_many(self, starts: Sequence[Start]) -> list[bool]:
-        """`start` for several independent stages at once (their creates run concurrently)."""
-        if len(starts) <= 1:
-            return [self.start(s) for s in starts]
-        futures = [_start_pool().submit(self.start, s) for s in starts]
-        results, error = [], None
-        for future in futures:
-            try:
-                results.append(future.result())
-            except Exception as err:  # noqa: BLE001 - re-raised below once every create has finished
-                results.append(False)
-                error = error or err
-        if error is not None:
-            raise error
-        return results
 
     def _delete(self, path: str) -> bool:
         try:

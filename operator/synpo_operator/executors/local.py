@@ -1,5 +1,6 @@
 """LocalExecutor: runs each stage as a local subprocess (`synpo run`, `synpo operator --executor local`).
 
+It implements `plan.executor.Executor`, as the Jobs executor does, and the same reconcile step drives it.
 State lives in the artifact store, exactly as in the cluster: a stage is done when its manifest says so,
 so a run interrupted at any point continues where it stopped, and finished stages are never redone.
 """
@@ -13,17 +14,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import clock
+from ..api.results import BAD_INPUT_EXIT_CODE, SCALAR
 from ..api.run import SynPORunSpec
+from ..plan.executor import StageRecord
 from ..plan.graph import StageNode, stage_graph
 from ..plan.planner import StagePhase, StageState, Start
 from ..plan.stage_config import run_root, stage_config
 
-BAD_INPUT_EXIT_CODE = 2
-"""Stage programs exit 2 on bad input data or config: retrying cannot help (Jobs fail fast on it too)."""
 PROGRESS_PREFIX = "SYNPO_PROGRESS "
 """Stage programs print `SYNPO_PROGRESS {"done": n, "total": m, "unit": "..."}` lines (synpo_workloads.progress);
 `synpo run` shows them as bars."""
@@ -42,7 +45,12 @@ class _Attempt:
     attempt: int
     procs: list[subprocess.Popen] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
+    started: str = field(default_factory=lambda: clock.rfc3339(clock.now()))
+    finished: str | None = None
+    """When the executor first saw every process of the attempt exited."""
+
+    def running(self) -> bool:
+        return any(p.poll() is None for p in self.procs)
 
 
 class LocalExecutor:
@@ -69,29 +77,41 @@ class LocalExecutor:
         self.extra_env = extra_env or {}
         self._nodes = {n.key: n for n in stage_graph(spec)}
         self._attempts: dict[str, _Attempt] = {}
-        self._done: set[str] = set()  # verified once (checksums of model files are not cheap), then trusted
+        self._results: dict[str, dict[str, Any]] = {}
+        """Results of the stages seen done."""
 
-    # --- Executor interface ---------------------------------------------------------------------------
+    # --- the Executor contract ------------------------------------------------------------------------
 
-    def observe(self) -> dict[str, StageState]:
+    def records(self) -> dict[str, StageRecord]:
         store = _store()
-        states: dict[str, StageState] = {}
+        out: dict[str, StageRecord] = {}
         for key, node in self._nodes.items():
             current = self._attempts.get(key)
-            if current and any(p.poll() is None for p in current.procs):
-                states[key] = StageState(StagePhase.RUNNING, current.attempt)
-            elif key in self._done or store.stage_done(self.output(node), node.shards):
-                self._done.add(key)
-                states[key] = StageState(StagePhase.SUCCEEDED, current.attempt if current else 1)
+            times = {"start_time": current.started} if current else {}
+            if current and current.running():
+                out[key] = StageRecord(key, StageState(StagePhase.RUNNING, current.attempt), **times)
+                continue
+            if current and current.finished is None:
+                current.finished = clock.rfc3339(clock.now())
+            if key in self._results or store.stage_done(self.output(node), node.shards):
+                if key not in self._results:  # verified once (model checksums are not cheap), then trusted
+                    result = store.stage_result(self.output(node), node.shards)
+                    self._results[key] = {k: v for k, v in result.items() if isinstance(v, SCALAR)}
+                out[key] = StageRecord(key, StageState(StagePhase.SUCCEEDED, current.attempt if current else 1),
+                                       completion_time=current.finished if current else None,
+                                       result=self._results[key], **times)
             elif current:
-                states[key] = self._failed(current)
-        return states
+                out[key] = StageRecord(key, self._failed(current), completion_time=current.finished, **times)
+        return out
 
-    def start(self, start: Start) -> None:
+    def start(self, starts: Sequence[Start]) -> list[bool]:
+        return [self._spawn(s) for s in starts]
+
+    def _spawn(self, start: Start) -> bool:
         node = start.stage
         current = self._attempts.get(node.key)
         if current and current.attempt >= start.attempt:
-            return
+            return False
         config_path = self.state_dir / "configs" / f"{node.key}.json"
         config_path.parent.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +129,7 @@ class LocalExecutor:
                 out.write(f"\n=== {node.key}{suffix} attempt {start.attempt} "
                           f"at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
                 out.flush()
+                # its own session (process group): stop() signals the stage and every process it started
                 attempt.procs.append(subprocess.Popen(
                     [self.python, "-m", "synpo_workloads", node.id.name, "--config", str(config_path),
                      "--shard", str(shard)],
@@ -116,15 +137,13 @@ class LocalExecutor:
                     env={**env, "SYNPO_TERMINATION_LOG": str(result)}, start_new_session=True))
             attempt.logs.append(log)
         self._attempts[node.key] = attempt
+        return True
 
-    def results(self) -> dict[str, dict[str, Any]]:
-        store = _store()
-        self.observe()
-        return {key: store.stage_result(self.output(node), node.shards)
-                for key, node in self._nodes.items() if key in self._done}
-
-    def stop(self, grace_seconds: float = 10.0) -> None:
-        procs = [p for a in self._attempts.values() for p in a.procs if p.poll() is None]
+    def stop(self, grace_seconds: float = 10.0) -> list[str]:
+        """SIGTERM to the process group of every running stage, SIGKILL after `grace_seconds`; the stopped
+        attempts are forgotten, so those stages start afresh on resume (their partial output is discarded)."""
+        stopped = {k: a for k, a in self._attempts.items() if a.running()}
+        procs = [p for a in stopped.values() for p in a.procs if p.poll() is None]
         for proc in procs:
             _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + grace_seconds
@@ -134,6 +153,9 @@ class LocalExecutor:
             except subprocess.TimeoutExpired:
                 _signal_group(proc, signal.SIGKILL)
                 proc.wait()
+        for key in stopped:
+            del self._attempts[key]
+        return sorted(stopped)
 
     # --- helpers --------------------------------------------------------------------------------------
 
@@ -141,7 +163,7 @@ class LocalExecutor:
         return posixpath.join(self.root, node.output)
 
     def running(self) -> dict[str, _Attempt]:
-        return {k: a for k, a in self._attempts.items() if any(p.poll() is None for p in a.procs)}
+        return {k: a for k, a in self._attempts.items() if a.running()}
 
     def progress(self, key: str) -> dict[str, Any] | None:
         """The newest progress line the stage printed, if any."""

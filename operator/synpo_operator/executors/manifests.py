@@ -29,10 +29,11 @@ import json
 from typing import Any
 
 from ..api.common import API_VERSION
+from ..api.results import BAD_INPUT_EXIT_CODE
 from ..api.run import SynPORun, SynPORunSpec
 from ..plan.graph import STAGES, StageNode, stage_graph
 from ..plan.planner import Start, plan
-from ..plan.stage_config import run_root, stage_config
+from ..plan.stage_config import stage_config
 
 LABEL_RUN = "synpo.dev/run"
 LABEL_ITERATION = "synpo.dev/iteration"
@@ -63,8 +64,6 @@ WORKSPACE = "/workspace"
 CACHE_DIR = "/cache"
 JUDGE_API_KEY_ENV = "SYNPO_JUDGE_API_KEY"
 UID = 1000
-BAD_INPUT_EXIT_CODE = 2
-"""Stage programs exit with 2 on bad input (missing file, malformed rows): retrying cannot help."""
 GPU_RESOURCE = "nvidia.com/gpu"
 RUN_KIND = "SynPORun"
 
@@ -80,16 +79,6 @@ def storage_root(spec: SynPORunSpec) -> str:
         sub = spec.storage.volume.sub_path
         return f"{WORKSPACE}/{sub.strip('/')}" if sub else WORKSPACE
     return spec.storage.uri or ""
-
-
-def artifacts_uri(run: SynPORun) -> str:
-    """Where the run's artifacts live, for status.artifacts (`pvc://claim/sub/<ns>/<run>` or `<uri>/<ns>/<run>`)."""
-    spec = run.spec
-    namespace = run.metadata.namespace or "default"
-    if spec.storage.volume is not None:
-        sub = f"/{spec.storage.volume.sub_path.strip('/')}" if spec.storage.volume.sub_path else ""
-        return run_root(f"pvc://{spec.storage.volume.claim_name}{sub}", namespace, run.metadata.name)
-    return run_root(spec.storage.uri or "", namespace, run.metadata.name)
 
 
 def stage_labels(run: str, node: StageNode) -> dict[str, str]:
@@ -373,6 +362,6 @@ def render_run_manifests(run: SynPORun, *, all_stages: bool = False) -> list[dic
 __all__ = [
     "ANNOTATION_STAGE_CONFIG", "LABEL_ITERATION", "LABEL_MANAGED_BY", "LABEL_QUEUE", "LABEL_RUN", "LABEL_STAGE",
     "LABEL_STAGE_KEY", "MAX_STAGE_CONFIG_BYTES", "STAGES", "TEST_POD_ANNOTATIONS", "StageConfigTooLarge",
-    "artifacts_uri", "gpus_for", "job_name", "render_job", "render_run_manifests", "render_stage",
+    "gpus_for", "job_name", "render_job", "render_run_manifests", "render_stage",
     "stage_config_problems", "stage_config_text", "storage_root",
 ]

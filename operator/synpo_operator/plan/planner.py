@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from ..api import conditions as reasons
 from ..api.run import SynPORunSpec
 from .graph import StageNode, stage_graph
 
@@ -81,22 +82,22 @@ def plan(
         seen = state[node.key]
         if seen and seen.phase is StagePhase.FAILED and (seen.attempts >= max_attempts or not seen.retryable):
             detail = f": {seen.message}" if seen.message else ""
-            return Decision("Failed", "StageFailed",
+            return Decision("Failed", reasons.STAGE_FAILED,
                             f"stage {node.key} failed after {seen.attempts} attempt(s){detail}",
                             iteration=node.id.iteration, stage=node.id.name)
 
     if all(s and s.phase is StagePhase.SUCCEEDED for s in state.values()):
-        return Decision("Succeeded", "RunSucceeded",
+        return Decision("Succeeded", reasons.RUN_SUCCEEDED,
                         f"all {len(graph)} stages of {spec.iterations} iteration(s) succeeded")
 
     if (spec.active_deadline_seconds is not None and elapsed_seconds is not None
             and elapsed_seconds > spec.active_deadline_seconds):
-        return Decision("Failed", "DeadlineExceeded",
+        return Decision("Failed", reasons.DEADLINE_EXCEEDED,
                         f"the run exceeded activeDeadlineSeconds={spec.active_deadline_seconds}")
 
     running = [n for n in graph if state[n.key] and state[n.key].phase is StagePhase.RUNNING]
     if spec.suspend:
-        return Decision("Suspended", "Suspended", "spec.suspend is true: no stage starts until it is false")
+        return Decision("Suspended", reasons.SUSPENDED, "spec.suspend is true: no stage starts until it is false")
 
     def done(key: str) -> bool:
         seen = state.get(key)
@@ -114,9 +115,9 @@ def plan(
 
     active = running + [s.stage for s in ready]
     if not active:  # unreachable for an acyclic graph; kept so a bug shows as a clear failure, not a hang
-        return Decision("Failed", "Stuck", "no stage is running and none can start")
+        return Decision("Failed", reasons.STUCK, "no stage is running and none can start")
     iteration = min(n.id.iteration for n in active)
     names = ",".join(sorted({n.id.name for n in active if n.id.iteration == iteration}))
     completed = sum(done(n.key) for n in graph)
-    return Decision("Running", "StageRunning", f"{completed}/{len(graph)} stages done; running {names}",
+    return Decision("Running", reasons.STAGE_RUNNING, f"{completed}/{len(graph)} stages done; running {names}",
                     tuple(ready), iteration, names)

@@ -1,4 +1,5 @@
-"""The JSON a stage program receives (`python -m synpo_workloads <stage> --config stage.json`).
+"""The JSON a stage program receives (`python -m synpo_workloads <stage> --config stage.json`), and the storage
+layout (`<storage root>/<namespace>/<run>/iter-<t>/<stage>/`): the one place that formats it.
 
 Everything is resolved here, so a stage needs no knowledge of the graph: absolute input and output
 locations, model references, and the run's whole spec for its settings.
@@ -10,13 +11,27 @@ import posixpath
 from typing import Any
 
 from ..api.common import API_VERSION
-from ..api.run import SynPORunSpec
+from ..api.run import SynPORun, SynPORunSpec
 from .graph import Artifact, StageNode
 
 
 def run_root(storage_root: str, namespace: str, run: str) -> str:
     """<storage root>/<namespace>/<run>: the run's artifact directory (a path or fsspec URI)."""
     return posixpath.join(storage_root.rstrip("/") or "/", namespace, run)
+
+
+def storage_uri(spec: SynPORunSpec) -> str:
+    """The storage root as users name it: `pvc://<claim>[/<subPath>]` for a volume, else `storage.uri`."""
+    volume = spec.storage.volume
+    if volume is not None:
+        sub = f"/{volume.sub_path.strip('/')}" if volume.sub_path else ""
+        return f"pvc://{volume.claim_name}{sub}"
+    return spec.storage.uri or ""
+
+
+def artifacts_uri(run: SynPORun) -> str:
+    """Where the run's artifacts live (status.artifacts, `synpo plan`)."""
+    return run_root(storage_uri(run.spec), run.metadata.namespace or "default", run.metadata.name)
 
 
 def _resolve(root: str, ref: str) -> str:

@@ -1,0 +1,162 @@
+"""Reading Jobs and their pods (API JSON, camelCase) into stage records: pure, used by the Jobs executor.
+
+Complete → Succeeded, with the result merged from the pods' termination messages; Failed → Failed with the
+Job's reason and the last failed pod's exit code and message; anything else → Running (queued while the Job
+is suspended). Disrupted pods (preemption, node drain) do not count as failures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from ..api.conditions import clip
+from ..api.results import ERROR, merge_results, parse_summary
+from ..clock import parse_time, rfc3339
+from ..plan.executor import StageRecord
+from ..plan.planner import StagePhase, StageState
+from .manifests import (
+    ANNOTATION_ATTEMPT,
+    ANNOTATION_GPUS,
+    GPU_RESOURCE,
+    LABEL_ITERATION,
+    LABEL_STAGE,
+    LABEL_STAGE_KEY,
+)
+
+
+def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (status.get("state") or {}).get("terminated")
+        if term:
+            return term
+    return None
+
+
+def _pod_times(pod: Mapping[str, Any], now: datetime) -> tuple[datetime | None, datetime | None]:
+    status = pod.get("status") or {}
+    start: datetime | None = None
+    end: datetime | None = None
+    for cs in status.get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        if state.get("running"):
+            start = parse_time(state["running"].get("startedAt")) or start
+            end = now
+        elif state.get("terminated"):
+            start = parse_time(state["terminated"].get("startedAt")) or start
+            end = parse_time(state["terminated"].get("finishedAt")) or end
+    if start is None:
+        start = parse_time(status.get("startTime"))
+        if start is not None and end is None and status.get("phase") == "Running":
+            end = now
+    return start, end
+
+
+def _pod_gpus(pod: Mapping[str, Any]) -> int:
+    total = 0
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        limits = (c.get("resources") or {}).get("limits") or {}
+        try:
+            total += int(limits.get(GPU_RESOURCE, 0))
+        except (TypeError, ValueError):
+            pass
+    return total
+
+
+def is_disruption(pod: Mapping[str, Any]) -> bool:
+    return _condition(pod, "DisruptionTarget") is not None
+
+
+def pod_gpu_seconds(pods: Iterable[Mapping[str, Any]], now: datetime) -> float:
+    total = 0.0
+    for pod in pods:
+        gpus = _pod_gpus(pod)
+        if not gpus:
+            continue
+        start, end = _pod_times(pod, now)
+        if start and end and end > start:
+            total += gpus * (end - start).total_seconds()
+    return total
+
+
+def owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    """True when obj names uid among its owners (or no uid is known)."""
+    if not uid:
+        return True
+    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def job_record(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], now: datetime) -> StageRecord:
+    """A stage's record from its Job and the Job's pods (API JSON).
+
+    Complete → Succeeded (summary from the pods' termination messages); Failed → Failed with the Job's
+    reason, the last failed pod's exit code and termination message; anything else → Running."""
+    meta = job.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    key = labels.get(LABEL_STAGE_KEY) or f"i{labels.get(LABEL_ITERATION)}-{labels.get(LABEL_STAGE)}"
+    status = job.get("status") or {}
+    spec = job.get("spec") or {}
+    uid = meta.get("uid")
+    own = [p for p in pods if owned_by(p, uid)]
+    failed_pods = [p for p in own if (p.get("status") or {}).get("phase") == "Failed" and not is_disruption(p)]
+    gpu_seconds = pod_gpu_seconds(own, now)
+    if not own and status.get("startTime"):
+        # pods gone (garbage-collected): estimate from the Job's own times
+        start = parse_time(status.get("startTime"))
+        end = parse_time(status.get("completionTime")) or (now if not _condition(job, "Failed") else None)
+        gpus = int((meta.get("annotations") or {}).get(ANNOTATION_GPUS, "0") or 0)
+        if start and end and end > start:
+            gpu_seconds = gpus * int(spec.get("parallelism") or 1) * (end - start).total_seconds()
+    try:
+        attempt = int((meta.get("annotations") or {}).get(ANNOTATION_ATTEMPT, "1"))
+    except ValueError:
+        attempt = 1
+    common = dict(key=key, start_time=status.get("startTime") or meta.get("creationTimestamp"),
+                  gpu_seconds=round(gpu_seconds, 3), pod_failures=max(len(failed_pods), 0),
+                  name=meta.get("name"))
+
+    done = _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet")
+    if done:
+        summaries = []
+        for pod in own:
+            if (pod.get("status") or {}).get("phase") == "Succeeded":
+                term = _terminated(pod)
+                summary = parse_summary(term.get("message") if term else None)
+                if summary:
+                    summaries.append(summary)
+        completion = status.get("completionTime") or done.get("lastTransitionTime")
+        return StageRecord(state=StageState(StagePhase.SUCCEEDED, attempt), completion_time=completion,
+                           result=merge_results(summaries), **common)
+
+    failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
+    if failed:
+        reason = failed.get("reason") or "Failed"
+        parts = [f"{reason}: {failed.get('message') or 'the Job failed'}"]
+        last = None
+        for pod in failed_pods:
+            term = _terminated(pod)
+            if term and (last is None or str(term.get("finishedAt") or "") >= str(last.get("finishedAt") or "")):
+                last = term
+        if last is not None:
+            detail = f"last pod exited with code {last.get('exitCode')}"
+            text = (last.get("message") or "").strip()
+            summary = parse_summary(text)
+            if summary and isinstance(summary.get(ERROR), str):
+                text = summary[ERROR]
+            if text:
+                detail += f": {text}"
+            parts.append(detail)
+        message = clip("; ".join(parts))
+        return StageRecord(state=StageState(StagePhase.FAILED, attempt, message),
+                           completion_time=failed.get("lastTransitionTime") or rfc3339(now), **common)
+
+    return StageRecord(state=StageState(StagePhase.RUNNING, attempt),
+                       queued=bool(spec.get("suspend")), **common)

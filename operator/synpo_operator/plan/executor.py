@@ -1,0 +1,56 @@
+"""The executor contract: what the reconcile step needs from whatever runs the stages (Jobs, local processes).
+
+Beside `Start` and `StageState` because it is the planner's other half: the planner says what to start, an
+executor starts it and reports back what it sees, as `StageRecord`s. Every method is idempotent (reconciles
+call them again and again) and an executor never decides anything about the stage graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .planner import StagePhase, StageState, Start
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """Everything an executor observed about one stage."""
+
+    key: str
+    state: StageState
+    start_time: str | None = None
+    completion_time: str | None = None
+    result: dict[str, Any] | None = None
+    """The stage's result summary (`api.results`; succeeded stages)."""
+    gpu_seconds: float | None = None
+    """GPUs × run time of every pod so far."""
+    pod_failures: int = 0
+    """Failed pods that counted towards backoffLimit (disruptions excluded)."""
+    queued: bool = False
+    """The stage exists but waits for admission (a suspended Job, Kueue)."""
+    name: str | None = None
+    """The executor's name for it (the Job), for messages."""
+
+    @property
+    def finished(self) -> bool:
+        return self.state.phase is not StagePhase.RUNNING
+
+
+class Executor(Protocol):
+    """Runs the stages of one run."""
+
+    def records(self) -> dict[str, StageRecord]:
+        """Every stage started and still known, by key (deleted or stopped stages left out)."""
+        ...
+
+    def start(self, starts: Sequence[Start]) -> list[bool]:
+        """Start these stages (independent of each other) unless they exist; per stage, True when this call
+        started it."""
+        ...
+
+    def stop(self) -> list[str]:
+        """Stop every unfinished stage (suspend, failure, deletion); returns the keys stopped. A stopped stage
+        is forgotten (absent from `records`, started again on resume), never reported as failed."""
+        ...
