@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 SlotState = Literal["active", "waiting", "idle"]
 FINISHED = ("Succeeded", "Failed")
-WAITING_REASON = "WaitingForCapacity"
 
 
 @dataclass(frozen=True)

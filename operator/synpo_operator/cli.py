@@ -17,7 +17,7 @@ from .api.loader import SpecError
 # optional extra (kopf, torch) only matters to the command that needs it.
 PLUGINS = (
     "synpo_operator.localrun",          # synpo run, synpo report
-    "synpo_operator.handlers_cli",      # synpo operator
+    "synpo_operator.controller.cli",    # synpo operator
     "synpo_operator.devcluster.cli",    # synpo dev-cluster
 )
 

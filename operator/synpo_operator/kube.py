@@ -128,10 +128,16 @@ def get_run(namespace: str, name: str) -> dict[str, Any] | None:
     return body
 
 
-def patch_run_status(namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
-    """Merge-patch the status subresource (never the spec)."""
+def patch_run_status(namespace: str, name: str, patch: dict[str, Any],
+                     resource_version: str | None = None) -> dict[str, Any] | None:
+    """Merge-patch the status subresource (never the spec). With `resource_version`, only if the run is still
+    at that version (409 Conflict otherwise): a status computed from an older view never overwrites a newer
+    one (another replica's write, a write whose watch event has not arrived)."""
+    doc: dict[str, Any] = {"status": patch}
+    if resource_version:
+        doc["metadata"] = {"resourceVersion": resource_version}
     try:
-        body = request("PATCH", run_path(namespace, name) + "/status", {"status": patch},
+        body = request("PATCH", run_path(namespace, name) + "/status", doc,
                        content_type="application/merge-patch+json")
     except KubeError as err:
         if err.not_found:
@@ -140,6 +146,20 @@ def patch_run_status(namespace: str, name: str, patch: dict[str, Any]) -> dict[s
     cache = informer("runs", namespace)
     if cache is not None and isinstance(body, dict):
         cache.put(copy.deepcopy(body))  # the next reconcile reads what we wrote, not an older copy
+    return body
+
+
+def refresh_run(namespace: str, name: str) -> dict[str, Any] | None:
+    """GET the run and store it in the runs informer (after a 409: the cached copy was stale)."""
+    try:
+        body = request("GET", run_path(namespace, name))
+    except KubeError as err:
+        if err.not_found:
+            return None
+        raise
+    cache = informer("runs", namespace)
+    if cache is not None and isinstance(body, dict):
+        cache.put(copy.deepcopy(body))
     return body
 
 
@@ -181,6 +201,11 @@ def patch_schedule_status(namespace: str, name: str, patch: dict[str, Any]) -> d
         if err.not_found:
             return None
         raise
+
+
+def list_schedules(namespace: str | None = None) -> list[dict[str, Any]]:
+    path = schedule_path(namespace) if namespace else f"/apis/{GROUP}/{VERSION}/{SCHEDULE_PLURAL}"
+    return (request("GET", path) or {}).get("items") or []
 
 
 def list_runs(namespace: str | None = None, selector: str | None = None) -> list[dict[str, Any]]:
@@ -272,9 +297,13 @@ class WatchCache:
 
     def __init__(self, path: str, label: str | None, *, server_timeout: int = 60,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                 on_event: Callable[[str, dict[str, Any] | None, dict[str, Any]], None] | None = None):
+                 on_event: Callable[[str, dict[str, Any] | None, dict[str, Any]], None] | None = None,
+                 index: str | None = None):
         self.path = path
         self.label = label
+        """Only objects carrying this label are listed and watched (None: all)."""
+        self.index = index or label
+        """`by_label` looks objects up by this label's value (default: `label`)."""
         self.transform = transform or slim
         """Applied to every object stored: drops what readers never look at (memory)."""
         self.on_event = on_event
@@ -331,15 +360,15 @@ class WatchCache:
             return old, None
         self._remove(key)
         self._objects[key] = obj
-        value = ((obj.get("metadata") or {}).get("labels") or {}).get(self.label) if self.label else None
+        value = ((obj.get("metadata") or {}).get("labels") or {}).get(self.index) if self.index else None
         if value is not None:
             self._by_value.setdefault((key[0], value), {})[key[1]] = obj
         return old, obj
 
     def _remove(self, key: tuple[str, str]) -> dict[str, Any] | None:
         old = self._objects.pop(key, None)
-        if old is not None and self.label:
-            value = ((old.get("metadata") or {}).get("labels") or {}).get(self.label)
+        if old is not None and self.index:
+            value = ((old.get("metadata") or {}).get("labels") or {}).get(self.index)
             bucket = self._by_value.get((key[0], value))
             if bucket is not None:
                 bucket.pop(key[1], None)
@@ -461,14 +490,15 @@ def collection_path(kind: str, namespace: str | None) -> str:
     return f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
 
 
-def start_informers(namespaces: list[str | None], specs: dict[str, tuple[str | None, Any, Any]]
-                    ) -> dict[str, list[WatchCache]]:
+def start_informers(namespaces: list[str | None], specs: dict[str, tuple[str | None, Any, Any]],
+                    index: dict[str, str] | None = None) -> dict[str, list[WatchCache]]:
     """Start one informer per kind and namespace (None: every namespace) and wait until each has listed
     once (however long that takes: an informer retries its LIST until the API server answers).
-    specs: kind -> (label selector, transform, on_event)."""
+    specs: kind -> (label selector, transform, on_event); index: kind -> the label `by_label` looks up."""
     for kind, (label, transform, on_event) in specs.items():
         _informers[kind] = [(ns, WatchCache(collection_path(kind, ns), label, transform=transform,
-                                            on_event=on_event).start()) for ns in namespaces]
+                                            on_event=on_event, index=(index or {}).get(kind)).start())
+                            for ns in namespaces]
     for caches in _informers.values():
         for _, cache in caches:
             while not cache.synced.wait(30):

@@ -20,6 +20,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from .api.run import SynPORunStatus
+from .clock import parse_time
 from .plan.graph import StageId
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
@@ -101,24 +103,20 @@ class Metrics:
         """Update the metrics from one reconcile's outcome (`reconcile.Outcome`)."""
         self.reconciles.inc()
         self.last_reconcile = time.monotonic()
-        status = outcome.status or {}
         self.set_phase(namespace, run, outcome.phase)
         key = (namespace, run)
+        status = SynPORunStatus.model_validate(outcome.status or {})
         with self._lock:
-            if status.get("iteration") is not None:
-                self.run_iteration.labels(namespace, run).set(status["iteration"])
+            if status.iteration is not None:
+                self.run_iteration.labels(namespace, run).set(status.iteration)
                 self._track(key, self.run_iteration, (namespace, run))
-            for summary in status.get("iterations") or []:
-                t = str(summary.get("index"))
-                if summary.get("pairsKept") is not None:
-                    self.pairs_kept.labels(namespace, run, t).set(summary["pairsKept"])
-                    self._track(key, self.pairs_kept, (namespace, run, t))
-                if summary.get("winRate") is not None:
-                    self.win_rate.labels(namespace, run, t).set(summary["winRate"])
-                    self._track(key, self.win_rate, (namespace, run, t))
-                if summary.get("gpuSeconds") is not None:
-                    self.iteration_gpu_seconds.labels(namespace, run, t).set(summary["gpuSeconds"])
-                    self._track(key, self.iteration_gpu_seconds, (namespace, run, t))
+            for summary in status.iterations:
+                t = str(summary.index)
+                for metric, value in ((self.pairs_kept, summary.pairs_kept), (self.win_rate, summary.win_rate),
+                                      (self.iteration_gpu_seconds, summary.gpu_seconds)):
+                    if value is not None:
+                        metric.labels(namespace, run, t).set(value)
+                        self._track(key, metric, (namespace, run, t))
         for name in outcome.started:
             self.stage_starts.labels(stage=_stage_name(name)).inc()
         for stage_key, n in (outcome.retries or {}).items():
@@ -128,8 +126,6 @@ class Metrics:
                 continue
             stage = _stage_name(tr.key)
             rec = tr.record
-            from .reconcile import parse_time
-
             start, end = parse_time(rec.start_time), parse_time(rec.completion_time)
             if start and end and end >= start:
                 self.stage_duration.labels(stage=stage, outcome=tr.new).observe((end - start).total_seconds())
@@ -197,13 +193,14 @@ METRICS = Metrics()
 class _Handler(BaseHTTPRequestHandler):
     metrics: Metrics = METRICS
     healthy: Any = staticmethod(lambda: True)
+    ready: Any = staticmethod(lambda: True)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             body, ctype, code = self.metrics.render(), CONTENT_TYPE_LATEST, 200
         elif path in ("/healthz", "/livez", "/readyz"):
-            ok = bool(self.healthy())
+            ok = bool(self.ready() if path == "/readyz" else self.healthy())
             body, ctype, code = (b"ok\n" if ok else b"unhealthy\n"), "text/plain", 200 if ok else 503
         else:
             body, ctype, code = b"not found\n", "text/plain", 404
@@ -218,10 +215,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(port: int, host: str = "0.0.0.0", metrics: Metrics = METRICS,
-          healthy: Any = None) -> ThreadingHTTPServer:
-    """Serve `/metrics` and `/healthz` on a daemon thread; returns the server (call `.shutdown()`)."""
+          healthy: Any = None, ready: Any = None) -> ThreadingHTTPServer:
+    """Serve `/metrics`, `/healthz` (alive) and `/readyz` (`ready()`: the informers have synced) on a daemon
+    thread; returns the server (call `.shutdown()`)."""
     handler = type("Handler", (_Handler,), {"metrics": metrics,
-                                            "healthy": staticmethod(healthy or (lambda: True))})
+                                            "healthy": staticmethod(healthy or (lambda: True)),
+                                            "ready": staticmethod(ready or (lambda: True))})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="synpo-metrics", daemon=True).start()

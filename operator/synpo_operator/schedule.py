@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from .api import conditions as reasons
+from .api.conditions import ready_reason, schedule_conditions
 from .api.schedule import PromotedModel, SynPOScheduleSpec
 from .clock import parse_time, rfc3339
 
@@ -68,23 +70,23 @@ def decide(spec: SynPOScheduleSpec, *, now: datetime, created: datetime, last_sc
         earliest = max(earliest, now - timedelta(seconds=spec.starting_deadline_seconds))
     due, next_time = _times(spec, earliest, now)
     if spec.suspend:
-        return ScheduleDecision(skipped="spec.suspend is true", reason="Suspended", requeue_at=next_time,
+        return ScheduleDecision(skipped="spec.suspend is true", reason=reasons.SUSPENDED, requeue_at=next_time,
                                 missed=len(due))
     if not due:
-        return ScheduleDecision(requeue_at=next_time, reason="Waiting")
+        return ScheduleDecision(requeue_at=next_time, reason=reasons.WAITING)
     if len(due) > MAX_MISSED:
         return ScheduleDecision(
             skipped=f"more than {MAX_MISSED} missed start times; set or lower startingDeadlineSeconds",
-            reason="TooManyMissedTimes", requeue_at=next_time, missed=len(due))
+            reason=reasons.TOO_MANY_MISSED, requeue_at=next_time, missed=len(due))
     latest = due[-1]
     if active and spec.concurrency_policy == "Forbid":
         return ScheduleDecision(skipped=f"run {active[0]} is still active (concurrencyPolicy Forbid)",
-                                reason="ConcurrencyForbid", requeue_at=next_time, missed=len(due))
+                                reason=reasons.CONCURRENCY_FORBID, requeue_at=next_time, missed=len(due))
     delete = tuple(active) if spec.concurrency_policy == "Replace" else ()
     if capacity_left is not None and capacity_left + len(delete) <= 0:
         return ScheduleDecision(skipped="the concurrent-run cap is reached; waiting for a free slot",
-                                reason="ConcurrencyCap", requeue_at=now + timedelta(seconds=10), missed=len(due))
-    return ScheduleDecision(create=latest, delete=delete, reason="RunCreated", requeue_at=next_time,
+                                reason=reasons.CONCURRENCY_CAP, requeue_at=now + timedelta(seconds=10), missed=len(due))
+    return ScheduleDecision(create=latest, delete=delete, reason=reasons.RUN_CREATED, requeue_at=next_time,
                             missed=len(due))
 
 
@@ -189,13 +191,6 @@ def _evaluation(run: dict) -> Evaluation:
                       baseline_score=baseline.get("score"))
 
 
-def _ready_reason(status: dict) -> str | None:
-    for cond in status.get("conditions") or []:
-        if isinstance(cond, dict) and cond.get("type") == "Ready":
-            return cond.get("reason")
-    return None
-
-
 def reconcile_schedule(body: dict, runs: list[dict], *, now: datetime,
                        capacity_left: int | None = None) -> ScheduleOutcome:
     """One step of a schedule. `body`: the SynPOSchedule as served; `runs`: the SynPORuns it owns."""
@@ -285,22 +280,13 @@ def reconcile_schedule(body: dict, runs: list[dict], *, now: datetime,
                            + (f" from promoted model of {promoted.run}" if promoted and spec.promotion.enabled
                               else "")
                            + (f" ({out.missed} earlier missed time(s) skipped)" if out.missed else "")))
-    elif decision.skipped and decision.missed and _ready_reason(old) != decision.reason:
+    elif decision.skipped and decision.missed and ready_reason(old) != decision.reason:
         # once per episode (the Ready condition keeps the reason), not at every step
-        out.events.append(("Warning" if decision.reason == "TooManyMissedTimes" else "Normal",
+        out.events.append(("Warning" if decision.reason == reasons.TOO_MANY_MISSED else "Normal",
                            decision.reason, decision.skipped))
 
-    ready = decision.reason not in ("TooManyMissedTimes",)
+    ready = decision.reason != reasons.TOO_MANY_MISSED
     generation = meta.get("generation")
-    previous = {c.get("type"): c for c in old.get("conditions") or [] if isinstance(c, dict)}
-
-    def condition(type_: str, true: bool, reason: str, message: str) -> dict:
-        status = "True" if true else "False"
-        before = previous.get(type_) or {}
-        since = before.get("lastTransitionTime") if before.get("status") == status else None
-        return {"type": type_, "status": status, "reason": reason, "message": message,
-                "observedGeneration": generation, "lastTransitionTime": since or rfc3339(now)}
-
     out.status = {
         "observedGeneration": generation,
         "active": sorted(active),
@@ -308,12 +294,10 @@ def reconcile_schedule(body: dict, runs: list[dict], *, now: datetime,
         "lastSuccessfulTime": rfc3339(last_success) if last_success else None,
         "promoted": promoted.to_api() if promoted else None,
         "lastPromotionDecision": decision_text,
-        "conditions": [
-            condition("Ready", ready, decision.reason or "Waiting",
-                      decision.skipped or (f"next run at {rfc3339(decision.requeue_at)}"
-                                           if decision.requeue_at else "")),
-            condition("Suspended", spec.suspend, "Suspended" if spec.suspend else "Active", ""),
-        ],
+        "conditions": schedule_conditions(
+            ready, decision.reason or reasons.WAITING,
+            decision.skipped or (f"next run at {rfc3339(decision.requeue_at)}" if decision.requeue_at else ""),
+            spec.suspend, generation, old.get("conditions"), now),
     }
     if decision.requeue_at:
         out.requeue_seconds = max(1.0, (decision.requeue_at - now).total_seconds())

@@ -91,3 +91,47 @@ def test_bad_data_fails_the_stage_clearly_and_keeps_earlier_artifacts(tiny_model
     summary = json.loads((tmp_path / "runs" / "default" / "bad" / "iter-0" / "keywords" / "manifest.json")
                          .read_text())
     assert summary["files"]
+
+
+def _stage_pids(config: Path) -> list[int]:
+    """Live processes whose command line names the stage config (the stage and anything it started)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = next(ln for ln in (proc / "status").read_text().splitlines() if ln.startswith("State:"))
+        except (OSError, StopIteration):
+            continue
+        if str(config) in cmdline and "zombie" not in state:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_sigterm_stops_the_running_stage_and_the_next_run_redoes_it(tiny_model: str, tmp_path: Path):
+    """`timeout`, CI runners and systemd stop with SIGTERM: the stage process must go too (not orphaned),
+    the exit is Ctrl-C's, and the stage is redone by the next `synpo run`."""
+    storage = tmp_path / "runs"
+    run_file = write_run(tmp_path / "run.yaml", "term", tiny_spec(tiny_model, str(storage), iterations=1))
+    run_dir = storage / "default" / "term"
+    config = run_dir / "configs" / "i0-prompt-generator.json"
+
+    def start_and_terminate() -> str:
+        proc = synpo("run", str(run_file), "--no-report")
+        deadline = time.monotonic() + 600
+        while not _stage_pids(config):
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "the prompt generator never started"
+            time.sleep(0.2)
+        time.sleep(1.0)  # the stage is under way (imports, model loading)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 130, out
+        assert "run the same command again" in out and "Traceback" not in out
+        assert not _stage_pids(config), "the stage process outlived synpo run"
+        assert not (run_dir / "iter-0" / "prompt-generator" / "manifest.json").exists()
+        return out
+
+    first = start_and_terminate()
+    assert "→ i0-prompt-generator" in first
+    second = start_and_terminate()  # the stopped stage starts again; finished ones are kept
+    assert "→ i0-prompt-generator" in second and "→ i0-keywords" not in second

@@ -450,23 +450,16 @@ def test_suspend_resume_and_delete(kube, operator, namespace):
     assert not cms["items"]
 
 
-def test_progress_is_event_driven_and_legacy_finalizers_are_released(kube, dev_cluster, crds, namespace, tmp_path):
+def test_progress_is_event_driven(kube, dev_cluster, crds, namespace, tmp_path):
     """With resyncs an hour apart, every stage after the first still starts as soon as the one before it
-    finished: Job events drive the run. Runs carry no finalizer; one left by an older operator is removed
-    when the run is deleted."""
+    finished: Job events drive the run. Runs carry no finalizer."""
     op = Operator(dev_cluster.kubeconfig, namespace, tmp_path, extra_args=("--resync-seconds", "3600"))
     op.start()
     try:
-        legacy = run_doc("legacy", pods={"*": {"synpo.dev/fake-hold": "true"}})
-        legacy["metadata"]["finalizers"] = ["synpo.dev/finalizer"]
-        apply(kube, namespace, legacy)
         apply(kube, namespace, run_doc("evented", pods={"*": {"synpo.dev/fake-duration": "100ms"}}))
         done = wait_run(kube, namespace, "evented", lambda s: s.get("phase") in ("Succeeded", "Failed"), timeout=120)
         assert done["status"]["phase"] == "Succeeded"
         assert not done["metadata"].get("finalizers")
-        wait_run(kube, namespace, "legacy", lambda s: s.get("phase") == "Running")
-        kube.delete(f"{RUNS.format(ns=namespace)}/legacy")
-        kube.wait_gone(f"{RUNS.format(ns=namespace)}/legacy", timeout=60)
     finally:
         op.stop()
 

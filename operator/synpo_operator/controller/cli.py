@@ -1,10 +1,13 @@
-"""`synpo operator`: run the Kopf operator (Jobs executor by default, or local processes)."""
+"""`synpo operator`: the command line, turned into `Settings` once and handed to the Kopf runner."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+
+from ..capacity import Caps
+from .settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="jobs: a Kubernetes Job per stage (default); local: stages as local processes of the "
                         "operator (storage.uri must be a local directory)")
     p.add_argument("--metrics-port", type=int, default=8080,
-                   help="port of /metrics and /healthz (default 8080; 0 disables)")
+                   help="port of /metrics, /healthz and /readyz (default 8080; 0 disables)")
     p.add_argument("--health-port", type=int, default=8081,
                    help="port of kopf's liveness endpoint /healthz (default 8081; 0 disables)")
     p.add_argument("--resync-seconds", type=float,
@@ -32,6 +35,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-active-runs-per-namespace", type=_cap, metavar="N",
                    default=os.environ.get("SYNPO_MAX_ACTIVE_RUNS_PER_NAMESPACE") or "0",
                    help="the same cap per namespace (default 0: no cap; env SYNPO_MAX_ACTIVE_RUNS_PER_NAMESPACE)")
+    p.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
+                   help="only the holder of a coordination.k8s.io Lease reconciles (default on: run several "
+                        "replicas, one active, the others on standby)")
+    p.add_argument("--lease-name", default="synpo-operator", help="the Lease's name (default synpo-operator)")
+    p.add_argument("--lease-namespace", default=None, metavar="NS",
+                   help="the Lease's namespace (default: $POD_NAMESPACE, else the first watched namespace, "
+                        "else default)")
+    p.add_argument("--lease-seconds", type=float, default=15.0,
+                   help="a standby takes over this long after the leader's last renewal (default 15)")
+    p.add_argument("--renew-seconds", type=float, default=5.0,
+                   help="how often the leader renews the Lease (default 5)")
+    p.add_argument("--identity", default=None,
+                   help="this replica's name in the Lease (default: $POD_NAME, else host name and pid)")
     p.add_argument("--verbose", "-v", action="store_true", help="log every handler call")
     p.set_defaults(func=_run)
 
@@ -46,14 +62,22 @@ def _cap(value: str) -> int:
     return n
 
 
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    literal = [n for n in args.namespace if not any(ch in n for ch in "*?[")]
+    lease_namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE") or (
+        literal[0] if literal else "default")
+    extra = {"identity": args.identity or os.environ["POD_NAME"]} if (args.identity or os.environ.get("POD_NAME")) \
+        else {}
+    return Settings(
+        executor=args.executor, namespaces=tuple(args.namespace), resync_seconds=args.resync_seconds,
+        workers=args.workers, caps=Caps.parse(args.max_active_runs, args.max_active_runs_per_namespace),
+        metrics_port=args.metrics_port, health_port=args.health_port, verbose=args.verbose,
+        leader_election=args.leader_elect, lease_name=args.lease_name, lease_namespace=lease_namespace,
+        lease_seconds=args.lease_seconds, renew_seconds=args.renew_seconds, **extra)
+
+
 def _run(args: argparse.Namespace) -> int:
-    # handlers read these at import time (kopf decorators take their intervals then)
-    os.environ["SYNPO_OPERATOR_EXECUTOR"] = args.executor
-    os.environ["SYNPO_OPERATOR_NAMESPACES"] = ",".join(args.namespace)
-    os.environ["SYNPO_MAX_ACTIVE_RUNS"] = str(args.max_active_runs)
-    os.environ["SYNPO_MAX_ACTIVE_RUNS_PER_NAMESPACE"] = str(args.max_active_runs_per_namespace)
-    os.environ["SYNPO_OPERATOR_RESYNC_SECONDS"] = str(args.resync_seconds)
-    os.environ["SYNPO_OPERATOR_WORKERS"] = str(args.workers)
+    settings = settings_from_args(args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
@@ -62,20 +86,7 @@ def _run(args: argparse.Namespace) -> int:
                       "kopf._core.reactor.running", "kopf._cogs.clients.watching", "aiohttp.access"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    import kopf
+    from .kopf_app import run
 
-    from . import (
-        handlers,  # noqa: F401 - registers the handlers
-        metrics,
-    )
-
-    if args.metrics_port:
-        metrics.serve(args.metrics_port)
-    liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
-    kopf.run(
-        standalone=True,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        liveness_endpoint=liveness,
-    )
+    run(settings)
     return 0
