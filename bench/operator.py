@@ -52,7 +52,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
 
-from synpo_operator.devcluster.client import ApiError, KubeClient  # noqa: E402
+from synpo_devcluster.client import ApiError, KubeClient  # noqa: E402
 
 RUNS = "/apis/synpo.dev/v1alpha1/namespaces/{ns}/synporuns"
 JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"
@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = p.parse_args(argv)
 
-    from synpo_operator.devcluster import cluster
+    from synpo_devcluster import cluster
 
     info = cluster.ensure_up()
     kube = info.client(timeout=60)

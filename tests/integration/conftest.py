@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from synpo_operator.devcluster import build, cluster
-from synpo_operator.devcluster.client import KubeClient
+from synpo_devcluster import build, cluster
+from synpo_devcluster.client import KubeClient
 
 _HERE = Path(__file__).resolve().parent
 

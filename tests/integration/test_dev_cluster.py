@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from synpo_operator.devcluster import K8S_VERSION
-from synpo_operator.devcluster.client import ApiError, KubeClient
-from synpo_operator.devcluster.kwok_stages import FAKE_EXIT_CODE, FAKE_HOLD, FAKE_TERMINATION_MESSAGE
+from synpo_devcluster import K8S_VERSION
+from synpo_devcluster.client import ApiError, KubeClient
+from synpo_devcluster.kwok_stages import FAKE_EXIT_CODE, FAKE_HOLD, FAKE_TERMINATION_MESSAGE
 
 pytestmark = pytest.mark.integration
 

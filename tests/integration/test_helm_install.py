@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synpo_operator.devcluster.client import ApiError, KubeClient
+from synpo_devcluster.client import ApiError, KubeClient
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from reliability.chaos import JobLedger
 
-from synpo_operator.devcluster.client import ApiError, KubeClient
+from synpo_devcluster.client import ApiError, KubeClient
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "crds"

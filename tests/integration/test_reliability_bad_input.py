@@ -29,7 +29,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from synpo_operator.devcluster.client import ApiError
+from synpo_devcluster.client import ApiError
 
 from .test_operator import RUNS, crds, operator, run_doc  # noqa: F401 - fixtures
 

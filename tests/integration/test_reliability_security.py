@@ -25,7 +25,7 @@ import pytest
 import yaml
 from reliability.test_security_models import ESCAPES
 
-from synpo_operator.devcluster.client import ApiError
+from synpo_devcluster.client import ApiError
 
 from .test_helm_install import _forbidden, _wait_allowed, helm, installed_rbac, kubectl  # noqa: F401 - fixture  # noqa: F401 - fixtures
 from .test_operator import JOBS, PODS, RUNS, Operator, crds, operator, run_doc, wait_run  # noqa: F401

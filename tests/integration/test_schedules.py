@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from synpo_operator.devcluster.client import ApiError, KubeClient
+from synpo_devcluster.client import ApiError, KubeClient
 from synpo_operator.schedule import run_name
 
 from .test_operator import RUNS, Operator, conditions, crds, events, run_doc, wait_for_event, wait_until  # noqa: F401 - crds: fixture

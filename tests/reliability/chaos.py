@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from synpo_operator.devcluster.client import ApiError, KubeClient
+from synpo_devcluster.client import ApiError, KubeClient
 
 # ---- dev-cluster components ------------------------------------------------------------------------------
 

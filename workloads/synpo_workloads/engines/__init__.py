@@ -11,16 +11,21 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from synpo_operator.api.run import GenerationSpec
+
 from ..errors import ConfigError
+
+_SPEC = GenerationSpec()
+"""Sampling defaults come from the API (one source of truth): what a run gets when its spec says nothing."""
 
 Prompt = str | list[dict]
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 256
+    temperature: float = _SPEC.temperature
+    top_p: float = _SPEC.top_p
+    max_new_tokens: int = _SPEC.max_new_tokens
     seed: int = 0
     stop: tuple[str, ...] = field(default_factory=tuple)
     """Stop strings; the output is cut after the first one (the stop string itself is kept)."""

@@ -1,6 +1,6 @@
 """`synpo dev-cluster {build,up,down,status,env}`: argparse wiring.
 
-The main `synpo` CLI calls ``register(subparsers)``; ``python -m synpo_operator.devcluster`` works too.
+The main `synpo` CLI calls ``register(subparsers)``; ``python -m synpo_devcluster`` works too.
 """
 
 from __future__ import annotations
