@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -13,9 +14,12 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 
 class ApiModel(BaseModel):
-    """Base of every API type: camelCase in YAML, unknown fields rejected, docstrings become descriptions."""
+    """Base of every API type: camelCase in YAML, unknown fields rejected, docstrings become descriptions.
+    Strict types, as the API server's schema checks them: `iterations: true` or `"4"` is an error, not 1 or 4
+    (a whole number is still a valid float)."""
 
     model_config = ConfigDict(
+        strict=True,
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
@@ -35,6 +39,39 @@ def _no_traversal(value: str) -> str:
     return value
 
 
+def _matching(pattern: str, what: str) -> AfterValidator:
+    """A check that the whole value matches `pattern`, failing with `what` (pydantic would print the regex)."""
+    rx = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not rx.fullmatch(value):
+            raise ValueError(what)
+        return value
+
+    return AfterValidator(check)
+
+
+def _no_control(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (NUL, newline, tab, ...)")
+    return value
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+"""The same rule at apply time (the CRD's `pattern`, RE2 syntax)."""
+_LABEL_NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
+LABEL_VALUE_PATTERN = rf"^{_LABEL_NAME}?$"
+LABEL_KEY_PATTERN = (r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*/)?"
+                     + _LABEL_NAME + "$")
+_LABEL_VALUE_RULE = ("must be a Kubernetes label value: at most 63 characters: letters, digits, '-', '_' or "
+                     "'.', beginning and ending with a letter or digit (or empty)")
+_LABEL_KEY_RULE = ("must be a Kubernetes label key: an optional DNS-subdomain prefix and '/', then a name of at "
+                   "most 63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit")
+LABEL_KEYS_RULE = {"rule": f"self.all(k, k.matches('{LABEL_KEY_PATTERN}'))".replace("\\", "\\\\"),
+                   "message": "every key " + _LABEL_KEY_RULE}
+"""CEL for a map of labels (a structural schema cannot constrain map keys otherwise)."""
+
 # A DNS-1123 label: Kubernetes object names derived from these values must stay valid.
 DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
 # A URI or path without '..' segments.
@@ -42,10 +79,16 @@ DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]
 _NO_TRAVERSAL_RULE = {"rule": r"!self.matches('(^|[/\\\\])[.][.]([/\\\\]|$)')",
                       "message": "must not contain '..' path segments (storage paths cannot escape the run's root)"}
 SafePath = Annotated[str, Field(min_length=1, max_length=1024,
-                                json_schema_extra={"x-kubernetes-validations": [_NO_TRAVERSAL_RULE]}),
-                     AfterValidator(_no_traversal)]
-# Values of label and annotation maps (Kubernetes bounds them; so do we, for CEL cost and sanity).
-LabelValue = Annotated[str, Field(max_length=63)]
+                                json_schema_extra={"pattern": _NO_CONTROL_PATTERN,
+                                                   "x-kubernetes-validations": [_NO_TRAVERSAL_RULE]}),
+                     AfterValidator(_no_control), AfterValidator(_no_traversal)]
+# Label keys and values (the syntax the API server enforces on objects: checked before any Job is created).
+LabelKey = Annotated[str, Field(min_length=1, max_length=317), _matching(LABEL_KEY_PATTERN, _LABEL_KEY_RULE)]
+LabelValue = Annotated[str, Field(max_length=63, json_schema_extra={"pattern": LABEL_VALUE_PATTERN}),
+                       _matching(LABEL_VALUE_PATTERN, _LABEL_VALUE_RULE)]
+NodeSelector = Annotated[dict[LabelKey, LabelValue],
+                         Field(max_length=32, json_schema_extra={"x-kubernetes-validations": [LABEL_KEYS_RULE]})]
+# Values of annotation maps (Kubernetes bounds them; so do we, for CEL cost and sanity).
 AnnotationValue = Annotated[str, Field(max_length=4096)]
 # A Kubernetes resource quantity such as "8Gi" or "500m".
 Quantity = Annotated[str, Field(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")]
@@ -125,5 +168,5 @@ class ObjectMeta(ApiModel):
     """Run name: a DNS label of at most 40 characters, so that child Job names stay within 63."""
     namespace: str | None = Field(default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     """Namespace (the operator's default namespace when omitted)."""
-    labels: dict[str, LabelValue] | None = None
+    labels: dict[LabelKey, LabelValue] | None = None
     annotations: dict[str, AnnotationValue] | None = None

@@ -68,6 +68,10 @@ def _segment(part: Any) -> str:
 
 def _describe(model: type, error: dict[str, Any]) -> str:
     loc = tuple(error["loc"])
+    if len(loc) >= 2 and loc[-1] == "[key]":  # a map key itself is wrong: name the map, then the key
+        path = ".".join(_segment(p) for p in loc[:-2]).replace(".[", "[")
+        message = error["msg"].removeprefix("Value error, ")
+        return f"{path}: key {loc[-2]!r} {message}"
     path = ".".join(_segment(p) for p in loc).replace(".[", "[")
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -100,9 +104,29 @@ def parse_resource(doc: Any, source: str = "<input>") -> SynPORun | SynPOSchedul
         raise SpecError(source, [_describe(model, e) for e in err.errors()]) from None
 
 
+MAX_DEPTH = 64
+"""Deepest nesting of mappings and lists accepted (a SynPORun needs 6): PyYAML builds documents recursively,
+so a file nested thousands of levels deep would end in a RecursionError."""
+
+
+def _check_depth(text: str, source: str) -> None:
+    """Walk the YAML events (iteratively: no recursion) and refuse a document nested deeper than MAX_DEPTH."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise SpecError(source, [f"malformed YAML at line {mark.line + 1}, column {mark.column + 1}: "
+                                         f"nested more than {MAX_DEPTH} levels deep"])
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def load_documents(text: str, source: str = "<input>") -> list[Any]:
     """Decode a YAML stream; syntax errors become a SpecError with line and column."""
     try:
+        _check_depth(text, source)
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)

@@ -15,7 +15,7 @@ from .common import (
     Condition,
     DnsLabel,
     EnvVar,
-    LabelValue,
+    NodeSelector,
     ObjectMeta,
     Quantity,
     SafePath,
@@ -230,7 +230,7 @@ class ResourcesSpec(ApiModel):
     """CPU request and limit per pod, e.g. "8"."""
     memory: Quantity | None = None
     """Memory request and limit per pod, e.g. "64Gi"."""
-    node_selector: dict[str, LabelValue] = Field(default_factory=dict, max_length=32)
+    node_selector: NodeSelector = Field(default_factory=dict)
     """Node labels stage pods must match."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     """Tolerations of stage pods (GPU nodes are often tainted)."""

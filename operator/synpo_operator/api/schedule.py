@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from .common import AnnotationValue, ApiModel, Condition, LabelValue, ObjectMeta
+from .common import AnnotationValue, ApiModel, Condition, LabelKey, LabelValue, ObjectMeta
 from .run import SynPORunSpec
 
 
@@ -24,7 +24,7 @@ class ScheduleMeta(ObjectMeta):
 class RunTemplateMeta(ApiModel):
     """Labels and annotations copied onto every run the schedule creates."""
 
-    labels: dict[str, LabelValue] = Field(default_factory=dict, max_length=64)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
     """Labels for created runs."""
     annotations: dict[str, AnnotationValue] = Field(default_factory=dict, max_length=64)
     """Annotations for created runs."""
