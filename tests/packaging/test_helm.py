@@ -76,7 +76,9 @@ def test_every_rendered_object_is_well_formed(rendered, name):
 
 def test_default_is_cluster_scope(rendered):
     docs = rendered["default"]
-    assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
+    # the only namespaced RBAC: the leader-election Lease in the release namespace
+    assert [r["metadata"]["name"] for r in by_kind(docs, "Role") + by_kind(docs, "RoleBinding")] == [
+        "synpo-synpo-operator-leader-election"] * 2
     (crb,) = by_kind(docs, "ClusterRoleBinding")
     (sa,) = by_kind(docs, "ServiceAccount")
     assert crb["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
@@ -88,8 +90,8 @@ def test_default_is_cluster_scope(rendered):
 
 def test_namespaced_scope_has_a_role_per_namespace_and_a_small_cluster_role(rendered):
     docs = rendered["namespaced-two"]
-    roles = by_kind(docs, "Role")
-    bindings = by_kind(docs, "RoleBinding")
+    roles = [r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader-election")]
+    bindings = [b for b in by_kind(docs, "RoleBinding") if not b["metadata"]["name"].endswith("-leader-election")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for b in bindings:
@@ -191,11 +193,18 @@ def test_default_image_tag_is_the_app_version(rendered):
 
 # ---- deployment shape & pod security ----------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
-def test_deployment_is_a_single_recreated_replica_with_probes(rendered, name):
+def test_deployment_is_two_leader_elected_replicas_rolled_with_probes(rendered, name):
     dep = deployment(rendered[name])
-    assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {"type": "RollingUpdate",
+                                       "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert "--leader-elect" in c["args"] and "--lease-seconds" in c["args"]
+    env = {e["name"] for e in c["env"]}
+    assert {"POD_NAME", "POD_NAMESPACE"} <= env  # the Lease's holder identity and namespace
+    (pdb,) = by_kind(rendered[name], "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}  # kopf's liveness endpoint
     assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}  # synpo's metrics server
@@ -240,6 +249,11 @@ def test_rbac_is_least_privilege(rendered, name):
     assert "patch" in grants[("synpo.dev", "synporuns/status")]
     assert "update" in grants[("synpo.dev", "synporuns/finalizers")]
     assert {"create", "patch"} <= grants[("events.k8s.io", "events")]
+    # leader election: the Lease only, in the release namespace only (a Role, not the ClusterRole)
+    assert grants[("coordination.k8s.io", "leases")] == {"get", "create", "update"}
+    (lease_role,) = [d for d in rendered[name] if d["kind"] == "Role"
+                     and any("coordination.k8s.io" in r["apiGroups"] for r in d["rules"])]
+    assert lease_role["metadata"]["namespace"] == "synpo-system"  # the release namespace
 
 
 def test_rbac_create_false_renders_no_rbac(helm):
@@ -262,6 +276,9 @@ BAD_VALUES = [
     ({"watchNamespaces": ["Team_A"]}, "watchNamespaces"),
     ({"logLevel": "verbose"}, "logLevel"),
     ({"operator": {"maxActiveRuns": -1}}, "maxActiveRuns"),
+    ({"operator": {"leaderElection": {"enabled": False}}}, "needs operator.leaderElection.enabled"),
+    ({"operator": {"leaderElection": {"renewSeconds": 20}}}, "renewSeconds must be shorter"),
+    ({"podDisruptionBudget": {"maxUnavailable": 0}}, "maxUnavailable"),
     ({"grafana": {"dashboard": {"enabled": True, "folder": "x"}}}, "folder"),
 ]
 

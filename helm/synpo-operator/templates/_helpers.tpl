@@ -55,6 +55,12 @@ app.kubernetes.io/component: operator
 {{- if ne (len .Values.watchNamespaces) (len (uniq .Values.watchNamespaces)) }}
 {{- fail "watchNamespaces holds a namespace twice" }}
 {{- end }}
+{{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.leaderElection.enabled) }}
+{{- fail "operator.replicas > 1 needs operator.leaderElection.enabled (two operators without it would both reconcile)" }}
+{{- end }}
+{{- if ge (float64 .Values.operator.leaderElection.renewSeconds) (float64 .Values.operator.leaderElection.leaseSeconds) }}
+{{- fail "operator.leaderElection.renewSeconds must be shorter than leaseSeconds" }}
+{{- end }}
 {{- if eq (int .Values.metrics.port) (int .Values.health.port) }}
 {{- fail "metrics.port and health.port must differ" }}
 {{- end }}
