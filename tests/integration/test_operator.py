@@ -101,7 +101,8 @@ class Operator:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "synpo_operator.cli", "operator", "--namespace", self.namespace,
              "--resync-seconds", "1", "--metrics-port", str(self.port), "--health-port", "0",
-             *self.extra_args],
+             # a restarted operator takes over the Lease its killed predecessor held within 5 s, not 15
+             "--lease-seconds", "5", "--renew-seconds", "1", *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
