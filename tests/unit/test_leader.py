@@ -1,0 +1,90 @@
+"""Leader election logic (controller/leader.py) against an in-memory Lease store with the API server's
+optimistic concurrency (a write carrying an old resourceVersion gets 409), and an injected clock. The real
+API server and two real operator processes: tests/integration/test_operator_ha.py."""
+
+from __future__ import annotations
+
+import copy
+
+from synpo_operator.controller.leader import LeaderElector
+from synpo_operator.kube import KubeError
+
+
+class Leases:
+    def __init__(self):
+        self.obj: dict | None = None
+        self.rv = 0
+
+    def __call__(self, method, path, body=None, **_):
+        if method == "GET":
+            if self.obj is None:
+                raise KubeError(method, path, 404, {"reason": "NotFound"})
+            return copy.deepcopy(self.obj)
+        if method == "POST":
+            if self.obj is not None:
+                raise KubeError(method, path, 409, {"reason": "AlreadyExists"})
+        if method == "PUT" and body["metadata"].get("resourceVersion") != str(self.rv):
+            raise KubeError(method, path, 409, {"reason": "Conflict"})
+        self.rv += 1
+        self.obj = copy.deepcopy(body)
+        self.obj["metadata"]["resourceVersion"] = str(self.rv)
+        return copy.deepcopy(self.obj)
+
+
+class Clock:
+    t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def elector(store, clock, identity, events):
+    return LeaderElector(name="synpo-operator", namespace="ns", identity=identity, lease_seconds=15,
+                         renew_seconds=5, request=store, monotonic=clock,
+                         on_started=lambda: events.append(("started", identity)),
+                         on_lost=lambda: events.append(("lost", identity)))
+
+
+def test_one_leader_and_a_takeover_only_after_the_lease_duration():
+    store, clock, events = Leases(), Clock(), []
+    a, b = elector(store, clock, "a", events), elector(store, clock, "b", events)
+    assert a.try_acquire_or_renew() is True
+    assert b.try_acquire_or_renew() is False
+    assert store.obj["spec"]["holderIdentity"] == "a"
+    clock.t = 5.0
+    assert a.try_acquire_or_renew() is True  # renewed: the record changed
+    clock.t = 14.0
+    assert b.try_acquire_or_renew() is False  # b saw the renewal at t=14: its 15 s start now
+    clock.t = 28.0  # a is gone (no renewals since t=5); b has seen the same record for 14 s
+    assert b.try_acquire_or_renew() is False
+    clock.t = 29.5
+    assert b.try_acquire_or_renew() is True
+    spec = store.obj["spec"]
+    assert spec["holderIdentity"] == "b" and spec["leaseTransitions"] == 1
+
+
+def test_a_stale_write_loses_the_race():
+    store, clock, events = Leases(), Clock(), []
+    a = elector(store, clock, "a", events)
+    assert a.try_acquire_or_renew()
+    clock.t = 100.0
+    stale = store("GET", "")  # b read the expired Lease ...
+    assert a.try_acquire_or_renew()  # ... a renewed meanwhile ...
+    stale["spec"]["holderIdentity"] = "b"
+    try:
+        store("PUT", "", stale)  # ... so b's write, from the old resourceVersion, is refused
+        raise AssertionError("a stale write went through")
+    except KubeError as err:
+        assert err.conflict
+    assert store.obj["spec"]["holderIdentity"] == "a"
+
+
+def test_release_hands_over_at_once():
+    store, clock, events = Leases(), Clock(), []
+    a, b = elector(store, clock, "a", events), elector(store, clock, "b", events)
+    assert a.try_acquire_or_renew()
+    a.leading = True
+    assert b.try_acquire_or_renew() is False
+    a.release()
+    assert b.try_acquire_or_renew() is True  # no need to wait out the lease
+    assert store.obj["spec"]["holderIdentity"] == "b"
