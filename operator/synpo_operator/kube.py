@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from .api.common import GROUP, VERSION
+from .api.common import GROUP, STAGE_CONFIG_ANNOTATION, VERSION
 
 RUN_PLURAL = "synporuns"
 TIMEOUT = 30.0
@@ -239,9 +239,8 @@ def annotate_run(namespace: str, name: str, annotations: dict[str, str | None]) 
 # ---- watch caches (informers) ------------------------------------------------------------------------------
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-POD_STAGE_CONFIG_ANNOTATION = "synpo.dev/stage-config"
-"""The stage config every stage pod carries (executors.manifests.ANNOTATION_STAGE_CONFIG): up to 192 KiB that
-the executor never reads back."""
+POD_STAGE_CONFIG_ANNOTATION = STAGE_CONFIG_ANNOTATION
+"""The stage config every stage pod carries: up to 192 KiB that the executor never reads back."""
 _UNREAD_ANNOTATIONS = (LAST_APPLIED, POD_STAGE_CONFIG_ANNOTATION)
 
 

@@ -11,6 +11,8 @@ from pydantic.alias_generators import to_camel
 GROUP = "synpo.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+STAGE_CONFIG_ANNOTATION = f"{GROUP}/stage-config"
+"""Pod-template annotation of a stage Job holding the stage config (projected into the pod as `stage.json`)."""
 
 
 class ApiModel(BaseModel):

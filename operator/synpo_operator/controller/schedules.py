@@ -20,6 +20,7 @@ from ..api.conditions import CONCURRENCY_CAP, INVALID_SPEC, clip, invalid_spec_c
 from ..api.loader import SpecError, parse_resource
 from ..api.schedule import SynPOScheduleStatus
 from ..events import EventPoster
+from ..executors.job_status import owned_by
 from ..metrics import Metrics
 from ..reconcile import status_differs, status_patch
 from ..schedule import PROMOTION_ANNOTATION, SCHEDULE_LABEL, ScheduleOutcome, reconcile_schedule
@@ -145,9 +146,7 @@ class ScheduleController:
         if runs is None:
             runs = kube.list_runs(namespace, f"{SCHEDULE_LABEL}={meta['name']}")
         return [r for r in runs
-                if not (r.get("metadata") or {}).get("deletionTimestamp")
-                and any(ref.get("uid") == meta.get("uid") and ref.get("controller")
-                        for ref in (r.get("metadata") or {}).get("ownerReferences") or [])]
+                if not (r.get("metadata") or {}).get("deletionTimestamp") and owned_by(r, meta.get("uid"))]
 
     def _invalid(self, body: Body, err: SpecError) -> None:
         """A spec the API server accepted but the models reject (e.g. a cron expression croniter refuses)."""

@@ -28,7 +28,7 @@ import hashlib
 import json
 from typing import Any
 
-from ..api.common import API_VERSION
+from ..api.common import API_VERSION, STAGE_CONFIG_ANNOTATION
 from ..api.results import BAD_INPUT_EXIT_CODE
 from ..api.run import SynPORun, SynPORunSpec
 from ..plan.graph import STAGES, StageNode, stage_graph
@@ -45,8 +45,7 @@ LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_ATTEMPT = "synpo.dev/attempt"
 ANNOTATION_GPUS = "synpo.dev/gpus-per-pod"
 ANNOTATION_CONFIG_HASH = "synpo.dev/config-sha256"
-ANNOTATION_STAGE_CONFIG = "synpo.dev/stage-config"
-"""Pod-template annotation holding the stage config; the downwardAPI volume projects it as `stage.json`."""
+ANNOTATION_STAGE_CONFIG = STAGE_CONFIG_ANNOTATION
 MAX_STAGE_CONFIG_BYTES = 192 * 1024
 """Largest stage config embedded in a Job: Kubernetes allows 256 KiB for all annotations of an object
 together; the rest is left for the other annotations (ours, and what admission webhooks add to pods)."""
