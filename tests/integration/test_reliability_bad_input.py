@@ -251,3 +251,34 @@ def test_mutated_runs_and_schedules_through_api_server_and_operator(kube, operat
           f"outcomes={dict(outcomes)} verdicts={dict(verdicts)} reconcile_errors={errors} "
           f"tracebacks_in_log={logs.count('Traceback')} operator_restarts={operator.starts - 1}")
     assert "Traceback" not in logs, logs[logs.index("Traceback") - 2000:][:6000]
+
+
+NEW_USER_MISTAKES = [  # (path, value, field the API server's message names)
+    (("spec", "iterations"), True, "spec.iterations"),
+    (("spec", "iterations"), "4", "spec.iterations"),
+    (("spec", "model", "base"), "org/model\u0000", "spec.model.base"),
+    (("spec", "data", "seed"), "s3://data/seed.jsonl\nx", "spec.data.seed"),
+    (("spec", "resources", "nodeSelector"), {"a": "b c"}, "spec.resources.nodeSelector"),
+    (("spec", "resources", "nodeSelector"), {"bad key!": "x"}, "spec.resources.nodeSelector"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "field"), NEW_USER_MISTAKES,
+                         ids=[f"{'.'.join(p)}={v!r}" for p, v, _ in NEW_USER_MISTAKES])
+def test_new_user_mistakes_are_refused_by_the_api_server_and_locally_alike(kube, crds, namespace,  # noqa: F811
+                                                                          path, value, field):
+    """What `synpo plan` refuses, the API server refuses too (and the other way round), naming the field."""
+    from synpo_operator.api.loader import SpecError, parse_resource
+
+    doc = copy.deepcopy(SMALL)
+    node = doc
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    with pytest.raises(SpecError) as local:
+        parse_resource(doc, "run.yaml")
+    assert any(p.startswith(field) for p in local.value.problems), local.value.problems
+    with pytest.raises(ApiError) as remote:
+        kube.post(RUNS.format(ns=namespace), doc, fieldValidation="Strict")
+    assert remote.value.status in (400, 422), remote.value
+    assert field in str(remote.value), str(remote.value)
