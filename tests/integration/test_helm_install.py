@@ -207,6 +207,13 @@ def test_namespaced_rbac_allows_the_operator_and_nothing_more(installed_rbac, ku
     sa.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/synporuns.synpo.dev")
     sa.get("/api/v1/namespaces")
     sa.delete(f"/apis/batch/v1/namespaces/{watched}/jobs/lp-check", propagationPolicy="Background")
+    # leader election: the Lease in the release namespace, and nowhere else
+    leases = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+    lease = sa.post(leases, {"metadata": {"name": "lp-check"}, "spec": {"holderIdentity": "op-a"}})
+    lease["spec"]["holderIdentity"] = "op-b"
+    assert sa.put(f"{leases}/lp-check", lease)["spec"]["holderIdentity"] == "op-b"
+    _forbidden(sa.post, f"/apis/coordination.k8s.io/v1/namespaces/{watched}/leases", {"metadata": {"name": "x"}})
+    _forbidden(sa.delete, f"{leases}/lp-check")
 
     # forbidden: secrets, exec, pod create, job rewrite, nodes, CRD writes, other namespaces, cluster-wide runs
     _forbidden(sa.get, f"/api/v1/namespaces/{watched}/secrets")
