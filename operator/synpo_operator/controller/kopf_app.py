@@ -54,6 +54,11 @@ def registry(op: Operator) -> kopf.OperatorRegistry:
         elector["it"].start()
         log.info("%s waits for lease %s/%s", settings.identity, settings.lease_namespace, settings.lease_name)
 
+    @kopf.on.login(registry=reg)
+    def login(**kwargs: Any) -> Any:
+        """The kubernetes client's configuration (in-cluster or $KUBECONFIG), as kopf's default registry does."""
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.cleanup(registry=reg)
     def shutdown(**_: Any) -> None:
         op.stop()
