@@ -88,3 +88,31 @@ def test_release_hands_over_at_once():
     a.release()
     assert b.try_acquire_or_renew() is True  # no need to wait out the lease
     assert store.obj["spec"]["holderIdentity"] == "b"
+
+
+def test_a_leader_that_cannot_renew_steps_down_before_a_standby_may_take_over_and_leads_again_later():
+    store, clock, events = Leases(), Clock(), []
+    a = elector(store, clock, "a", events)
+    down = {"now": False}
+
+    def flaky(method, path, body=None, **kw):
+        if down["now"]:
+            raise KubeError(method, path, 503, {"reason": "ServiceUnavailable"})
+        return store(method, path, body, **kw)
+
+    a._request = flaky
+    waits = iter([5.0, 9.0, 10.5, 11.0, 20.0])  # the times after each sleep
+    a._stop.wait = lambda seconds: _advance(a, clock, waits, down)
+    a.run()
+    assert events == [("started", "a"), ("lost", "a"), ("started", "a")]
+
+
+def _advance(a, clock, waits, down):
+    """The elector's sleep: move the clock on; the API server is away from t=5 to t=11; stop at the end."""
+    t = next(waits, None)
+    if t is None:
+        a._stop.set()
+        return True
+    clock.t = t
+    down["now"] = 5.0 <= t < 11.0
+    return False

@@ -47,7 +47,7 @@ class Operator:
         """This replica leads from now on: reconcile every run the informers queued, step every schedule."""
         log.info("%s leads: reconciling runs and schedules", self.settings.identity)
         self.leader.set()
-        self.runs.start_workers()
+        self.runs.resume()
         for scope in self.settings.scopes:  # a takeover: schedules step now, not at their next timer tick
             try:
                 schedules = kube.list_schedules(scope)
@@ -58,6 +58,12 @@ class Operator:
                 meta = body.get("metadata") or {}
                 if self.settings.watched(meta.get("namespace", "")):
                     self.schedules.nudge(meta["namespace"], meta["name"], "this replica leads")
+
+    def follow(self) -> None:
+        """Another replica may lead now (this one could not renew the Lease): stand by until it leads again."""
+        log.warning("%s no longer leads: standing by", self.settings.identity)
+        self.leader.clear()
+        self.runs.pause()
 
     def stop(self) -> None:
         self.leader.clear()

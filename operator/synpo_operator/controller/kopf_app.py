@@ -5,7 +5,6 @@ SynPORuns do not go through Kopf (see runs.py)."""
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import kopf
@@ -43,14 +42,10 @@ def registry(op: Operator) -> kopf.OperatorRegistry:
             op.lead()
             return
 
-        def lost() -> None:
-            # another replica may be reconciling now: stop at once; Kubernetes restarts us as a standby
-            logging.getLogger("synpo.leader").error("leadership lost: exiting")
-            os._exit(1)
-
         elector["it"] = LeaderElector(name=settings.lease_name, namespace=settings.lease_namespace,
                                       identity=settings.identity, lease_seconds=settings.lease_seconds,
-                                      renew_seconds=settings.renew_seconds, on_started=op.lead, on_lost=lost)
+                                      renew_seconds=settings.renew_seconds, on_started=op.lead,
+                                      on_lost=op.follow)
         elector["it"].start()
         log.info("%s waits for lease %s/%s", settings.identity, settings.lease_namespace, settings.lease_name)
 

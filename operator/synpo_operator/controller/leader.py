@@ -4,8 +4,11 @@ Every replica runs an elector. The holder renews the Lease every `renew_seconds`
 over when its record has not changed for `lease_seconds` (measured on the standby's own monotonic clock, as
 client-go does, so clock skew between nodes does not matter). Every write carries the resourceVersion it
 was computed from: of two standbys racing for an expired Lease, one wins and the other gets 409 Conflict.
-A leader that cannot renew for `lease_seconds - renew_seconds` (before any standby may take over) stops leading (`on_lost`: the process exits, and Kubernetes
-restarts it as a standby); one that shuts down cleanly releases the Lease so a standby takes over at once.
+A leader that cannot renew for `lease_seconds - renew_seconds` stops leading before any standby may take over
+(`on_lost`: it stands by, and leads again once it holds the Lease again, e.g. after an API server restart); one
+that shuts down cleanly releases the Lease so a standby takes over at once. What a leader that just stepped
+down still has in flight is harmless: Job creates are create-if-absent and status writes carry a
+resourceVersion.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ class LeaderElector:
 
     # ---- the loop ------------------------------------------------------------------------------------
     def run(self) -> None:
-        """Until stopped: acquire, then renew; calls on_started once when leading, on_lost when it stops."""
+        """Until stopped: acquire, then renew; on_started each time it starts leading, on_lost each time it stops."""
         while not self._stop.is_set():
             try:
                 held = self.try_acquire_or_renew()
@@ -108,11 +111,11 @@ class LeaderElector:
                     self.on_started()
             elif self.leading and (now - self._renewed_at >= self.lease_seconds - self.renew_seconds
                                    or (self._observed and self._observed[0] not in (None, "", self.identity))):
-                # stop before a standby may take over (it waits a whole lease_seconds), or at once when one has
+                # stop before a standby may take over (it waits a whole lease_seconds), or at once when one has;
+                # then stand by, and lead again when the Lease is ours again (an API server restart)
                 self.leading = False
                 log.error("%s lost lease %s/%s", self.identity, self.namespace, self.name)
                 self.on_lost()
-                return
             self._stop.wait(self.renew_seconds if self.leading else self.renew_seconds / 2)
 
     def start(self) -> threading.Thread:

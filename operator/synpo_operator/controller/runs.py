@@ -10,8 +10,8 @@ What queues a run:
 - a run slot freed up (capacity glue, `app.py`); the TTL or deadline a reconcile computed; a failed
   reconcile (retried with back-off).
 
-Informers run on every replica (a standby has a warm cache and its /readyz means something); workers, resync
-and writes start only when this replica leads (`start_workers`). Why not kopf handlers for runs: see
+Informers run on every replica (a standby has a warm cache and its /readyz means something); workers and the
+resync act only while this replica leads (`resume`, `pause`). Why not kopf handlers for runs: see
 docs/operator.md (per-object state, a finalizer PATCH on every new run and a watch round trip per handler
 cost more than the reconciles). Runs carry no finalizer: their Jobs are owned by them (garbage collection).
 """
@@ -88,7 +88,9 @@ class RunController:
         """run -> its LocalExecutor (it owns the run's child processes); --executor local only."""
         self._deferred: dict[tuple[str, str], _Deferred] = {}
         self._stopping = threading.Event()
-        self.working = False
+        self.active = threading.Event()
+        """Set while this replica leads: workers and the resync act only then (standby: informers only)."""
+        self._started = False
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def start_informers(self) -> None:
@@ -104,16 +106,31 @@ class RunController:
     def synced(self) -> bool:
         return bool(self.informers) and all(c.synced.is_set() for cs in self.informers.values() for c in cs)
 
-    def start_workers(self) -> None:
-        """Start reconciling (this replica leads): the workers drain what the informers queued meanwhile."""
-        self.working = True
-        for i in range(self.settings.workers):
-            threading.Thread(target=self._work, daemon=True, name=f"synpo-reconcile-{i}").start()
-        threading.Thread(target=self._resync_loop, daemon=True, name="synpo-resync").start()
+    def resume(self) -> None:
+        """Reconcile (this replica leads): the workers drain what the informers queued meanwhile, and every
+        cached run is queued once (another replica may have led since the events that queued them)."""
+        if not self._started:
+            self._started = True
+            for i in range(self.settings.workers):
+                threading.Thread(target=self._work, daemon=True, name=f"synpo-reconcile-{i}").start()
+            threading.Thread(target=self._resync_loop, daemon=True, name="synpo-resync").start()
+        else:
+            for cache in self.informers.get("runs", ()):
+                for body in cache.items():
+                    meta = body.get("metadata") or {}
+                    if self.settings.watched(meta.get("namespace", "")) and not settled(body):
+                        self.trigger(meta["namespace"], meta["name"], "leading again", LATER)
+        self.active.set()
+
+    def pause(self) -> None:
+        """Stop reconciling (leadership lost): a reconcile in flight finishes (its Job creates are
+        create-if-absent, its status write is guarded by resourceVersion); no new one starts."""
+        self.active.clear()
 
     def stop(self) -> None:
         self._stopping.set()
         self.queue.close()
+        self.active.set()  # waiting workers wake up, find the queue closed and end
         kube.stop_informers()
 
     def runs_of_schedule(self, namespace: str, schedule: str) -> list[Body] | None:
@@ -132,8 +149,12 @@ class RunController:
         return self.queue.waiting(NEW) > 0
 
     def _work(self) -> None:
-        while (key := self.queue.get()) is not None:
+        while self.active.wait() and (key := self.queue.get()) is not None:
             namespace, name = key  # type: ignore[misc]
+            if not self.active.is_set():  # leadership lost while waiting for work: keep it for later
+                self.queue.done(key)
+                self.queue.add(key, LATER)
+                continue
             try:
                 with self.metrics.reconcile_duration.time():
                     outcome = self.reconcile_now(namespace, name)
@@ -161,6 +182,8 @@ class RunController:
     def _resync_loop(self) -> None:
         passes = 0
         while not self._stopping.wait(self.settings.resync_seconds):
+            if not self.active.is_set():
+                continue
             passes += 1
             full = passes % FULL_RESYNC_EVERY == 0
             for cache in self.informers.get("runs", ()):
