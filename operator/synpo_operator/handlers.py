@@ -87,8 +87,6 @@ log = logging.getLogger("synpo.operator")
 LANES = {NEW: "new", EVENT: "event", LATER: "later"}
 QUEUE = WorkQueue(observe_wait=lambda lane, seconds: METRICS.queue_wait.labels(lane=LANES[lane]).observe(seconds))
 METRICS.queue_depth.set_function(lambda: len(QUEUE))
-RETRY_SECONDS = (0.5, 30.0)
-"""Back-off of a failed reconcile: doubling from the first to the second."""
 FULL_RESYNC_EVERY = 10
 """Every this many resync passes, every unsettled run is reconciled (not only those with a deadline due)."""
 
@@ -106,7 +104,6 @@ def _nudge(fn: Any, *args: Any) -> None:
 
 _own_writes: dict[tuple[str, str], str] = {}
 """run -> resourceVersion of our last status write: its watch echo needs no reconcile."""
-_failures: dict[tuple[str, str], int] = {}
 _local_executors: dict[tuple[str, str], Any] = {}
 """run -> its LocalExecutor (it owns the run's child processes); --executor local only."""
 _informers: dict[str, list[kube.WatchCache]] = {}
@@ -119,15 +116,13 @@ def _work() -> None:
         try:
             with METRICS.reconcile_duration.time():
                 outcome = reconcile_now(namespace, name)
-            _failures.pop(key, None)
+            QUEUE.forget(key)
             if outcome is not None and outcome.requeue_after is not None:
                 QUEUE.add_after(key, outcome.requeue_after)  # TTL or deadline due then
         except Exception as err:  # noqa: BLE001 - counted, logged, retried with back-off
             METRICS.error("reconcile")
-            _failures[key] = tries = _failures.get(key, 0) + 1
-            delay = min(RETRY_SECONDS[1], RETRY_SECONDS[0] * 2 ** (tries - 1))
+            delay = QUEUE.add_rate_limited(key)  # back-off in the queue: 0.5 s doubling to 30 s
             log.warning("reconcile of %s/%s failed (retry in %.1f s): %s", namespace, name, delay, err)
-            QUEUE.add_after(key, delay)
         finally:
             QUEUE.done(key)
 
@@ -189,7 +184,7 @@ def _run_gone(namespace: str, name: str) -> None:
     if local is not None:
         local.stop()
     _own_writes.pop(key, None)
-    _failures.pop(key, None)
+    QUEUE.forget(key)
     _deferred.pop(key, None)
     METRICS.forget(namespace, name)
     _slot_changed(CAPACITY.forget(namespace, name), None)

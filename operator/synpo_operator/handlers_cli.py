@@ -6,6 +6,8 @@ import argparse
 import logging
 import os
 
+from .kube import DEFAULT_BURST, DEFAULT_QPS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -32,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-active-runs-per-namespace", type=_cap, metavar="N",
                    default=os.environ.get("SYNPO_MAX_ACTIVE_RUNS_PER_NAMESPACE") or "0",
                    help="the same cap per namespace (default 0: no cap; env SYNPO_MAX_ACTIVE_RUNS_PER_NAMESPACE)")
+    p.add_argument("--kube-qps", type=_rate, default=DEFAULT_QPS, metavar="QPS",
+                   help="client-side limit of the operator's API requests per second, after a burst of "
+                        f"--kube-burst (default {DEFAULT_QPS:g}; 0: no limit)")
+    p.add_argument("--kube-burst", type=_cap, default=DEFAULT_BURST, metavar="N",
+                   help=f"requests allowed at once before --kube-qps applies (default {DEFAULT_BURST})")
     p.add_argument("--verbose", "-v", action="store_true", help="log every handler call")
     p.set_defaults(func=_run)
 
@@ -44,6 +51,16 @@ def _cap(value: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError("must be 0 (no cap) or more")
     return n
+
+
+def _rate(value: str) -> float:
+    try:
+        qps = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not qps >= 0 or qps == float("inf"):
+        raise argparse.ArgumentTypeError("must be 0 (no limit) or a positive number")
+    return qps
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -66,8 +83,11 @@ def _run(args: argparse.Namespace) -> int:
 
     from . import (
         handlers,  # noqa: F401 - registers the handlers
+        kube,
         metrics,
     )
+
+    kube.set_rate_limit(args.kube_qps, max(1, args.kube_burst))
 
     if args.metrics_port:
         metrics.serve(args.metrics_port)

@@ -199,3 +199,121 @@ def test_event_poster_survives_a_failing_api():
     poster.post(run, "Warning", "B", "m")
     poster.flush()
     assert calls == ["A", "B"]
+
+
+# ---- fairness, delayed-add de-duplication, back-off in the queue (issue 16 item 7) ----------------------
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_steady_stream_of_events_does_not_starve_the_later_lane():
+    clock = FakeClock()
+    q = WorkQueue(clock=clock, max_wait=5.0)
+    q.add("retry", LATER)
+    handed = []
+    for i in range(40):  # an event every 0.25 s, always one waiting: strict priority never reaches LATER
+        q.add(f"event-{i}", EVENT)
+        clock.t += 0.25
+        key = q.get(timeout=0)
+        handed.append(key)
+        q.done(key)
+    assert "retry" in handed
+    assert 5.0 <= handed.index("retry") * 0.25 + 0.25 <= 5.5  # handed out once it had waited max_wait
+    assert [k for k in handed if k != "retry"] == [f"event-{i}" for i in range(39)]  # events stay in order
+
+
+def test_aging_hands_out_the_oldest_waiting_key_first():
+    clock = FakeClock()
+    q = WorkQueue(clock=clock, max_wait=5.0)
+    q.add("old-later", LATER)
+    clock.t += 1
+    q.add("old-event", EVENT)
+    clock.t += 10  # both aged
+    q.add("new", NEW)
+    assert drain(q) == ["old-later", "old-event", "new"]
+
+
+def test_lanes_keep_their_priority_before_anything_ages():
+    clock = FakeClock()
+    q = WorkQueue(clock=clock, max_wait=5.0)
+    q.add("later", LATER)
+    clock.t += 4.9
+    q.add("event", EVENT)
+    q.add("new", NEW)
+    assert drain(q) == ["new", "event", "later"]
+
+
+def test_delayed_adds_keep_one_entry_per_key_with_the_earliest_due_time():
+    clock = FakeClock()
+    q = WorkQueue(clock=clock)
+    for i in range(100):  # a run reconciled 100 times before its deadline, each asking to be woken then
+        q.add_after("deadline", 60 - i * 0.001)
+    q.add_after("other", 30)
+    assert q.delayed() == 2
+    q.add_after("deadline", 5)  # sooner: replaces the entry
+    q.add_after("deadline", 50)  # later than the pending one: ignored
+    assert q.delayed() == 2
+    clock.t += 4.9
+    assert q.get(timeout=0) is None
+    clock.t += 0.2
+    assert drain(q) == ["deadline"]
+    assert q.delayed() == 1
+    clock.t += 100  # the ignored later add was not kept either: only "other" comes
+    assert drain(q) == ["other"]
+    assert q.delayed() == 0
+    q.add_after("deadline", 1)  # handed out: a new delayed add counts again
+    assert q.delayed() == 1
+
+
+def test_rate_limited_adds_back_off_per_key_and_forget_resets():
+    clock = FakeClock()
+    q = WorkQueue(clock=clock, retry=(0.5, 4.0))
+    delays = [q.add_rate_limited("a") for _ in range(6)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]  # doubling, capped
+    assert q.retries("a") == 6 and q.retries("b") == 0
+    assert q.add_rate_limited("b") == 0.5  # per key
+    assert q.delayed() == 2  # one pending entry per key (the earliest: 0.5 s)
+    clock.t += 0.4
+    assert q.get(timeout=0) is None  # not before its back-off
+    clock.t += 0.2
+    assert sorted(drain(q)) == ["a", "b"]
+    q.forget("a")
+    assert q.retries("a") == 0
+    assert q.add_rate_limited("a") == 0.5
+
+
+def test_the_controller_retries_a_failing_reconcile_with_the_queues_back_off(monkeypatch):
+    from synpo_operator import handlers
+
+    q = WorkQueue(retry=(0.05, 1.0))
+    calls: list[float] = []
+    seen_retries: list[int] = []
+
+    def reconcile_now(namespace, name):
+        calls.append(time.monotonic())
+        seen_retries.append(q.retries((namespace, name)))
+        if len(calls) < 4:
+            raise OSError("API server unreachable")
+        return None
+
+    monkeypatch.setattr(handlers, "QUEUE", q)
+    monkeypatch.setattr(handlers, "reconcile_now", reconcile_now)
+    worker = threading.Thread(target=handlers._work, daemon=True)
+    worker.start()
+    q.add(("ns", "run"))
+    deadline = time.monotonic() + 5
+    while len(calls) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    q.close()
+    worker.join(2)
+    assert len(calls) == 4
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    assert [round(g, 2) >= d for g, d in zip(gaps, (0.05, 0.1, 0.2), strict=True)] == [True] * 3
+    assert seen_retries == [0, 1, 2, 3]
+    assert q.retries(("ns", "run")) == 0  # forgotten after the success
