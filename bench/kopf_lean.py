@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextvars
 import copy
 import logging
@@ -85,6 +86,8 @@ class _State:
         """run -> the body our last status write returned (newer than the index until the echo arrives)."""
         self.failures: dict[tuple[str, str], int] = {}
         self.timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self.requests: collections.Counter[str] = collections.Counter()
+        """Requests of the reconciles by verb and resource (logged at exit; Kopf's own are not counted)."""
 
 
 S = _State()
@@ -105,7 +108,10 @@ def _rv(obj: dict[str, Any] | None) -> int:
 def _run_body(key: tuple[str, str]) -> dict[str, Any] | None:
     indexed = next(iter(_values("run_index", key)), None)
     written = S.written.get(key)
-    body = written if written is not None and _rv(written) > _rv(indexed) else indexed
+    if written is not None and _rv(written) <= _rv(indexed):
+        S.written.pop(key, None)  # the index caught up
+        written = None
+    body = written if written is not None else indexed
     return copy.deepcopy(body) if body is not None else None
 
 
@@ -141,6 +147,7 @@ def indexed_request(method: str, path: str, body: Any = None, *, query: dict[str
         pods = _values("pod_index", key)
         if not _pods_lag(jobs, pods):
             return {"items": pods}
+    S.requests[f"{method} {parts[-1] if 'namespaces' in parts else path}"] += 1
     return kube.request(method, path, body, query=query, **kwargs)
 
 
@@ -161,6 +168,7 @@ def reconcile_run(key: tuple[str, str]) -> None:
     with METRICS.reconcile_duration.time():
         outcome = reconcile(body, executor, clock.now(), executor_check=jobs_spec_problems, max_attempts=1)
     if status_differs(old, outcome.status):
+        S.requests["PATCH status"] += 1
         patched = kube.request("PATCH", kube.run_path(namespace, name) + "/status",
                                {"status": status_patch(old, outcome.status)},
                                content_type="application/merge-patch+json")
@@ -168,6 +176,7 @@ def reconcile_run(key: tuple[str, str]) -> None:
             S.own_rv[key] = patched["metadata"].get("resourceVersion", "")
             S.written[key] = kube.slim(patched)
     for event in outcome.events:
+        S.requests["POST events (kopf)"] += 1
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     METRICS.observe(namespace, name, outcome)
     if outcome.delete_run:
@@ -273,6 +282,11 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     S.loop = asyncio.get_running_loop()
     S.executor = settings.execution.executor
     await S.loop.run_in_executor(None, kube.api_client)  # load the kubeconfig once, off the loop
+
+
+@kopf.on.cleanup()
+def report(**_: Any) -> None:
+    log.info("requests of the reconciles: %s", dict(S.requests.most_common()))
 
 
 WORKERS = 16
