@@ -7,9 +7,11 @@
   a Job finished, a spec changed) before LATER (resyncs, retries, TTLs). A thousand runs applied at once get
   their first Jobs before the status churn of their own Jobs is looked at, and a resync of idle runs never
   delays the next stage of a busy one.
-- Aging, so no lane starves: a key that has waited `max_wait` seconds (default 10) goes before the keys of
-  faster lanes that have waited less (the oldest such key first). A steady stream of events delays a retry,
-  a deadline or a TTL by at most about that long.
+- Weighted fairness, so no lane starves: a lane with waiting keys is passed over at most `patience` times
+  in a row (default 8), then it gets the next hand-out. A steady stream of events delays a retry, a deadline
+  or a TTL by at most about `patience` reconciles, while a burst of new runs still gets 8 of every 9
+  hand-outs. (Not aging by time: under a backlog longer than the age limit, aging serves every lane first
+  in, first out, and a thousand new runs would wait behind the deferred work of those before them.)
 - `add_after` queues a key later (deadlines, TTLs). One pending delayed add per key: a second one keeps the
   earlier due time (a run reconciled a hundred times before its deadline holds one entry, not a hundred).
 - `add_rate_limited` queues a key after a per-key exponential back-off (`retry`: 0.5 s doubling to 30 s);
@@ -29,15 +31,17 @@ from collections.abc import Callable, Hashable
 from .ratelimit import ExponentialBackoff
 
 NEW, EVENT, LATER = 0, 1, 2
-MAX_WAIT = 10.0
-"""Seconds after which a waiting key goes before keys of faster lanes (aging)."""
+PATIENCE = 8
+"""Hand-outs a lane with waiting keys can be passed over in a row."""
 
 
 class WorkQueue:
-    def __init__(self, observe_wait: Callable[[int, float], None] | None = None, *, max_wait: float = MAX_WAIT,
+    def __init__(self, observe_wait: Callable[[int, float], None] | None = None, *, patience: int = PATIENCE,
                  retry: tuple[float, float] = (0.5, 30.0), clock: Callable[[], float] = time.monotonic) -> None:
         self._observe_wait = observe_wait
-        self._max_wait = max_wait
+        self._patience = max(1, patience)
+        self._passed = [0, 0, 0]
+        """Hand-outs in a row that went to another lane while this one had waiting keys."""
         self._backoff = ExponentialBackoff(*retry)
         self._clock = clock
         """Monotonic seconds (tests pass a fake one to age keys without sleeping)."""
@@ -123,7 +127,7 @@ class WorkQueue:
                         self._again.setdefault(key, LATER)
                     else:
                         self._push(key, LATER, notify=False)
-                popped = self._pop(now)
+                popped = self._pop()
                 if popped is not None:
                     key, lane = popped
                     self._active.add(key)
@@ -165,7 +169,7 @@ class WorkQueue:
         if notify:
             self._cond.notify()
 
-    def _pop(self, now: float) -> tuple[Hashable, int] | None:
+    def _pop(self) -> tuple[Hashable, int] | None:
         heads: list[tuple[int, Hashable]] = []
         for lane, entries in enumerate(self._lanes):
             while entries and self._queued.get(entries[0]) != lane:
@@ -174,10 +178,11 @@ class WorkQueue:
                 heads.append((lane, entries[0]))
         if not heads:
             return None
-        # aging: a key that waited max_wait goes first (the oldest of those); else the fastest lane's
-        aged = [(self._since.get(key, now), lane) for lane, key in heads
-                if now - self._since.get(key, now) >= self._max_wait]
-        lane = min(aged)[1] if aged else heads[0][0]
+        # the fastest lane, unless a lane has been passed over `patience` times (then the fastest such lane)
+        live = [lane for lane, _ in heads]
+        lane = next((ln for ln in live if self._passed[ln] >= self._patience), live[0])
+        for other in range(len(self._lanes)):
+            self._passed[other] = self._passed[other] + 1 if other in live and other != lane else 0
         key = self._lanes[lane].popleft()
         del self._queued[key]
         self._waiting[lane] -= 1
