@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -294,13 +295,16 @@ def install_crds(kube: KubeClient) -> None:
 
 class Bench:
     def __init__(self, kube: KubeClient, kubeconfig_template: dict[str, Any], args: argparse.Namespace,
-                 label: str, operator_args: list[str], operator_env: dict[str, str] | None = None):
+                 label: str, operator_args: list[str], operator_env: dict[str, str] | None = None,
+                 command: list[str] | None = None):
         self.kube = kube
         self.cfg = kubeconfig_template
         self.args = args
         self.label = label
         self.operator_args = operator_args
         self.operator_env = operator_env or {}
+        self.command = command or [sys.executable, "-m", "synpo_operator.cli", "operator"]
+        """The controller process; it gets `--namespace NS --metrics-port P --health-port 0` and the args."""
         self.ns = f"bench-op-{uuid.uuid4().hex[:6]}"
         self.fs_name = f"synpo-bench-{self.ns}"
         self.proc: subprocess.Popen | None = None
@@ -348,7 +352,7 @@ class Bench:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **self.operator_env}
         self.log_path = self.tmp / "operator.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "synpo_operator.cli", "operator", "--namespace", self.ns,
+            [*self.command, "--namespace", self.ns,
              "--metrics-port", str(self.port), "--health-port", "0", *self.operator_args],
             stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,  # noqa: SIM115
             start_new_session=True)
@@ -363,7 +367,18 @@ class Bench:
                 time.sleep(0.2)
         else:
             raise RuntimeError("operator did not come up")
-        time.sleep(1.0)  # let kopf's initial LISTs and watches settle before counting requests
+        self._settle()
+
+    def _settle(self, quiet: float = 2.0, limit: float = 60.0) -> None:
+        """Wait until the operator's start-up requests (discovery, initial LISTs, watches) are over: its
+        request count stays the same for `quiet` seconds (at most `limit`), so they are not counted."""
+        deadline = time.monotonic() + limit
+        last, since = apf_count(self.kube, self.fs_name), time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - since < quiet:
+            time.sleep(0.5)
+            now = apf_count(self.kube, self.fs_name)
+            if now != last:
+                last, since = now, time.monotonic()
 
     def stop_operator(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -562,8 +577,9 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def table(result: dict[str, Any], baseline: dict[str, Any] | None) -> str:
-    lines = ["| metric | value | baseline | ratio | target | pass |", "|---|---|---|---|---|---|"]
+def table(result: dict[str, Any], baseline: dict[str, Any] | None,
+          names: tuple[str, str] = ("value", "baseline")) -> str:
+    lines = [f"| metric | {names[0]} | {names[1]} | ratio | target | pass |", "|---|---|---|---|---|---|"]
     for title, key, target_key, _ in ROWS:
         v = result.get(key)
         b = baseline.get(key) if baseline else None
@@ -573,6 +589,34 @@ def table(result: dict[str, Any], baseline: dict[str, Any] | None) -> str:
         lines.append(f"| {title} | {_fmt(v)} | {_fmt(b)} | {ratio} | "
                      f"{'<= ' + _fmt(target) if target is not None else '-'} | {ok} |")
     return "\n".join(lines)
+
+
+KOPF_RULE = 1.5
+"""Issue 16: runs go back to Kopf when lean Kopf is within this factor of today's controller on every one of
+DECISION_KEYS."""
+DECISION_KEYS = ("first_job_p99_s", "next_job_p99_s", "peak_rss_mb", "requests_per_transition")
+
+
+def kopf_decision(today: dict[str, Any], kopf: dict[str, Any]) -> tuple[bool, list[str]]:
+    """(Kopf wins, one line per metric: kopf / today and whether it is within KOPF_RULE). A metric either
+    side could not measure counts against Kopf (the rule needs all four)."""
+    lines, ok = [], True
+    for key in DECISION_KEYS:
+        t, k = today.get(key), kopf.get(key)
+        if isinstance(t, (int, float)) and isinstance(k, (int, float)) and t > 0:
+            ratio = k / t
+            within = ratio <= KOPF_RULE
+            lines.append(f"{key}: kopf-lean {_fmt(k)} / today {_fmt(t)} = {ratio:.2f}x "
+                         f"({'within' if within else 'NOT within'} {KOPF_RULE}x)")
+        else:
+            within = False
+            lines.append(f"{key}: kopf-lean {_fmt(k)} / today {_fmt(t)}: not comparable")
+        ok = ok and within
+    if today.get("timed_out") or kopf.get("timed_out"):
+        lines.append("a controller timed out: " + ", ".join(
+            n for n, r in (("today", today), ("kopf-lean", kopf)) if r.get("timed_out")))
+        ok = ok and not kopf.get("timed_out")
+    return ok, lines
 
 
 def _worktree(ref: str) -> Path:
@@ -611,6 +655,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="the baseline is the operator as committed at GIT_REF (checked out into a temporary "
                         "git worktree, first on its PYTHONPATH), e.g. the commit before a change; "
                         "--baseline-env then defaults to nothing")
+    p.add_argument("--baseline-command", metavar="CMD",
+                   help="the baseline is this command instead of `synpo operator` (split like a shell "
+                        "would; it gets --namespace NS --metrics-port P --health-port 0 and --baseline-args)")
+    p.add_argument("--baseline-kopf-lean", action="store_true",
+                   help="the baseline is the lean Kopf run controller (bench/kopf_lean.py); prints the Kopf "
+                        "decision of issue 16 (lean Kopf within 1.5x of today's controller on first-Job p99, "
+                        "next-Job p99, peak RSS and API requests per transition)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = p.parse_args(argv)
 
@@ -626,19 +677,33 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                                            "kubernetes": info.k8s_version}, "args": vars(args)}
     base = None
-    if args.baseline or args.baseline_ref:
+    names = ("operator", "baseline")
+    command = None
+    if args.baseline_kopf_lean:
+        command = [sys.executable, str(ROOT / "bench" / "kopf_lean.py")]
+        names = ("operator", "kopf-lean")
+    elif args.baseline_command:
+        command = shlex.split(args.baseline_command)
+    if args.baseline or args.baseline_ref or command:
         env = dict(kv.split("=", 1) for kv in args.baseline_env.split(",") if kv)
-        if args.baseline_ref:
+        if args.baseline_ref or command:
             env = {} if args.baseline_env == p.get_default("baseline_env") else env
+        if args.baseline_ref:
             env["PYTHONPATH"] = str(_worktree(args.baseline_ref) / "operator")
-        base = Bench(kube, cfg_template, args, "baseline", args.baseline_args.split(), env).run()
+        base = Bench(kube, cfg_template, args, names[1], args.baseline_args.split(), env, command).run()
         results["baseline"] = base
-        log(f"baseline: {json.dumps(base)}")
+        log(f"{names[1]}: {json.dumps(base)}")
     env = dict(kv.split("=", 1) for kv in args.operator_env.split(",") if kv)
     res = Bench(kube, cfg_template, args, "operator", args.operator_args.split(), env).run()
     results["result"] = res
     log(f"operator: {json.dumps(res)}")
-    text = table(res, base)
+    text = table(res, base, names)
+    if args.baseline_kopf_lean and base is not None:
+        kopf_wins, lines = kopf_decision(res, base)
+        results["kopf_decision"] = {"kopf": kopf_wins, "rule": KOPF_RULE, "lines": lines}
+        text += f"\n\nKopf decision (lean Kopf / today's controller, rule: every ratio <= {KOPF_RULE}x):\n"
+        text += "\n".join(f"- {line}" for line in lines)
+        text += "\n=> " + ("runs go back to Kopf" if kopf_wins else "keep the hand-written controller")
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

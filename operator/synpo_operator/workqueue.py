@@ -7,7 +7,15 @@
   a Job finished, a spec changed) before LATER (resyncs, retries, TTLs). A thousand runs applied at once get
   their first Jobs before the status churn of their own Jobs is looked at, and a resync of idle runs never
   delays the next stage of a busy one.
-- `add_after` queues a key later (retries with back-off).
+- Weighted fairness, so no lane starves: a lane with waiting keys is passed over at most `patience` times
+  in a row (default 8), then it gets the next hand-out. A steady stream of events delays a retry, a deadline
+  or a TTL by at most about `patience` reconciles, while a burst of new runs still gets 8 of every 9
+  hand-outs. (Not aging by time: under a backlog longer than the age limit, aging serves every lane first
+  in, first out, and a thousand new runs would wait behind the deferred work of those before them.)
+- `add_after` queues a key later (deadlines, TTLs). One pending delayed add per key: a second one keeps the
+  earlier due time (a run reconciled a hundred times before its deadline holds one entry, not a hundred).
+- `add_rate_limited` queues a key after a per-key exponential back-off (`retry`: 0.5 s doubling to 30 s);
+  `forget` resets it after a success (client-go's RateLimitingQueue).
 - `observe_wait(lane, seconds)`, if given, hears how long each key waited (for metrics).
 """
 
@@ -20,12 +28,23 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable
 
+from .ratelimit import ExponentialBackoff
+
 NEW, EVENT, LATER = 0, 1, 2
+PATIENCE = 8
+"""Hand-outs a lane with waiting keys can be passed over in a row."""
 
 
 class WorkQueue:
-    def __init__(self, observe_wait: Callable[[int, float], None] | None = None) -> None:
+    def __init__(self, observe_wait: Callable[[int, float], None] | None = None, *, patience: int = PATIENCE,
+                 retry: tuple[float, float] = (0.5, 30.0), clock: Callable[[], float] = time.monotonic) -> None:
         self._observe_wait = observe_wait
+        self._patience = max(1, patience)
+        self._passed = [0, 0, 0]
+        """Hand-outs in a row that went to another lane while this one had waiting keys."""
+        self._backoff = ExponentialBackoff(*retry)
+        self._clock = clock
+        """Monotonic seconds (tests pass a fake one to age keys without sleeping)."""
         self._cond = threading.Condition()
         self._lanes: tuple[deque[Hashable], ...] = (deque(), deque(), deque())
         self._queued: dict[Hashable, int] = {}
@@ -37,6 +56,8 @@ class WorkQueue:
         self._again: dict[Hashable, int] = {}
         """Keys added while active -> the lane to queue them in when done."""
         self._later: list[tuple[float, int, Hashable]] = []
+        self._due: dict[Hashable, tuple[float, int]] = {}
+        """key -> (due, seq) of its one entry in `_later`."""
         self._seq = itertools.count()
         self._closed = False
 
@@ -58,18 +79,50 @@ class WorkQueue:
             self._push(key, lane)
 
     def add_after(self, key: Hashable, seconds: float) -> None:
+        """Queue key (LATER lane) in `seconds`, unless it is already due to be queued sooner."""
         with self._cond:
-            heapq.heappush(self._later, (time.monotonic() + max(0.0, seconds), next(self._seq), key))
+            if self._closed:
+                return
+            due = self._clock() + max(0.0, seconds)
+            current = self._due.get(key)
+            if current is not None:
+                if current[0] <= due:
+                    return
+                self._later.remove((*current, key))  # O(n), and only when a due time moves earlier
+                heapq.heapify(self._later)
+            entry = (due, next(self._seq))
+            self._due[key] = entry
+            heapq.heappush(self._later, (*entry, key))
             self._cond.notify()
+
+    def delayed(self) -> int:
+        """How many keys wait for a delayed add (one entry each)."""
+        with self._cond:
+            return len(self._later)
+
+    def add_rate_limited(self, key: Hashable) -> float:
+        """Queue key after its back-off (a failure counted); returns the delay."""
+        delay = self._backoff.when(key)
+        self.add_after(key, delay)
+        return delay
+
+    def forget(self, key: Hashable) -> None:
+        """Reset key's back-off (its work succeeded, or it is gone)."""
+        self._backoff.forget(key)
+
+    def retries(self, key: Hashable) -> int:
+        """Failures counted for key since it was last forgotten."""
+        return self._backoff.failures(key)
 
     def get(self, timeout: float | None = None) -> Hashable | None:
         """The next key (the caller must call `done(key)`), or None when closed or after `timeout`."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else self._clock() + timeout
         with self._cond:
             while not self._closed:
-                now = time.monotonic()
+                now = self._clock()
                 while self._later and self._later[0][0] <= now:
                     key = heapq.heappop(self._later)[2]
+                    del self._due[key]
                     if key in self._active:
                         self._again.setdefault(key, LATER)
                     else:
@@ -111,17 +164,26 @@ class WorkQueue:
             self._waiting[queued] -= 1
         self._waiting[lane] += 1
         self._queued[key] = lane
-        self._since.setdefault(key, time.monotonic())
+        self._since.setdefault(key, self._clock())
         self._lanes[lane].append(key)
         if notify:
             self._cond.notify()
 
     def _pop(self) -> tuple[Hashable, int] | None:
+        heads: list[tuple[int, Hashable]] = []
         for lane, entries in enumerate(self._lanes):
-            while entries:
-                key = entries.popleft()
-                if self._queued.get(key) == lane:  # else stale: promoted to a faster lane, or handed out
-                    del self._queued[key]
-                    self._waiting[lane] -= 1
-                    return key, lane
-        return None
+            while entries and self._queued.get(entries[0]) != lane:
+                entries.popleft()  # stale: promoted to a faster lane, or handed out
+            if entries:
+                heads.append((lane, entries[0]))
+        if not heads:
+            return None
+        # the fastest lane, unless a lane has been passed over `patience` times (then the fastest such lane)
+        live = [lane for lane, _ in heads]
+        lane = next((ln for ln in live if self._passed[ln] >= self._patience), live[0])
+        for other in range(len(self._lanes)):
+            self._passed[other] = self._passed[other] + 1 if other in live and other != lane else 0
+        key = self._lanes[lane].popleft()
+        del self._queued[key]
+        self._waiting[lane] -= 1
+        return key, lane

@@ -171,7 +171,7 @@ def test_custom_values_reach_the_deployment(rendered):
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_container_args_are_accepted_by_synpo_operator(rendered, name):
-    """The chart and `synpo operator` (handlers_cli.py) agree on every flag: parse the rendered args with the
+    """The chart and `synpo operator` (controller/cli.py) agree on every flag: parse the rendered args with the
     real command-line parser."""
     from synpo_operator.cli import build_parser
 

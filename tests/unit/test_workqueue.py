@@ -199,3 +199,128 @@ def test_event_poster_survives_a_failing_api():
     poster.post(run, "Warning", "B", "m")
     poster.flush()
     assert calls == ["A", "B"]
+
+
+# ---- fairness, delayed-add de-duplication, back-off in the queue (issue 16 item 7) ----------------------
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_steady_stream_of_events_does_not_starve_the_later_lane():
+    q = WorkQueue(patience=4)
+    q.add("retry", LATER)
+    handed = []
+    for i in range(20):  # always an event waiting: strict priority would never reach the LATER lane
+        q.add(f"event-{i}", EVENT)
+        key = q.get(timeout=0)
+        handed.append(key)
+        q.done(key)
+    assert handed.index("retry") == 4  # passed over 4 times, then handed out
+    assert [k for k in handed if k != "retry"] == [f"event-{i}" for i in range(19)]  # events stay in order
+
+
+def test_every_lane_gets_a_share_under_a_burst_of_new_runs():
+    q = WorkQueue(patience=8)
+    for i in range(100):
+        q.add(f"new-{i}", NEW)
+    for i in range(10):
+        q.add(f"event-{i}", EVENT)
+        q.add(f"later-{i}", LATER)
+    first_40 = [q.get(timeout=0) for _ in range(40)]
+    for key in first_40:
+        q.done(key)
+    lanes = [k.split("-")[0] for k in first_40]
+    assert lanes.count("new") >= 30  # the burst keeps most hand-outs
+    assert lanes.count("event") >= 3 and lanes.count("later") >= 3  # and neither other lane waits for its end
+    gaps = [b - a for a, b in zip([i for i, ln in enumerate(lanes) if ln == "later"][:-1],
+                                  [i for i, ln in enumerate(lanes) if ln == "later"][1:], strict=True)]
+    assert max(gaps) <= 10  # at most patience + 2 hand-outs between two of a waiting lane
+
+
+def test_lanes_keep_their_priority_while_no_lane_has_waited_long():
+    q = WorkQueue(patience=8)
+    q.add("later", LATER)
+    q.add("event", EVENT)
+    for i in range(3):
+        q.add(f"new-{i}", NEW)
+    assert drain(q) == ["new-0", "new-1", "new-2", "event", "later"]
+
+
+def test_delayed_adds_keep_one_entry_per_key_with_the_earliest_due_time():
+    clock = FakeClock()
+    q = WorkQueue(clock=clock)
+    for i in range(100):  # a run reconciled 100 times before its deadline, each asking to be woken then
+        q.add_after("deadline", 60 - i * 0.001)
+    q.add_after("other", 30)
+    assert q.delayed() == 2
+    q.add_after("deadline", 5)  # sooner: replaces the entry
+    q.add_after("deadline", 50)  # later than the pending one: ignored
+    assert q.delayed() == 2
+    clock.t += 4.9
+    assert q.get(timeout=0) is None
+    clock.t += 0.2
+    assert drain(q) == ["deadline"]
+    assert q.delayed() == 1
+    clock.t += 100  # the ignored later add was not kept either: only "other" comes
+    assert drain(q) == ["other"]
+    assert q.delayed() == 0
+    q.add_after("deadline", 1)  # handed out: a new delayed add counts again
+    assert q.delayed() == 1
+
+
+def test_rate_limited_adds_back_off_per_key_and_forget_resets():
+    clock = FakeClock()
+    q = WorkQueue(clock=clock, retry=(0.5, 4.0))
+    delays = [q.add_rate_limited("a") for _ in range(6)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]  # doubling, capped
+    assert q.retries("a") == 6 and q.retries("b") == 0
+    assert q.add_rate_limited("b") == 0.5  # per key
+    assert q.delayed() == 2  # one pending entry per key (the earliest: 0.5 s)
+    clock.t += 0.4
+    assert q.get(timeout=0) is None  # not before its back-off
+    clock.t += 0.2
+    assert sorted(drain(q)) == ["a", "b"]
+    q.forget("a")
+    assert q.retries("a") == 0
+    assert q.add_rate_limited("a") == 0.5
+
+
+def test_the_controller_retries_a_failing_reconcile_with_the_queues_back_off():
+    from synpo_operator.controller.runs import RunController
+    from synpo_operator.controller.settings import Settings
+    from synpo_operator.events import EventPoster
+    from synpo_operator.metrics import Metrics
+
+    controller = RunController(Settings(), Metrics(), EventPoster())
+    q = controller.queue = WorkQueue(retry=(0.05, 1.0))
+    calls: list[float] = []
+    seen_retries: list[int] = []
+
+    def reconcile_now(namespace, name):
+        calls.append(time.monotonic())
+        seen_retries.append(q.retries((namespace, name)))
+        if len(calls) < 4:
+            raise OSError("API server unreachable")
+        return None
+
+    controller.reconcile_now = reconcile_now
+    controller.active.set()
+    worker = threading.Thread(target=controller._work, daemon=True)
+    worker.start()
+    q.add(("ns", "run"))
+    deadline = time.monotonic() + 5
+    while len(calls) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    q.close()
+    worker.join(2)
+    assert len(calls) == 4
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    assert [round(g, 2) >= d for g, d in zip(gaps, (0.05, 0.1, 0.2), strict=True)] == [True] * 3
+    assert seen_retries == [0, 1, 2, 3]
+    assert q.retries(("ns", "run")) == 0  # forgotten after the success

@@ -7,6 +7,7 @@ import logging
 import os
 
 from ..capacity import Caps
+from ..kube import DEFAULT_BURST, DEFAULT_QPS
 from .settings import Settings
 
 
@@ -48,6 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="how often the leader renews the Lease (default 5)")
     p.add_argument("--identity", default=None,
                    help="this replica's name in the Lease (default: $POD_NAME, else host name and pid)")
+    p.add_argument("--kube-qps", type=_rate, default=DEFAULT_QPS, metavar="QPS",
+                   help="client-side limit of the operator's API requests per second, after a burst of "
+                        f"--kube-burst (default {DEFAULT_QPS:g}; 0: no limit)")
+    p.add_argument("--kube-burst", type=_cap, default=DEFAULT_BURST, metavar="N",
+                   help=f"requests allowed at once before --kube-qps applies (default {DEFAULT_BURST})")
     p.add_argument("--verbose", "-v", action="store_true", help="log every handler call")
     p.set_defaults(func=_run)
 
@@ -73,7 +79,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         workers=args.workers, caps=Caps.parse(args.max_active_runs, args.max_active_runs_per_namespace),
         metrics_port=args.metrics_port, health_port=args.health_port, verbose=args.verbose,
         leader_election=args.leader_elect, lease_name=args.lease_name, lease_namespace=lease_namespace,
-        lease_seconds=args.lease_seconds, renew_seconds=args.renew_seconds, **extra)
+        lease_seconds=args.lease_seconds, renew_seconds=args.renew_seconds,
+        kube_qps=args.kube_qps, kube_burst=max(1, args.kube_burst), **extra)
+
+
+def _rate(value: str) -> float:
+    try:
+        qps = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not qps >= 0 or qps == float("inf"):
+        raise argparse.ArgumentTypeError("must be 0 (no limit) or a positive number")
+    return qps
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -93,8 +93,9 @@ def registry(op: Operator) -> kopf.OperatorRegistry:
 
 def run(settings: Settings) -> None:
     """Run the operator until it is stopped (SIGTERM, SIGINT)."""
-    from .. import metrics
+    from .. import kube, metrics
 
+    kube.set_rate_limit(settings.kube_qps, settings.kube_burst)
     op = Operator(settings)
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, ready=op.ready)

@@ -39,8 +39,6 @@ from .settings import Settings
 log = logging.getLogger("synpo.operator")
 
 LANES = {NEW: "new", EVENT: "event", LATER: "later"}
-RETRY_SECONDS = (0.5, 30.0)
-"""Back-off of a failed reconcile: doubling from the first to the second."""
 FULL_RESYNC_EVERY = 10
 """Every this many resync passes, every unsettled run is reconciled (not only those with a deadline due)."""
 
@@ -83,7 +81,6 @@ class RunController:
         self.informers: dict[str, list[kube.WatchCache]] = {}
         self._own_writes: dict[tuple[str, str], str] = {}
         """run -> resourceVersion of our last status write: its watch echo needs no reconcile."""
-        self._failures: dict[tuple[str, str], int] = {}
         self._local: dict[tuple[str, str], Any] = {}
         """run -> its LocalExecutor (it owns the run's child processes); --executor local only."""
         self._deferred: dict[tuple[str, str], _Deferred] = {}
@@ -158,7 +155,7 @@ class RunController:
             try:
                 with self.metrics.reconcile_duration.time():
                     outcome = self.reconcile_now(namespace, name)
-                self._failures.pop(key, None)
+                self.queue.forget(key)
                 if outcome is not None and outcome.requeue_after is not None:
                     self.queue.add_after(key, outcome.requeue_after)  # TTL or deadline due then
             except kube.KubeError as err:
@@ -174,10 +171,8 @@ class RunController:
 
     def _failed(self, key: tuple[str, str], err: Exception) -> None:
         self.metrics.error("reconcile")
-        self._failures[key] = tries = self._failures.get(key, 0) + 1
-        delay = min(RETRY_SECONDS[1], RETRY_SECONDS[0] * 2 ** (tries - 1))
+        delay = self.queue.add_rate_limited(key)  # back-off in the queue: 0.5 s doubling to 30 s
         log.warning("reconcile of %s/%s failed (retry in %.1f s): %s", *key, delay, err)
-        self.queue.add_after(key, delay)
 
     def _resync_loop(self) -> None:
         passes = 0
@@ -228,7 +223,7 @@ class RunController:
         if local is not None:
             local.stop()
         self._own_writes.pop(key, None)
-        self._failures.pop(key, None)
+        self.queue.forget(key)
         self._deferred.pop(key, None)
         self.metrics.forget(namespace, name)
         self.run_gone(namespace, name)
