@@ -125,6 +125,11 @@ class ScorerSpec(ApiModel):
     """Base URL of the OpenAI-compatible API (openai only), e.g. http://judge:8000/v1."""
     api_key_secret_ref: SecretKeyRef | None = None
     """Secret key holding the judge's API key (openai only); passed to the pod as an env var reference."""
+    trust_remote_code: bool = False
+    """rewardModel only: run the Python code the checkpoint ships (its config's auto_map), as custom reward
+    models such as RLHFlow/ArmoRM-Llama3-8B-v0.1 need. This executes the checkpoint's code in the stage pod:
+    enable it only for checkpoints you trust. Without it such a checkpoint is refused, never scored with a
+    randomly initialised head."""
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> ScorerSpec:
