@@ -1,7 +1,8 @@
 """SynPORun: one SynPO alignment run (spec and status).
 
-Defaults are the paper's settings where the paper gives them (see shared/PAPER.md); fields the paper leaves
-open default to SimPO's own recipe or to the choice documented on the field.
+Defaults are the paper's settings where the paper gives them (see docs/paper.md, which also lists every default
+that is not the paper's); fields the paper leaves open default to SimPO's own recipe or to the choice documented on
+the field.
 """
 
 from __future__ import annotations
@@ -189,6 +190,9 @@ class EvaluationSpec(ApiModel):
     """Also evaluate M0 once (iteration 0), so every M_t is compared with it."""
     max_prompts: int | None = Field(default=None, ge=1, le=1_000_000)
     """Use at most this many eval prompts (default: all)."""
+    max_judge_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Fail the evaluate stage when more than this share of an LLM judge's comparisons fail (calls that fail
+    after retries, replies without a verdict). Failed comparisons never count as ties."""
 
 
 class VolumeStorage(ApiModel):
@@ -337,6 +341,33 @@ class StageStatus(ApiModel):
     """The stage's summary (rows, pairs kept, scores) from its termination message."""
 
 
+Opponent = Literal["references", "M0"]
+"""What a win rate is measured against: the eval set's reference answers, or M0's answers."""
+
+
+class WinRateFigure(ApiModel):
+    """One win rate of M_t (first judge) against one opponent, with its sample size and 95% intervals."""
+
+    against: Opponent
+    """references (the eval set's answers) or M0."""
+    n: int = Field(ge=0)
+    """Comparisons that gave a verdict."""
+    win_rate: float | None = None
+    """Mean preference for M_t (ties 0.5)."""
+    win_rate_low: float | None = None
+    """Lower end of the 95% Wilson interval."""
+    win_rate_high: float | None = None
+    """Upper end of the 95% Wilson interval."""
+    lc_win_rate: float | None = None
+    """Length-controlled win rate (AlpacaEval 2.0's GLM; docs/metrics.md), null when it would not be a measurement."""
+    lc_win_rate_low: float | None = None
+    """Lower end of the LC win rate's 95% bootstrap interval."""
+    lc_win_rate_high: float | None = None
+    """Upper end of the LC win rate's 95% bootstrap interval."""
+    lc_win_rate_reason: str | None = Field(default=None, max_length=512)
+    """Why lcWinRate is null (degenerate length feature, LC far from raw, too few comparisons)."""
+
+
 class IterationSummary(ApiModel):
     """What one iteration produced."""
 
@@ -347,9 +378,24 @@ class IterationSummary(ApiModel):
     pairs_total: int | None = Field(default=None, ge=0)
     """Pairs in the accumulated dataset after this iteration."""
     win_rate: float | None = None
-    """Headline win rate of M_t (first judge)."""
+    """Headline win rate of M_t (first judge) against `against`: M0 for t ≥ 1 when the baseline is evaluated,
+    otherwise the references."""
     lc_win_rate: float | None = None
-    """Length-controlled win rate (openai judge)."""
+    """Length-controlled win rate against `against`; null with lcWinRateReason when it would not be a measurement."""
+    against: Opponent | None = None
+    """The opponent of winRate and lcWinRate."""
+    n: int | None = Field(default=None, ge=0)
+    """Comparisons behind winRate."""
+    win_rate_low: float | None = None
+    """Lower end of winRate's 95% interval."""
+    win_rate_high: float | None = None
+    """Upper end of winRate's 95% interval."""
+    lc_win_rate_reason: str | None = Field(default=None, max_length=512)
+    """Why lcWinRate is null."""
+    judge_errors: int | None = Field(default=None, ge=0)
+    """Judge comparisons that failed (errors after retries, replies without a verdict), all judges together."""
+    comparisons: list[WinRateFigure] = Field(default_factory=list, max_length=4)
+    """Every win rate of the first judge, one per opponent (references and M0)."""
     score: float | None = None
     """Mean judge score of M_t's answers."""
     model: str | None = Field(default=None, max_length=2048)
