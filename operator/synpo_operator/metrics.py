@@ -47,8 +47,14 @@ class Metrics:
                                          ["stage"], registry=r)
         self.pairs_kept = Gauge("synpo_pairs_kept", "Preference pairs kept per run and iteration",
                                 ["namespace", "run", "iteration"], registry=r)
-        self.win_rate = Gauge("synpo_win_rate", "Evaluation win rate (first judge) per run and iteration",
-                              ["namespace", "run", "iteration"], registry=r)
+        self.win_rate = Gauge("synpo_win_rate", "Evaluation win rate of M_t (first judge) per run, iteration and "
+                              "opponent (against: references or M0)", ["namespace", "run", "iteration", "against"],
+                              registry=r)
+        self.win_rate_bound = Gauge("synpo_win_rate_bound", "95% interval of synpo_win_rate (bound: low or high)",
+                                    ["namespace", "run", "iteration", "against", "bound"], registry=r)
+        self.judge_errors = Gauge("synpo_judge_errors", "Failed judge comparisons of an evaluation (errors after "
+                                  "retries, replies without a verdict)", ["namespace", "run", "iteration"],
+                                  registry=r)
         self.iteration_gpu_seconds = Gauge("synpo_iteration_gpu_seconds", "GPU-seconds per run and iteration",
                                            ["namespace", "run", "iteration"], registry=r)
         self.reconcile_errors = Counter("synpo_reconcile_errors", "Reconciles that raised an error",
@@ -113,9 +119,18 @@ class Metrics:
                 if summary.get("pairsKept") is not None:
                     self.pairs_kept.labels(namespace, run, t).set(summary["pairsKept"])
                     self._track(key, self.pairs_kept, (namespace, run, t))
-                if summary.get("winRate") is not None:
-                    self.win_rate.labels(namespace, run, t).set(summary["winRate"])
-                    self._track(key, self.win_rate, (namespace, run, t))
+                for fig in _win_rates(summary):
+                    labels = (namespace, run, t, fig["against"])
+                    self.win_rate.labels(*labels).set(fig["winRate"])
+                    self._track(key, self.win_rate, labels)
+                    for bound in ("low", "high"):
+                        value = fig.get("winRate" + bound.capitalize())
+                        if value is not None:
+                            self.win_rate_bound.labels(*labels, bound).set(value)
+                            self._track(key, self.win_rate_bound, (*labels, bound))
+                if summary.get("judgeErrors") is not None:
+                    self.judge_errors.labels(namespace, run, t).set(summary["judgeErrors"])
+                    self._track(key, self.judge_errors, (namespace, run, t))
                 if summary.get("gpuSeconds") is not None:
                     self.iteration_gpu_seconds.labels(namespace, run, t).set(summary["gpuSeconds"])
                     self._track(key, self.iteration_gpu_seconds, (namespace, run, t))
@@ -181,6 +196,15 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _win_rates(summary: dict) -> list[dict]:
+    """Every win rate of an iteration summary with its opponent: one per comparison, else the headline."""
+    figures = [c for c in summary.get("comparisons") or [] if c.get("winRate") is not None]
+    if not figures and summary.get("winRate") is not None:
+        figures = [{"against": summary.get("against") or "", "winRate": summary["winRate"],
+                    "winRateLow": summary.get("winRateLow"), "winRateHigh": summary.get("winRateHigh")}]
+    return figures
 
 
 def _stage_name(key: str) -> str:

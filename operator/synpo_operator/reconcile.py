@@ -21,6 +21,7 @@ from .api.common import Condition
 from .api.loader import SpecError, parse_resource
 from .api.run import IterationSummary, StageStatus, SynPORun, SynPORunStatus
 from .clock import parse_time, rfc3339
+from .evaluation_status import evaluation_fields
 from .plan.graph import STAGES, StageId, model_artifact, stage_graph
 from .plan.planner import Decision, StagePhase, StageState, Start, plan
 
@@ -451,6 +452,7 @@ def iteration_summaries(run: SynPORun, stages: Mapping[str, StageStatus], artifa
             win_rate=num(_pick(evaluate.result if evaluate else None, "win_rate")),
             lc_win_rate=num(_pick(evaluate.result if evaluate else None, "lc_win_rate")),
             score=num(_pick(evaluate.result if evaluate else None, "score")),
+            **evaluation_fields(evaluate.result if evaluate else None),
             model=str(model)[:2048] if model else None,
             gpu_seconds=round(gpu, 3) if gpu else (0.0 if by_iteration[t] else None),
         ))

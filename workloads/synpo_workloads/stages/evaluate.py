@@ -17,14 +17,13 @@ references) as winRate, lcWinRate, n, …, and every opponent's as vs<Opponent><
 
 from __future__ import annotations
 
+from synpo_operator.api.evaluation import flatten
+
 from .. import data_io, templates
 from ..judges import make_scorer
 from ..judges.openai_judge import JudgeError
 from ..winrate import figure, preference_from_scores
 from ._common import engine, rows_or_fail, sampling
-
-FIGURE_KEYS = ("n", "winRate", "winRateLow", "winRateHigh", "lcWinRate", "lcWinRateLow", "lcWinRateHigh",
-               "lcWinRateReason")
 
 
 def judge_names(judges: list[dict]) -> list[str]:
@@ -38,20 +37,6 @@ def judge_names(judges: list[dict]) -> list[str]:
 
 def _mean(xs: list[float]) -> float | None:
     return round(sum(xs) / len(xs), 6) if xs else None
-
-
-def result_keys(head: dict, comparisons: dict[str, dict], headline: str | None) -> dict:
-    """The stage result's evaluation keys from the first judge's figures. Pure."""
-    out: dict = {}
-    if headline:
-        out["against"] = headline
-        out.update({k: v for k, v in comparisons[headline].items() if k in FIGURE_KEYS})
-    for opponent, fig in comparisons.items():
-        prefix = "vs" + opponent[0].upper() + opponent[1:]
-        out.update({prefix + k[0].upper() + k[1:]: v for k, v in fig.items() if k in FIGURE_KEYS})
-    if head.get("score") is not None:
-        out["score"] = head["score"]
-    return out
 
 
 def run(ctx) -> dict:
@@ -134,6 +119,7 @@ def run(ctx) -> dict:
                                            "prompts": len(rows), "headline": headline, "judgeErrors": judge_errors,
                                            "judgeCalls": judge_calls, "judges": metrics})
     head = metrics[0]
-    return {"rows": len(rows), "judge": head["judge"], **result_keys(head, head["comparisons"], headline),
+    return {"rows": len(rows), "judge": head["judge"], **flatten(head["comparisons"], headline),
+            **({"score": head["score"]} if head.get("score") is not None else {}),
             **({"judgeErrors": judge_errors, "judgeCalls": judge_calls} if judge_calls else {}),
             "model": ctx.model("policy")}
