@@ -60,7 +60,7 @@ class GenerationSpec(ApiModel):
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     """Sampling temperature (paper: 0.7)."""
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    """Nucleus sampling mass."""
+    """Nucleus sampling mass (not the paper's: it gives none; docs/paper.md)."""
     max_new_tokens: int = Field(default=2048, ge=1, le=32768)
     """Longest generated continuation, in tokens (paper: 2,048)."""
     batch_size: int = Field(default=256, ge=1, le=8192)
@@ -145,9 +145,11 @@ class FilterSpec(ApiModel):
     """Which examples and pairs are kept (improver data and preference pairs)."""
 
     scorer: ScorerSpec = Field(default_factory=ScorerSpec)
-    """Scores responses (paper: ArmoRM-Llama3-8B for Llama3, PairRM for Mistral)."""
+    """Scores responses (paper: ArmoRM-Llama3-8B for Llama3 — rewardModel with trustRemoteCode — and PairRM for
+    Mistral, a pairwise ranker this scorer refuses). The default, similarity, is not the paper's (docs/paper.md)."""
     min_margin: float = Field(default=0.02, ge=-1000.0, le=1000.0)
-    """Keep a pair only when score(chosen) − score(rejected) exceeds this (paper: 0.02 ArmoRM, 0.20 PairRM)."""
+    """Keep a pair only when score(chosen) − score(rejected) exceeds this (paper: 0.02 ArmoRM, 0.20 PairRM). The
+    default is ArmoRM's margin whatever the scorer: on the similarity scorer's scale it is not calibrated."""
     max_repetition: float = Field(default=0.5, ge=0.0, le=1.0)
     """Drop responses whose share of repeated n-grams exceeds this (paper: 50%)."""
     repetition_ngram: int = Field(default=3, ge=1, le=16)
@@ -160,7 +162,8 @@ class TrainingSpec(ApiModel):
     loss: Literal["simpo", "dpo"] = "simpo"
     """simpo (reference-free, length-normalised) or dpo."""
     beta: float = Field(default=10.0, gt=0.0, le=100.0)
-    """β: reward scale (paper searched {2..12}; 10 for Llama3). DPO users usually want 0.1."""
+    """β: reward scale. The paper searched {2, 4, …, 12} without saying which won; 10 is SimPO's Llama3 value,
+    not the paper's (docs/paper.md). DPO users usually want 0.1."""
     gamma: float = Field(default=1.6, ge=0.0, le=20.0)
     """SimPO target reward margin γ (paper: 1.6); ignored by dpo."""
     learning_rate: float = Field(default=6.0e-7, gt=0.0, le=1.0)
