@@ -183,3 +183,30 @@ def test_evaluate_with_a_closed_port_fails_quickly_naming_the_endpoint(tiny_mode
     with pytest.raises(JudgeError, match=f"openai judge at {dead}"):
         stage()
     assert time.monotonic() - started < 60
+
+
+def test_every_opponent_is_judged_separately_and_reported(tiny_model, tmp_path, judge_server):
+    """M_t (t ≥ 1) against the references and against M0, each with n and an interval; the report lists and
+    draws them as separate series."""
+    from wl_helpers import run_in_process, stage_configs, tiny_spec
+
+    from synpo_workloads import report
+
+    judges = [{"type": "openai", "endpoint": judge_server, "model": "judge"}, {"type": "similarity"}]
+    spec = tiny_spec(tiny_model, str(tmp_path), iterations=1, evaluation={"judges": judges, "maxPrompts": 12},
+                     generation={"maxNewTokens": 8})
+    configs = {n.key: (n, c) for n, c in stage_configs(spec, str(tmp_path))}
+    run_in_process(*configs["i0-evaluate"])
+    node, config = configs["i1-evaluate"]
+    config = {**config, "models": {**config["models"], "policy": tiny_model}}  # M_1 stands in: same weights
+    result = run_in_process(node, config)[0]
+    assert result["against"] == "M0" and result["n"] == result["vsM0N"] == 12
+    assert result["vsReferencesN"] == 12 and result["judgeCalls"] == 24 and result["judgeErrors"] == 0
+    for opponent in ("M0", "References"):
+        assert result[f"vs{opponent}WinRateLow"] <= result[f"vs{opponent}WinRate"] <= result[f"vs{opponent}WinRateHigh"]
+    rows = [json.loads(line) for line in (tmp_path / "default" / "test" / "iter-1" / "evaluate" / "outputs.jsonl")
+            .read_text().splitlines()]
+    assert set(rows[0]["preferences"]["openai"]) == {"references", "M0"}
+    md = (tmp_path / "default" / "test").joinpath(report.write_report(str(tmp_path / "default" / "test"))).read_text()
+    assert "| 1 | M0 | 12 |" in md and "| 1 | references | 12 |" in md and "| 0 | references | 12 |" in md
+    assert "| 0 | M0 |" not in md

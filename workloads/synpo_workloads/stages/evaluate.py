@@ -6,8 +6,9 @@ Opponents are never mixed: M_t is compared with each opponent separately, and ev
 Per judge and opponent: n, winRate with a 95% Wilson interval, lcWinRate (AlpacaEval 2.0's length-controlled
 win rate, winrate.lc_win_rate; lengths in characters) with a bootstrap interval, or lcWinRateReason when LC would
 not be a measurement. Pointwise judges prefer the higher reference-free score (similarity to the prompt,
-reward); the openai judge compares the two answers directly. score: the mean pointwise score (similarity: cosine
-to the reference when the row has one, else to the prompt; rewardModel: the reward).
+reward); the openai judge compares the two answers directly. score: the mean pointwise score of pointwise judges
+(similarity: cosine to the reference when the row has one, else to the prompt; rewardModel: the reward); an openai
+judge has none (its preferences belong to one opponent each).
 An openai judge's failed comparisons (errors after retries, replies without a verdict) are left out of its win
 rates and counted (judgeErrors); more than spec.evaluation.maxJudgeErrorRate of them fails the stage.
 Outputs: outputs.jsonl (per prompt: output, scores and preferences per judge and opponent), metrics.json.
@@ -95,8 +96,6 @@ def run(ctx) -> dict:
                 raise JudgeError(f"openai judge at {judge['endpoint']} (model {judge['model']}): {failed} of {calls} "
                                  f"comparisons failed (> spec.evaluation.maxJudgeErrorRate "
                                  f"{spec.evaluation.max_judge_error_rate}); e.g. {'; '.join(m.get('errorSamples', [])[:2])}")
-            prefs_all = [p for c in per_row for p in (c["preferences"].get(name) or {}).values() if p is not None]
-            m["score"] = _mean(prefs_all)
         else:
             scorer = make_scorer(judge, field="spec.evaluation.judges")
             scores = scorer.score(prompts, outputs, refs)
