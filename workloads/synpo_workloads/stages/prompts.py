@@ -15,7 +15,7 @@ import os
 from dataclasses import replace
 
 from .. import templates, text
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ._common import engine, rows_or_fail, sampling
 
 RESAMPLE_ROUNDS = 2
@@ -30,6 +30,14 @@ def _question(output: str):
 def keyword_lists(ctx) -> list[dict]:
     """This iteration's keyword lists {id, paragraph, keywords}; id is the list's position in the stream."""
     paragraphs = rows_or_fail(ctx.input("keywords"), "paragraphs", "keywords")
+    if not paragraphs:  # a keywords stage written before paragraphs.jsonl existed: its lists, if it has them
+        rows = [r for r in rows_or_fail(ctx.input("keywords"), "keywords", "keywords")
+                if int(r["iteration"]) == ctx.iteration]
+        if rows:
+            return rows
+        raise DataError(f"inputs.keywords: {ctx.input('keywords')} has no paragraphs.jsonl (written by an older "
+                        f"synpo) and no keyword lists for iteration {ctx.iteration}; delete that stage directory "
+                        "to have it redone")
     candidates: list[list[str]] = []
     for row in paragraphs:
         candidates.extend([[]] * (int(row["paragraph"]) + 1 - len(candidates)))
