@@ -40,6 +40,52 @@ def _mean(xs: list[float]) -> float | None:
     return round(sum(xs) / len(xs), 6) if xs else None
 
 
+def _pairwise(name, judge, spec, prompts, outputs, refs, opponents, per_row) -> dict:
+    """An openai judge against each opponent; fails the stage above maxJudgeErrorRate failed comparisons."""
+    from ..judges.openai_judge import OpenAIJudge
+
+    m: dict = {"judge": name, "type": judge.get("type"), "comparisons": {}, "errors": 0, "calls": 0}
+    j = OpenAIJudge(judge["endpoint"], judge["model"], seed=spec.random_seed)
+    for opponent, others in opponents.items():
+        pick = [i for i, o in enumerate(others) if o]
+        v = j.prefer([prompts[i] for i in pick], [outputs[i] for i in pick], [others[i] for i in pick])
+        m["errors"] += v.failed
+        m["calls"] += len(pick)
+        m["comparisons"][opponent] = {
+            **figure(v.preferences, [len(outputs[i]) for i in pick], [len(others[i]) for i in pick],
+                     seed=spec.random_seed),
+            "errors": v.errors, "unparsed": v.unparsed, "weighted": v.weighted, "calls": len(pick)}
+        for i, p in zip(pick, v.preferences, strict=True):
+            per_row[i]["preferences"].setdefault(name, {})[opponent] = p
+        m.setdefault("errorSamples", []).extend(v.messages)
+    limit = spec.evaluation.max_judge_error_rate
+    if m["calls"] and m["errors"] / m["calls"] > limit:
+        raise JudgeError(f"openai judge at {judge['endpoint']} (model {judge['model']}): {m['errors']} of "
+                         f"{m['calls']} comparisons failed (> spec.evaluation.maxJudgeErrorRate {limit}); "
+                         f"e.g. {'; '.join(m['errorSamples'][:2])}")
+    return m
+
+
+def _pointwise(name, judge, spec, prompts, outputs, refs, opponents, per_row) -> dict:
+    """A pointwise scorer: its mean score, and per opponent the preference for the higher reference-free score."""
+    m: dict = {"judge": name, "type": judge.get("type"), "comparisons": {}}
+    scorer = make_scorer(judge, field="spec.evaluation.judges")
+    scores = scorer.score(prompts, outputs, refs)
+    for i, s in enumerate(scores):
+        per_row[i]["scores"][name] = s
+    m["score"] = _mean(list(scores))
+    mine = scorer.score(prompts, outputs) if opponents else []  # reference-free: one scale for both sides
+    for opponent, others in opponents.items():
+        pick = [i for i, o in enumerate(others) if o]
+        theirs = scorer.score([prompts[i] for i in pick], [others[i] for i in pick])
+        prefs = [preference_from_scores(mine[i], t) for i, t in zip(pick, theirs, strict=True)]
+        m["comparisons"][opponent] = figure(prefs, [len(outputs[i]) for i in pick], [len(others[i]) for i in pick],
+                                            seed=spec.random_seed)
+        for i, p in zip(pick, prefs, strict=True):
+            per_row[i]["preferences"].setdefault(name, {})[opponent] = p
+    return m
+
+
 def run(ctx) -> dict:
     spec = ctx.spec
     rows = data_io.read_jsonl(ctx.data("eval"), "eval")
@@ -70,49 +116,11 @@ def run(ctx) -> dict:
                             "scores": {}, "preferences": {}}
                            for i, (p, o, r) in enumerate(zip(prompts, outputs, refs, strict=True))]
     metrics = []
-    judge_errors = judge_calls = 0
     for name, judge in zip(judge_names(judges), judges, strict=True):
-        m: dict = {"judge": name, "type": judge.get("type"), "comparisons": {}}
-        if judge.get("type") == "openai":
-            from ..judges.openai_judge import OpenAIJudge
-
-            j = OpenAIJudge(judge["endpoint"], judge["model"], seed=spec.random_seed)
-            failed = calls = 0
-            for opponent, others in opponents.items():
-                pick = [i for i, o in enumerate(others) if o]
-                v = j.prefer([prompts[i] for i in pick], [outputs[i] for i in pick], [others[i] for i in pick])
-                failed, calls = failed + v.failed, calls + len(pick)
-                m["comparisons"][opponent] = {
-                    **figure(v.preferences, [len(outputs[i]) for i in pick], [len(others[i]) for i in pick],
-                             seed=spec.random_seed),
-                    "errors": v.errors, "unparsed": v.unparsed, "weighted": v.weighted, "calls": len(pick)}
-                for i, p in zip(pick, v.preferences, strict=True):
-                    per_row[i]["preferences"].setdefault(name, {})[opponent] = p
-                if v.messages:
-                    m.setdefault("errorSamples", []).extend(v.messages)
-            m.update(errors=failed, calls=calls)
-            judge_errors, judge_calls = judge_errors + failed, judge_calls + calls
-            if calls and failed / calls > spec.evaluation.max_judge_error_rate:
-                raise JudgeError(f"openai judge at {judge['endpoint']} (model {judge['model']}): {failed} of {calls} "
-                                 f"comparisons failed (> spec.evaluation.maxJudgeErrorRate "
-                                 f"{spec.evaluation.max_judge_error_rate}); e.g. {'; '.join(m.get('errorSamples', [])[:2])}")
-        else:
-            scorer = make_scorer(judge, field="spec.evaluation.judges")
-            scores = scorer.score(prompts, outputs, refs)
-            for i, s in enumerate(scores):
-                per_row[i]["scores"][name] = s
-            m["score"] = _mean(list(scores))
-            if opponents:
-                mine = scorer.score(prompts, outputs)  # reference-free: the same scale for both sides
-            for opponent, others in opponents.items():
-                pick = [i for i, o in enumerate(others) if o]
-                theirs = scorer.score([prompts[i] for i in pick], [others[i] for i in pick])
-                prefs = [preference_from_scores(mine[i], t) for i, t in zip(pick, theirs, strict=True)]
-                m["comparisons"][opponent] = figure(prefs, [len(outputs[i]) for i in pick],
-                                                    [len(others[i]) for i in pick], seed=spec.random_seed)
-                for i, p in zip(pick, prefs, strict=True):
-                    per_row[i]["preferences"].setdefault(name, {})[opponent] = p
-        metrics.append(m)
+        compare = _pairwise if judge.get("type") == "openai" else _pointwise
+        metrics.append(compare(name, judge, spec, prompts, outputs, refs, opponents, per_row))
+    judge_errors = sum(m.get("errors", 0) for m in metrics)
+    judge_calls = sum(m.get("calls", 0) for m in metrics)
     ctx.writer.write_rows("outputs", per_row)
     ctx.writer.write_json("metrics.json", {"iteration": ctx.iteration, "model": ctx.model("policy"),
                                            "prompts": len(rows), "headline": headline, "judgeErrors": judge_errors,
