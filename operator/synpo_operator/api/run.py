@@ -419,7 +419,8 @@ class SynPORunStatus(ApiModel):
     stage: str | None = None
     """The stage(s) in progress."""
     latest_win_rate: float | None = None
-    """Win rate of the newest evaluated model."""
+    """Headline win rate of the newest evaluated model; its opponent, n and interval are in that iteration's
+    summary (`iterations[].against`, `n`, `winRateLow`, `winRateHigh`)."""
     start_time: str | None = None
     """When the run started."""
     completion_time: str | None = None
