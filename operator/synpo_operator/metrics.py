@@ -20,7 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from .api.run import SynPORunStatus
+from .api.run import IterationSummary, SynPORunStatus, WinRateFigure
 from .clock import parse_time
 from .plan.graph import StageId
 
@@ -49,8 +49,14 @@ class Metrics:
                                          ["stage"], registry=r)
         self.pairs_kept = Gauge("synpo_pairs_kept", "Preference pairs kept per run and iteration",
                                 ["namespace", "run", "iteration"], registry=r)
-        self.win_rate = Gauge("synpo_win_rate", "Evaluation win rate (first judge) per run and iteration",
-                              ["namespace", "run", "iteration"], registry=r)
+        self.win_rate = Gauge("synpo_win_rate", "Evaluation win rate of M_t (first judge) per run, iteration and "
+                              "opponent (against: references or M0)", ["namespace", "run", "iteration", "against"],
+                              registry=r)
+        self.win_rate_bound = Gauge("synpo_win_rate_bound", "95% interval of synpo_win_rate (bound: low or high)",
+                                    ["namespace", "run", "iteration", "against", "bound"], registry=r)
+        self.judge_errors = Gauge("synpo_judge_errors", "Failed judge comparisons of an evaluation (errors after "
+                                  "retries, replies without a verdict)", ["namespace", "run", "iteration"],
+                                  registry=r)
         self.iteration_gpu_seconds = Gauge("synpo_iteration_gpu_seconds", "GPU-seconds per run and iteration",
                                            ["namespace", "run", "iteration"], registry=r)
         self.reconcile_errors = Counter("synpo_reconcile_errors", "Reconciles that raised an error",
@@ -112,11 +118,19 @@ class Metrics:
                 self._track(key, self.run_iteration, (namespace, run))
             for summary in status.iterations:
                 t = str(summary.index)
-                for metric, value in ((self.pairs_kept, summary.pairs_kept), (self.win_rate, summary.win_rate),
+                for metric, value in ((self.pairs_kept, summary.pairs_kept), (self.judge_errors, summary.judge_errors),
                                       (self.iteration_gpu_seconds, summary.gpu_seconds)):
                     if value is not None:
                         metric.labels(namespace, run, t).set(value)
                         self._track(key, metric, (namespace, run, t))
+                for fig in _win_rates(summary):
+                    labels = (namespace, run, t, fig.against)
+                    self.win_rate.labels(*labels).set(fig.win_rate)
+                    self._track(key, self.win_rate, labels)
+                    for bound, value in (("low", fig.win_rate_low), ("high", fig.win_rate_high)):
+                        if value is not None:
+                            self.win_rate_bound.labels(*labels, bound).set(value)
+                            self._track(key, self.win_rate_bound, (*labels, bound))
         for name in outcome.started:
             self.stage_starts.labels(stage=_stage_name(name)).inc()
         for stage_key, n in (outcome.retries or {}).items():
@@ -177,6 +191,15 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _win_rates(summary: IterationSummary) -> list[WinRateFigure]:
+    """Every win rate of an iteration summary with its opponent: one per comparison, else the headline."""
+    figures = [c for c in summary.comparisons if c.win_rate is not None]
+    if not figures and summary.win_rate is not None and summary.against is not None:
+        figures = [WinRateFigure(against=summary.against, n=summary.n or 0, win_rate=summary.win_rate,
+                                 win_rate_low=summary.win_rate_low, win_rate_high=summary.win_rate_high)]
+    return figures
 
 
 def _stage_name(key: str) -> str:

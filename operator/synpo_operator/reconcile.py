@@ -19,8 +19,9 @@ from . import clock
 from .api import conditions as reasons
 from .api.common import Condition
 from .api.conditions import clip, ready_reason, run_conditions
+from .api.evaluation import evaluation_fields
 from .api.loader import SpecError, parse_resource
-from .api.results import LC_WIN_RATE, MODEL, PAIRS_KEPT, PAIRS_TOTAL, SCORE, WIN_RATE
+from .api.results import LC_WIN_RATE, MODEL, PAIRS_KEPT, PAIRS_TOTAL, SCORE, WIN_RATE, number
 from .api.run import IterationSummary, StageStatus, SynPORun, SynPORunStatus
 from .clock import parse_time, rfc3339
 from .plan.executor import Executor, StageRecord
@@ -92,20 +93,13 @@ def iteration_summaries(run: SynPORun, stages: Mapping[str, StageStatus], artifa
             model = _result(train).get(MODEL) or f"{artifacts}/{model_artifact(StageId(t, 'train'))}"
         gpu = sum(gpu_seconds.get(st.name, 0.0) for st in by_iteration[t])
 
-        def num(value: Any, integer: bool = False) -> Any:
-            if value is None or isinstance(value, bool):
-                return None
-            try:
-                return int(value) if integer else float(value)
-            except (TypeError, ValueError):
-                return None
-
         out.append(IterationSummary(
             index=t,
-            pairs_kept=num(pairs.get(PAIRS_KEPT), True), pairs_total=num(pairs.get(PAIRS_TOTAL), True),
-            win_rate=num(evaluate.get(WIN_RATE)),
-            lc_win_rate=num(evaluate.get(LC_WIN_RATE)),
-            score=num(evaluate.get(SCORE)),
+            pairs_kept=number(pairs.get(PAIRS_KEPT), True), pairs_total=number(pairs.get(PAIRS_TOTAL), True),
+            win_rate=number(evaluate.get(WIN_RATE)),
+            lc_win_rate=number(evaluate.get(LC_WIN_RATE)),
+            score=number(evaluate.get(SCORE)),
+            **evaluation_fields(evaluate),
             model=str(model)[:2048] if model else None,
             gpu_seconds=round(gpu, 3) if gpu else (0.0 if by_iteration[t] else None),
         ))

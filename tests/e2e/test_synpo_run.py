@@ -135,3 +135,61 @@ def test_sigterm_stops_the_running_stage_and_the_next_run_redoes_it(tiny_model: 
     assert "→ i0-prompt-generator" in first
     second = start_and_terminate()  # the stopped stage starts again; finished ones are kept
     assert "→ i0-prompt-generator" in second and "→ i0-keywords" not in second
+
+
+def test_raising_iterations_continues_a_finished_run(tiny_model: str, tmp_path: Path):
+    """iterations 1 → 2 on a finished run: iteration 2 runs (new keyword lists, no keywords stage redone) and
+    succeeds; nothing finished before is redone."""
+    storage = tmp_path / "runs"
+    spec = tiny_spec(tiny_model, str(storage), iterations=1)
+    run_file = write_run(tmp_path / "run.yaml", "grow", spec)
+    run_dir = storage / "default" / "grow"
+    first = synpo("run", str(run_file), "--no-report")
+    out, _ = first.communicate(timeout=1800)
+    assert first.returncode == 0, out
+    done_before = manifests(run_dir)
+    assert "iter-1/evaluate/manifest.json" in done_before and not (run_dir / "iter-2").exists()
+
+    write_run(run_file, "grow", {**spec, "iterations": 2})
+    second = synpo("run", str(run_file))
+    out, _ = second.communicate(timeout=1800)
+    assert second.returncode == 0, out
+    assert "IndexError" not in out and "Succeeded" in out
+    after = manifests(run_dir)
+    assert {k: after[k] for k in done_before} == done_before  # iteration 0 and 1 untouched
+    for key in ("iter-2/prompts", "iter-2/train", "iter-2/evaluate"):
+        assert (run_dir / key / "manifest.json").exists(), key
+    ids = [json.loads(line)["id"] for line in (run_dir / "iter-2" / "prompts" / "prompts.jsonl").read_text().splitlines()]
+    assert ids and min(ids) >= spec["promptsPerIteration"]  # iteration 2's own keyword lists
+    report = (run_dir / "report.md").read_text()
+    assert "| 2 " in report and "M0" in report and "references" in report
+
+
+def test_openai_judge_at_a_closed_port_fails_the_first_evaluation(tiny_model: str, tmp_path: Path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}/v1"
+    spec = tiny_spec(tiny_model, str(tmp_path / "runs"), iterations=1,
+                     evaluation={"judges": [{"type": "openai", "endpoint": endpoint, "model": "judge"}]})
+    run_file = write_run(tmp_path / "run.yaml", "deadjudge", spec)
+    started = time.monotonic()
+    proc = synpo("run", str(run_file), "--no-report")
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 1, out
+    assert "i0-evaluate" in out and f"openai judge at {endpoint}" in out and "APIConnectionError" in out
+    assert "Traceback" not in out
+    assert not (tmp_path / "runs" / "default" / "deadjudge" / "iter-1" / "train" / "manifest.json").exists()
+    assert time.monotonic() - started < 600
+
+
+def test_reward_model_without_a_head_fails_the_run_naming_it(tiny_model: str, tmp_path: Path):
+    spec = tiny_spec(tiny_model, str(tmp_path / "runs"), iterations=1,
+                     evaluation={"judges": [{"type": "rewardModel", "model": tiny_model}]})
+    run_file = write_run(tmp_path / "run.yaml", "nohead", spec)
+    proc = synpo("run", str(run_file), "--no-report")
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 1, out
+    assert "i0-evaluate" in out and f"reward model {tiny_model}" in out and "score.weight" in out

@@ -201,7 +201,12 @@ RESULTS = {
     "i1-refine": {"rows": 10},
     "i1-pairs": {"pairsKept": 7, "pairsTotal": 5},
     "i1-train": {"steps": 3},
-    "i1-evaluate": {"winRate": 0.625, "lcWinRate": 0.6, "score": 0.3},
+    "i1-evaluate": {"winRate": 0.625, "lcWinRate": 0.6, "score": 0.3, "against": "M0", "n": 16,
+                    "winRateLow": 0.386, "winRateHigh": 0.815, "judgeErrors": 1,
+                    "vsM0N": 16, "vsM0WinRate": 0.625, "vsM0WinRateLow": 0.386, "vsM0WinRateHigh": 0.815,
+                    "vsM0LcWinRate": 0.6, "vsReferencesN": 16, "vsReferencesWinRate": 0.25,
+                    "vsReferencesWinRateLow": 0.102, "vsReferencesWinRateHigh": 0.495,
+                    "vsReferencesLcWinRateReason": "length alone separates the verdicts"},
 }
 
 
@@ -300,6 +305,13 @@ def test_run_to_success_with_results_and_summaries():
     one = iterations[1]
     assert one["pairsKept"] == 7 and one["pairsTotal"] == 5
     assert one["winRate"] == 0.625 and one["lcWinRate"] == 0.6 and one["score"] == 0.3
+    # every figure names its opponent, n and interval; opponents are never mixed
+    assert one["against"] == "M0" and one["n"] == 16 and one["winRateLow"] == 0.386 and one["judgeErrors"] == 1
+    figures = {c["against"]: c for c in one["comparisons"]}
+    assert figures["M0"] == {"against": "M0", "n": 16, "winRate": 0.625, "winRateLow": 0.386,
+                             "winRateHigh": 0.815, "lcWinRate": 0.6}
+    assert figures["references"]["winRate"] == 0.25 and "lcWinRate" not in figures["references"]
+    assert figures["references"]["lcWinRateReason"].startswith("length alone")
     assert one["model"] == "s3://b/runs/ns/demo/iter-1/train/model"
     assert one["gpuSeconds"] > 0
     assert st["latestWinRate"] == 0.625
@@ -317,7 +329,10 @@ def test_run_to_success_with_results_and_summaries():
     text = h.metrics.render().decode()
     assert 'synpo_runs{phase="Succeeded"} 1.0' in text
     assert 'synpo_pairs_kept{iteration="1",namespace="ns",run="demo"} 7.0' in text
-    assert 'synpo_win_rate{iteration="1",namespace="ns",run="demo"} 0.625' in text
+    assert 'synpo_win_rate{against="M0",iteration="1",namespace="ns",run="demo"} 0.625' in text
+    assert 'synpo_win_rate{against="references",iteration="1",namespace="ns",run="demo"} 0.25' in text
+    assert 'synpo_win_rate_bound{against="M0",bound="low",iteration="1",namespace="ns",run="demo"} 0.386' in text
+    assert 'synpo_judge_errors{iteration="1",namespace="ns",run="demo"} 1.0' in text
     assert 'synpo_stage_duration_seconds_count{outcome="Succeeded",stage="train"} 1.0' in text
     assert 'synpo_stage_gpu_seconds_total{stage="train"} 120.0' in text
     # settled: further reconciles change nothing

@@ -50,10 +50,12 @@ def test_every_stage_done_with_valid_manifests(e2e):
 
 def test_artifact_contents_and_accumulation(e2e):
     run = e2e["run"]
-    kw = list(store.read_rows(str(run / "iter-0" / "keywords"), "keywords"))
-    assert len(kw) == 12 * 2 and {r["iteration"] for r in kw} == {1, 2}
-    assert all(len(r["keywords"]) == 3 for r in kw)
+    paragraphs = list(store.read_rows(str(run / "iter-0" / "keywords"), "paragraphs"))
+    assert paragraphs and all(len(r["candidates"]) >= 3 for r in paragraphs)
     prompts = list(store.read_rows(str(run / "iter-1" / "prompts"), "prompts"))
+    prompts2 = list(store.read_rows(str(run / "iter-2" / "prompts"), "prompts"))
+    assert all(len(r["keywords"]) == 3 for r in prompts + prompts2)
+    assert max(r["id"] for r in prompts) < 12 <= min(r["id"] for r in prompts2)  # iteration 2: positions 12..23
     responses = list(store.read_rows(str(run / "iter-1" / "base-responses"), "responses"))
     assert sorted(r["index"] for r in responses) == [p["index"] for p in prompts]
     d1 = list(store.read_rows(str(run / "iter-1" / "pairs"), "dataset"))
@@ -66,9 +68,12 @@ def test_artifact_contents_and_accumulation(e2e):
     train = store.stage_result(str(run / "iter-2" / "train"))
     assert train["rows"] == len(d2) and train["model"].endswith("iter-2/train/model")
     metrics = json.loads((run / "iter-2" / "evaluate" / "metrics.json").read_text())
-    assert metrics["judges"][0]["against"] == "baseline" and metrics["prompts"] == 6
+    assert metrics["headline"] == "M0" and metrics["prompts"] == 6
+    assert set(metrics["judges"][0]["comparisons"]) == {"references", "M0"}  # each opponent on its own
+    m2 = store.stage_result(str(run / "iter-2" / "evaluate"))
+    assert m2["against"] == "M0" and m2["winRate"] == m2["vsM0WinRate"] and m2["vsReferencesN"] == 6
     m0 = store.stage_result(str(run / "iter-0" / "evaluate"))
-    assert m0["against"] == "reference" and 0 <= m0["winRate"] <= 1
+    assert m0["against"] == "references" and 0 <= m0["winRate"] <= 1 and "vsM0N" not in m0
 
 
 def test_report(e2e, tmp_path):
@@ -77,6 +82,7 @@ def test_report(e2e, tmp_path):
     path = report.write_report(str(run))
     text = Path(path).read_text()
     assert "| 0 |" in text and "| 2 |" in text and (run / "report.png").stat().st_size > 1000
+    assert "| 2 | M0 | 6 |" in text and "| 2 | references | 6 |" in text and "| 0 | M0 |" not in text
 
 
 def test_done_stage_is_not_redone_and_cli_reemits_result(e2e, tmp_path):

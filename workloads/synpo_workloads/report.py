@@ -1,7 +1,8 @@
-"""`write_report(run_dir)`: a per-iteration metrics table (report.md) and a plot (report.png).
+"""`write_report(run_dir)`: per-iteration tables (report.md) and a plot (report.png).
 
 Reads only the stage manifests under <run_dir>/iter-<t>/<stage>/ (no torch). Iteration 0 is M0 (the baseline
-evaluation); iterations 1..T are M_t with their pair counts. matplotlib runs on the Agg backend.
+evaluation); iterations 1..T are M_t with their pair counts. Win rates are listed and drawn per opponent
+(references, M0), each with n and its 95% interval, never on one line. matplotlib runs on the Agg backend.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import os
 import re
 from typing import Any
 
+from synpo_operator.api.evaluation import OPPONENTS, unflatten
+
 from . import store
 
 _ITER = re.compile(r"^iter-(\d+)$")
-COLUMNS = ("iteration", "winRate", "lcWinRate", "score", "against", "pairsKept", "pairsAdded", "pairsTotal",
-           "trainLoss", "seconds")
+COLUMNS = ("iteration", "score", "judgeErrors", "pairsKept", "pairsAdded", "pairsTotal", "trainLoss", "seconds")
+WIN_COLUMNS = ("iteration", "against", "n", "win rate [95% CI]", "LC win rate [95% CI]")
 
 
 def _result(stage_dir: str) -> dict[str, Any] | None:
@@ -47,9 +50,10 @@ def collect(run_dir: str) -> list[dict[str, Any]]:
                 continue
             seconds += float(res.get("_seconds") or 0.0)
             if stage == "evaluate":
-                for key in ("winRate", "lcWinRate", "score", "against"):
+                for key in ("score", "judgeErrors"):
                     if key in res:
                         row[key] = res[key]
+                row["comparisons"] = unflatten(res)
             elif stage == "pairs":
                 for key in ("pairsKept", "pairsAdded", "pairsTotal"):
                     if key in res:
@@ -70,10 +74,28 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _interval(fig: dict[str, Any], key: str) -> str:
+    if fig.get(key) is None:
+        reason = fig.get(key + "Reason")
+        return f"– ({reason})" if reason else "–"
+    low, high = fig.get(key + "Low"), fig.get(key + "High")
+    bounds = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+    return f"{fig[key]:.3f}{bounds}"
+
+
 def markdown(rows: list[dict[str, Any]], title: str) -> str:
     lines = [f"# {title}", "", "Iteration 0 is the initial model M0; iteration t is M_t (trained on all pairs so "
-             "far). Win rates are the first judge's, against the `against` column.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+             "far).", "", "## Win rates (first judge), one opponent per row", "",
+             "Compare iterations only within one opponent; intervals are 95% (Wilson for the win rate, bootstrap "
+             "for LC). An interval that contains 0.5 is no evidence either way.", "",
+             "| " + " | ".join(WIN_COLUMNS) + " |", "|" + "---|" * len(WIN_COLUMNS)]
+    for opponent in OPPONENTS:
+        for row in rows:
+            fig = (row.get("comparisons") or {}).get(opponent)
+            if fig:
+                lines.append(f"| {row['iteration']} | {opponent} | {fig.get('n')} | {_interval(fig, 'winRate')} | "
+                             f"{_interval(fig, 'lcWinRate')} |")
+    lines += ["", "## Per iteration", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row.get(c)) for c in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
@@ -87,8 +109,29 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
 
     xs = [r["iteration"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, keys, title in ((axes[0], ("winRate", "lcWinRate"), "win rate"), (axes[1], ("score",), "mean score"),
-                            (axes[2], ("pairsKept", "pairsTotal"), "pairs")):
+    ax = axes[0]
+    for opponent, colour in zip(OPPONENTS, ("tab:blue", "tab:orange"), strict=True):
+        pts = [(r["iteration"], f) for r in rows if (f := (r.get("comparisons") or {}).get(opponent))
+               and f.get("winRate") is not None]
+        if not pts:
+            continue
+        x = [t for t, _ in pts]
+        y = [f["winRate"] for _, f in pts]
+        err = [[f["winRate"] - f.get("winRateLow", f["winRate"]) for _, f in pts],
+               [f.get("winRateHigh", f["winRate"]) - f["winRate"] for _, f in pts]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colour, label=f"vs {opponent} (95% CI)")
+        lc = [(t, f["lcWinRate"]) for t, f in pts if f.get("lcWinRate") is not None]
+        if lc:
+            ax.plot([t for t, _ in lc], [v for _, v in lc], marker="x", linestyle=":", color=colour,
+                    label=f"LC vs {opponent}")
+    ax.axhline(0.5, color="grey", linewidth=0.8)
+    ax.set_ylim(0, 1)
+    ax.set_title("win rate (first judge), by opponent")
+    ax.set_xlabel("iteration (0 = M0)")
+    ax.set_xticks(xs)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    for ax, keys, title in ((axes[1], ("score",), "mean score"), (axes[2], ("pairsKept", "pairsTotal"), "pairs")):
         for key in keys:
             ys = [r.get(key) for r in rows]
             ys = [float(y) if isinstance(y, int | float) else math.nan for y in ys]

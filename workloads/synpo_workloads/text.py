@@ -60,22 +60,23 @@ def keyword_candidates(paragraph: str, min_len: int = 3) -> list[str]:
     return list(out)
 
 
-def sample_keyword_lists(paragraph_candidates: Sequence[Sequence[str]], count: int, k: int,
-                         rng: random.Random) -> list[tuple[int, list[str]]]:
-    """`count` lists of k distinct keywords, each list from one paragraph: (paragraph index, keywords).
-
-    Paragraphs with fewer than k candidates are never used. Paragraphs are drawn without replacement while
-    enough remain, then with replacement (small corpora still yield `count` lists).
-    """
+def keyword_stream(paragraph_candidates: Sequence[Sequence[str]], start: int, count: int, k: int,
+                   seed: int) -> list[tuple[int, list[str]]]:
+    """Positions start..start+count-1 of one endless, seeded stream of keyword lists: (paragraph index, k
+    keywords). Iteration t takes positions (t-1)·m .. t·m-1, so lists never depend on how many iterations the run
+    has (it may be raised later) and iterations draw distinct paragraphs while the corpus lasts (paragraphs are
+    shuffled without replacement, then the corpus is reshuffled). Empty when no paragraph has k candidates."""
     usable = [i for i, c in enumerate(paragraph_candidates) if len(c) >= k]
     if not usable:
         return []
+    order_rng = random.Random(f"{seed}/order")
     order: list[int] = []
-    while len(order) < count:
+    while len(order) < start + count:
         batch = usable[:]
-        rng.shuffle(batch)
+        order_rng.shuffle(batch)
         order.extend(batch)
-    return [(i, rng.sample(list(paragraph_candidates[i]), k)) for i in order[:count]]
+    return [(i, random.Random(f"{seed}/{pos}").sample(list(paragraph_candidates[i]), k))
+            for pos, i in zip(range(start, start + count), order[start:start + count], strict=True)]
 
 
 def generator_keywords(seed_candidates: Sequence[Sequence[str]], i: int, k: int, noise: int,

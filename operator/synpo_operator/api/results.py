@@ -32,6 +32,22 @@ class StageResult(TypedDict, total=False):
     """evaluate: length-controlled win rate."""
     score: float
     """evaluate: mean judge score."""
+    against: str
+    """evaluate: the headline figures' opponent (references | M0); every opponent's figures are also under
+    `vs<Opponent><Key>` keys (api/evaluation.py)."""
+    n: int
+    """evaluate: comparisons behind the headline win rate."""
+    winRateLow: float
+    winRateHigh: float
+    """evaluate: the headline win rate's 95% Wilson interval."""
+    lcWinRateLow: float
+    lcWinRateHigh: float
+    """evaluate: the LC win rate's 95% bootstrap interval."""
+    lcWinRateReason: str
+    """evaluate: why lcWinRate is absent (not a measurement)."""
+    judgeErrors: int
+    judgeCalls: int
+    """evaluate: failed or unparseable judge comparisons, and all comparisons."""
     model: str
     """Model-producing stages: where the model was saved."""
     error: str
@@ -43,6 +59,18 @@ class StageResult(TypedDict, total=False):
 ROWS, SECONDS, PAIRS_KEPT, PAIRS_TOTAL = "rows", "seconds", "pairsKept", "pairsTotal"
 WIN_RATE, LC_WIN_RATE, SCORE, MODEL, ERROR, EXIT_CODE = (
     "winRate", "lcWinRate", "score", "model", "error", "exitCode")
+
+
+def number(value: Any, integer: bool = False) -> int | float | None:
+    """A result value as a number (None when absent, boolean or not numeric)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value) if integer else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 SUMMED = frozenset({SECONDS})
 """Float keys that shards add up (the other floats are averaged; integers are always summed)."""
 SCALAR = (int, float, str, bool)

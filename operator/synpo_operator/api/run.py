@@ -1,7 +1,8 @@
 """SynPORun: one SynPO alignment run (spec and status).
 
-Defaults are the paper's settings where the paper gives them (see shared/PAPER.md); fields the paper leaves
-open default to SimPO's own recipe or to the choice documented on the field.
+Defaults are the paper's settings where the paper gives them (see docs/paper.md, which also lists every default
+that is not the paper's); fields the paper leaves open default to SimPO's own recipe or to the choice documented on
+the field.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class GenerationSpec(ApiModel):
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     """Sampling temperature (paper: 0.7)."""
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    """Nucleus sampling mass."""
+    """Nucleus sampling mass (not the paper's: it gives none; docs/paper.md)."""
     max_new_tokens: int = Field(default=2048, ge=1, le=32768)
     """Longest generated continuation, in tokens (paper: 2,048)."""
     batch_size: int = Field(default=256, ge=1, le=8192)
@@ -125,6 +126,11 @@ class ScorerSpec(ApiModel):
     """Base URL of the OpenAI-compatible API (openai only), e.g. http://judge:8000/v1."""
     api_key_secret_ref: SecretKeyRef | None = None
     """Secret key holding the judge's API key (openai only); passed to the pod as an env var reference."""
+    trust_remote_code: bool = False
+    """rewardModel only: run the Python code the checkpoint ships (its config's auto_map), as custom reward
+    models such as RLHFlow/ArmoRM-Llama3-8B-v0.1 need. This executes the checkpoint's code in the stage pod:
+    enable it only for checkpoints you trust. Without it such a checkpoint is refused, never scored with a
+    randomly initialised head."""
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> ScorerSpec:
@@ -139,9 +145,11 @@ class FilterSpec(ApiModel):
     """Which examples and pairs are kept (improver data and preference pairs)."""
 
     scorer: ScorerSpec = Field(default_factory=ScorerSpec)
-    """Scores responses (paper: ArmoRM-Llama3-8B for Llama3, PairRM for Mistral)."""
+    """Scores responses (paper: ArmoRM-Llama3-8B for Llama3 — rewardModel with trustRemoteCode — and PairRM for
+    Mistral, a pairwise ranker this scorer refuses). The default, similarity, is not the paper's (docs/paper.md)."""
     min_margin: float = Field(default=0.02, ge=-1000.0, le=1000.0)
-    """Keep a pair only when score(chosen) − score(rejected) exceeds this (paper: 0.02 ArmoRM, 0.20 PairRM)."""
+    """Keep a pair only when score(chosen) − score(rejected) exceeds this (paper: 0.02 ArmoRM, 0.20 PairRM). The
+    default is ArmoRM's margin whatever the scorer: on the similarity scorer's scale it is not calibrated."""
     max_repetition: float = Field(default=0.5, ge=0.0, le=1.0)
     """Drop responses whose share of repeated n-grams exceeds this (paper: 50%)."""
     repetition_ngram: int = Field(default=3, ge=1, le=16)
@@ -154,7 +162,8 @@ class TrainingSpec(ApiModel):
     loss: Literal["simpo", "dpo"] = "simpo"
     """simpo (reference-free, length-normalised) or dpo."""
     beta: float = Field(default=10.0, gt=0.0, le=100.0)
-    """β: reward scale (paper searched {2..12}; 10 for Llama3). DPO users usually want 0.1."""
+    """β: reward scale. The paper searched {2, 4, …, 12} without saying which won; 10 is SimPO's Llama3 value,
+    not the paper's (docs/paper.md). DPO users usually want 0.1."""
     gamma: float = Field(default=1.6, ge=0.0, le=20.0)
     """SimPO target reward margin γ (paper: 1.6); ignored by dpo."""
     learning_rate: float = Field(default=6.0e-7, gt=0.0, le=1.0)
@@ -184,6 +193,9 @@ class EvaluationSpec(ApiModel):
     """Also evaluate M0 once (iteration 0), so every M_t is compared with it."""
     max_prompts: int | None = Field(default=None, ge=1, le=1_000_000)
     """Use at most this many eval prompts (default: all)."""
+    max_judge_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Fail the evaluate stage when more than this share of an LLM judge's comparisons fail (calls that fail
+    after retries, replies without a verdict). Failed comparisons never count as ties."""
 
 
 class VolumeStorage(ApiModel):
@@ -332,6 +344,33 @@ class StageStatus(ApiModel):
     """The stage's summary (rows, pairs kept, scores) from its termination message."""
 
 
+Opponent = Literal["references", "M0"]
+"""What a win rate is measured against: the eval set's reference answers, or M0's answers."""
+
+
+class WinRateFigure(ApiModel):
+    """One win rate of M_t (first judge) against one opponent, with its sample size and 95% intervals."""
+
+    against: Opponent
+    """references (the eval set's answers) or M0."""
+    n: int = Field(ge=0)
+    """Comparisons that gave a verdict."""
+    win_rate: float | None = None
+    """Mean preference for M_t (ties 0.5)."""
+    win_rate_low: float | None = None
+    """Lower end of the 95% Wilson interval."""
+    win_rate_high: float | None = None
+    """Upper end of the 95% Wilson interval."""
+    lc_win_rate: float | None = None
+    """Length-controlled win rate (AlpacaEval 2.0's GLM; docs/metrics.md), null when it would not be a measurement."""
+    lc_win_rate_low: float | None = None
+    """Lower end of the LC win rate's 95% bootstrap interval."""
+    lc_win_rate_high: float | None = None
+    """Upper end of the LC win rate's 95% bootstrap interval."""
+    lc_win_rate_reason: str | None = Field(default=None, max_length=512)
+    """Why lcWinRate is null (degenerate length feature, LC far from raw, too few comparisons)."""
+
+
 class IterationSummary(ApiModel):
     """What one iteration produced."""
 
@@ -342,9 +381,24 @@ class IterationSummary(ApiModel):
     pairs_total: int | None = Field(default=None, ge=0)
     """Pairs in the accumulated dataset after this iteration."""
     win_rate: float | None = None
-    """Headline win rate of M_t (first judge)."""
+    """Headline win rate of M_t (first judge) against `against`: M0 for t ≥ 1 when the baseline is evaluated,
+    otherwise the references."""
     lc_win_rate: float | None = None
-    """Length-controlled win rate (openai judge)."""
+    """Length-controlled win rate against `against`; null with lcWinRateReason when it would not be a measurement."""
+    against: Opponent | None = None
+    """The opponent of winRate and lcWinRate."""
+    n: int | None = Field(default=None, ge=0)
+    """Comparisons behind winRate."""
+    win_rate_low: float | None = None
+    """Lower end of winRate's 95% interval."""
+    win_rate_high: float | None = None
+    """Upper end of winRate's 95% interval."""
+    lc_win_rate_reason: str | None = Field(default=None, max_length=512)
+    """Why lcWinRate is null."""
+    judge_errors: int | None = Field(default=None, ge=0)
+    """Judge comparisons that failed (errors after retries, replies without a verdict), all judges together."""
+    comparisons: list[WinRateFigure] = Field(default_factory=list, max_length=4)
+    """Every win rate of the first judge, one per opponent (references and M0)."""
     score: float | None = None
     """Mean judge score of M_t's answers."""
     model: str | None = Field(default=None, max_length=2048)
@@ -365,7 +419,8 @@ class SynPORunStatus(ApiModel):
     stage: str | None = None
     """The stage(s) in progress."""
     latest_win_rate: float | None = None
-    """Win rate of the newest evaluated model."""
+    """Headline win rate of the newest evaluated model; its opponent, n and interval are in that iteration's
+    summary (`iterations[].against`, `n`, `winRateLow`, `winRateHigh`)."""
     start_time: str | None = None
     """When the run started."""
     completion_time: str | None = None

@@ -4,7 +4,8 @@
   similarity: cosine of all-MiniLM-L6-v2 embeddings — to the reference when one is given, otherwise to the
   prompt (relevance: the reference-free score used to filter pairs and improver examples, where the gold or
   refined answer must beat the model's answer by the margin).
-  rewardModel: the first logit of an AutoModelForSequenceClassification on the chat (prompt, response).
+  rewardModel: the reward a sequence-classification checkpoint documents (reward_model.py; checkpoints whose
+  head would be random, and pairwise rankers, are refused).
 - openai: a pairwise judge only (`PairwiseJudge.prefer`), for evaluation.
 """
 
@@ -36,7 +37,7 @@ def make_scorer(spec: dict[str, Any], field: str = "spec.filter.scorer") -> Scor
 
         if not spec.get("model"):
             raise ConfigError(f"{field}.model: a rewardModel scorer needs a sequence-classification checkpoint")
-        return RewardModelScorer(spec["model"])
+        return RewardModelScorer(spec["model"], trust_remote_code=bool(spec.get("trustRemoteCode")), field=field)
     if kind == "openai":
         raise ConfigError(f"{field}.type: openai is a pairwise judge for evaluation only; "
                           "use rewardModel or similarity to filter")

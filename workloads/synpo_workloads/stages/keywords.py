@@ -1,8 +1,10 @@
-"""keywords: keyword lists for prompt generation, and the prompt generator's training examples.
+"""keywords: the corpus' keyword candidates, and the prompt generator's training examples.
 
 Outputs:
-- keywords.jsonl — promptsPerIteration × iterations rows {id, iteration, paragraph, keywords}: k keywords
-  from one corpus paragraph (paper: 3, stop words and names dropped; see text.keyword_candidates).
+- paragraphs.jsonl — one row per corpus paragraph with at least k candidates {paragraph, candidates} (stop words
+  and names dropped; see text.keyword_candidates). The prompts stage of iteration t draws its keyword lists from
+  them (text.keyword_stream, positions (t-1)·m .. t·m-1), so nothing here depends on the iteration count and
+  raising spec.iterations needs no new keywords stage.
 - generator_train.jsonl — one row per usable seed pair {seedIndex, keywords, question, solution}: k − noise
   keywords from seed prompt i plus `noise` from a seed prompt j ≠ i.
 Deterministic given spec.randomSeed. Runs on CPU.
@@ -23,16 +25,12 @@ def run(ctx) -> dict:
     k = spec.prompt_generator.keywords_per_prompt
     noise = min(spec.prompt_generator.noise_keywords, k - 1)
 
-    rng = random.Random(ctx.seed("corpus"))
     candidates = [text.keyword_candidates(r["text"]) for r in corpus_rows]
-    total = spec.prompts_per_iteration * spec.iterations
-    lists = text.sample_keyword_lists(candidates, total, k, rng)
-    if not lists:
+    usable = [{"paragraph": i, "candidates": c} for i, c in enumerate(candidates) if len(c) >= k]
+    if not usable:
         raise DataError(f"{ctx.data('corpus')}: no paragraph has {k} usable keywords "
                         "(after dropping stop words and names)")
-    per = spec.prompts_per_iteration
-    ctx.writer.write_rows("keywords", (
-        {"id": n, "iteration": 1 + n // per, "paragraph": p, "keywords": kw} for n, (p, kw) in enumerate(lists)))
+    ctx.writer.write_rows("paragraphs", usable)
 
     rng = random.Random(ctx.seed("seed"))
     seed_candidates = [text.keyword_candidates(r["prompt"], min_len=3) for r in seed_rows]
@@ -44,5 +42,4 @@ def run(ctx) -> dict:
     if not examples:
         raise DataError(f"{ctx.data('seed')}: no seed prompt has a usable keyword")
     ctx.writer.write_rows("generator_train", examples)
-    return {"rows": len(lists), "generatorExamples": len(examples),
-            "paragraphsUsable": sum(len(c) >= k for c in candidates)}
+    return {"rows": len(usable), "generatorExamples": len(examples), "paragraphsUsable": len(usable)}

@@ -1,7 +1,9 @@
 """prompts: the generator writes synthetic prompts from this iteration's keyword lists.
 
 Generation starts inside `<question>` (the opening of every training target) and stops at `</question>`:
-only the question is kept (PAPER.md: the generated solution is discarded), so the solution is not generated.
+only the question is kept (docs/paper.md: the generated solution is discarded), so the solution is not generated.
+Keyword lists: positions (t-1)·m .. t·m-1 of the run's seeded stream over the keywords stage's paragraphs
+(text.keyword_stream), so a run whose iterations are raised gets new lists for the new iterations.
 A malformed output (no closed question, empty question) is sampled again, with another seed, up to
 RESAMPLE_ROUNDS times; what is still malformed is dropped, and so are near duplicates (text.dedupe:
 normalised-token Jaccard ≥ 0.8 with an earlier prompt of this iteration; env SYNPO_DEDUPE_THRESHOLD).
@@ -13,7 +15,7 @@ import os
 from dataclasses import replace
 
 from .. import templates, text
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ._common import engine, rows_or_fail, sampling
 
 RESAMPLE_ROUNDS = 2
@@ -25,9 +27,30 @@ def _question(output: str):
                              else templates.GENERATOR_PREFILL + output)
 
 
+def keyword_lists(ctx) -> list[dict]:
+    """This iteration's keyword lists {id, paragraph, keywords}; id is the list's position in the stream."""
+    paragraphs = rows_or_fail(ctx.input("keywords"), "paragraphs", "keywords")
+    if not paragraphs:  # a keywords stage written before paragraphs.jsonl existed: its lists, if it has them
+        rows = [r for r in rows_or_fail(ctx.input("keywords"), "keywords", "keywords")
+                if int(r["iteration"]) == ctx.iteration]
+        if rows:
+            return rows
+        raise DataError(f"inputs.keywords: {ctx.input('keywords')} has no paragraphs.jsonl (written by an older "
+                        f"synpo) and no keyword lists for iteration {ctx.iteration}; delete that stage directory "
+                        "to have it redone")
+    candidates: list[list[str]] = []
+    for row in paragraphs:
+        candidates.extend([[]] * (int(row["paragraph"]) + 1 - len(candidates)))
+        candidates[int(row["paragraph"])] = row["candidates"]
+    m = ctx.spec.prompts_per_iteration
+    start = (ctx.iteration - 1) * m
+    lists = text.keyword_stream(candidates, start, m, ctx.spec.prompt_generator.keywords_per_prompt,
+                                seed=ctx.spec.random_seed)
+    return [{"id": start + n, "paragraph": p, "keywords": kw} for n, (p, kw) in enumerate(lists)]
+
+
 def run(ctx) -> dict:
-    rows = [r for r in rows_or_fail(ctx.input("keywords"), "keywords", "keywords")
-            if int(r["iteration"]) == ctx.iteration]
+    rows = keyword_lists(ctx)
     eng = engine(ctx, ctx.model("generator"))
     prompts = [templates.generator_prompt(r["keywords"]) for r in rows]
     resampled = 0

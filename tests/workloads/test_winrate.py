@@ -1,0 +1,66 @@
+"""Win rates: Wilson intervals, and the LC win rate as AlpacaEval 2.0 fits it (null, with a reason, where it
+would be an extrapolation). The worked examples' expected values come from alpaca_eval's own
+fit_LogisticRegressionCV run on the same synthetic annotations (bench/lc_crosscheck.py)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from synpo_workloads.winrate import figure, is_extreme_change, lc_win_rate, length_features, wilson_interval
+
+pytestmark = pytest.mark.workloads
+
+
+def synthetic(trial: int, n: int, length_weight: float, model_weight: float):
+    r = random.Random(trial)
+    ml = [r.randint(50, 800) for _ in range(n)]
+    ol = [r.randint(50, 800) for _ in range(n)]
+    feat = length_features(ml, ol)
+    prefs = [r.choice([0.0, 1.0]) if r.random() < 0.1 else
+             (1.0 if r.random() < 1 / (1 + math.exp(-(length_weight * f + model_weight))) else 0.0) for f in feat]
+    return prefs, ml, ol
+
+
+@pytest.mark.parametrize("trial,n,lw,mw,expected", [
+    (1, 80, 2.0, -0.5, 0.3062), (2, 60, 0.5, 0.8, 0.6036), (3, 100, 3.0, 0.0, 0.5245), (4, 30, 1.0, 0.2, 0.5975)])
+def test_lc_matches_alpaca_evals_fit(trial, n, lw, mw, expected):
+    prefs, ml, ol = synthetic(trial, n, lw, mw)
+    lc = lc_win_rate(prefs, ml, ol)
+    assert lc.value == pytest.approx(expected, abs=1e-4)
+    assert lc.low <= lc.value <= lc.high
+
+
+def test_length_bias_is_removed():
+    """A judge that only rewards length: raw win rate far from 0.5, LC back near 0.5."""
+    r = random.Random(5)
+    ml = [r.randint(100, 900) for _ in range(200)]
+    ol = [r.randint(100, 900) for _ in range(200)]
+    feat = length_features(ml, ol)
+    prefs = [1.0 if r.random() < 1 / (1 + math.exp(-3 * f)) else 0.0 for f in feat]
+    lc = lc_win_rate(prefs, ml, ol)
+    assert abs(lc.value - 0.5) < 0.08 and lc.length_weight > 1
+
+
+def test_degenerate_inputs_give_no_lc_but_a_reason():
+    assert lc_win_rate([1.0, 0.0] * 8, [100] * 16, [50] * 16).reason.startswith("the length difference does not vary")
+    separated = lc_win_rate([1.0] * 8 + [0.0] * 8, [500] * 8 + [100] * 8, [200] * 16)
+    assert separated.value is None and "separates" in separated.reason
+    assert "too few" in lc_win_rate([1.0, 0.0, 1.0], [1, 2, 3], [3, 2, 1]).reason
+    assert "one way" in lc_win_rate([1.0] * 12, list(range(12)), [5] * 12).reason
+
+
+def test_extreme_change_rule_is_alpaca_evals():
+    # AlpacaEval's docstring example: raw 20% warns below 10% or above 40%; raw 50% below 37.5% or above 62.5%.
+    assert is_extreme_change(0.20, 0.09) and not is_extreme_change(0.20, 0.11)
+    assert is_extreme_change(0.20, 0.41) and not is_extreme_change(0.20, 0.39)
+    assert is_extreme_change(0.5, 0.37) and not is_extreme_change(0.5, 0.38)
+
+
+def test_wilson_interval_and_figure():
+    low, high = wilson_interval(0.5, 16)
+    assert low == pytest.approx(0.2800, abs=1e-3) and high == pytest.approx(0.7200, abs=1e-3)
+    fig = figure([1.0, None, 0.0, 1.0], [10, 20, 30, 40], [20, 20, 20, 20])
+    assert fig["n"] == 3 and fig["winRate"] == pytest.approx(2 / 3) and "too few" in fig["lcWinRateReason"]
