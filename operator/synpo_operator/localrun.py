@@ -97,6 +97,11 @@ def _run_command(args: argparse.Namespace) -> int:
     if resource.spec.storage.uri is None and args.storage is None:
         raise SpecError(args.file, ["spec.storage: synpo run needs storage.uri (a directory or fsspec URI), "
                                     "or --storage DIR; a PVC volume only exists in a cluster"])
+    from .modelinfo import model_problems
+
+    problems = model_problems(resource.spec)
+    if problems:
+        raise SpecError(args.file, problems)
     phase = run_local(resource, storage_root=args.storage, parallel=args.parallel)
     if phase == "Succeeded" and not args.no_report:
         from .executors.local import LocalExecutor

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..api.run import SynPORun
 from ..kube import KubeError, WatchCache, informer, request
+from ..modelinfo import model_problems
 from ..plan.planner import StagePhase, StageState, Start
 from ..reconcile import StageRecord, job_record, now_utc
 from .manifests import LABEL_RUN, LABEL_STAGE_KEY, render_stage, stage_config_problems
@@ -63,6 +64,7 @@ def jobs_spec_problems(run: SynPORun) -> list[str]:
                         "storage.volume (a PersistentVolumeClaim) or an object-store URI such as s3://bucket/runs")
     # each stage's config travels in a Job annotation (256 KiB for all of them): refuse before starting any
     problems.extend(stage_config_problems(run))
+    problems.extend(model_problems(run.spec))
     return problems
 
 

@@ -93,4 +93,4 @@ def run(ctx) -> dict:
     head = metrics[0]
     return {"rows": len(rows), "judge": head["judge"], "against": against,
             **{k: head[k] for k in ("winRate", "lcWinRate", "score") if head.get(k) is not None},
-            "model": ctx.model("policy")}
+            "model": ctx.model("policy"), **eng.result()}
