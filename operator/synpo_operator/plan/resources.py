@@ -17,10 +17,13 @@ def gpus_for(spec: SynPORunSpec, node: StageNode) -> int:
     return spec.resources.gpus_per_pod if node.gpu else 0
 
 
+GENERATION_STAGES = ("prompts", "base-responses", "responses", "refine", "evaluate")
+"""Stages that generate with spec.generation.engine."""
+
+
 def generation_gpus(spec: SynPORunSpec) -> int:
-    """GPUs of a generation stage's pod (what vLLM's tensor parallelism spans): those of the responses
-    stage, which every run has."""
-    return next(gpus_for(spec, node) for node in stage_graph(spec) if node.id.name == "responses")
+    """The most GPUs a generation stage's pod gets (what vLLM's tensor parallelism spans)."""
+    return max(gpus_for(spec, node) for node in stage_graph(spec) if node.id.name in GENERATION_STAGES)
 
 
 def tensor_parallel_size(gpus: int) -> int:
