@@ -28,11 +28,14 @@ def test_synpo_run_on_vllm(llama3_like: str, tmp_path: Path):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "Succeeded" in done.stdout
 
+    logs = tmp_path / "runs" / "default" / "vllm-run" / "logs"
+    for key in ("i0-evaluate", "i1-prompts", "i1-base-responses-shard-1", "i1-refine-shard-0", "i1-evaluate"):
+        assert "init engine" in (logs / f"{key}.log").read_text(), key  # vLLM generated there
     root = tmp_path / "runs" / "default" / "vllm-run" / "iter-1"
     prompts = list(store.read_rows(str(root / "prompts"), "prompts"))
     assert prompts and all(p["prompt"] and "<question>" not in p["prompt"] for p in prompts)
     # sharded generation: each shard answered the prompts with its index residue, together all of them
-    for stage in ("responses", "refine"):
+    for stage in ("base-responses", "refine"):  # iteration 1: M0 answers (no M_{t-1} yet)
         parts = sorted((root / stage).glob("shard-*"))
         assert len(parts) == 2, list((root / stage).iterdir())
         seen = []
