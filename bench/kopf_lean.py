@@ -18,7 +18,7 @@ instead of our informers (`kube.WatchCache`), work queue and resync. The step it
 What Kopf does not give, kept as small as it can be: one reconcile at a time per run (Kopf serialises
 per object, but a run is reconciled from its own events and its Jobs'), the skip of our own status write's
 echo, and delayed reconciles (retries with back-off, deadline/TTL) on Kopf's event loop. Not covered: the
-local executor, concurrent-run caps, the new-run burst ordering and SynPOSchedules (`handlers.py`).
+local executor, concurrent-run caps, the new-run burst ordering and SynPOSchedules (`controller/`).
 """
 
 from __future__ import annotations

@@ -32,6 +32,12 @@ def _plan(args: argparse.Namespace) -> int:
     from .render import describe_plan
 
     resource = load_file(args.file)
+    if isinstance(resource, SynPORun):
+        from .modelinfo import model_problems
+
+        problems = model_problems(resource.spec)
+        if problems:
+            raise SpecError(args.file, problems)
     if args.manifests:
         if not isinstance(resource, SynPORun):
             raise SpecError(args.file, ["kind: --manifests needs a SynPORun"])

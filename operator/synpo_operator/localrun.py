@@ -136,12 +136,17 @@ def _report_transitions(bars: dict[str, Any], outcome: Any, out) -> None:
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    resource = load_file(args.file)
+    resource = load_file(args.file, args.set or ())
     if not isinstance(resource, SynPORun):
         raise SpecError(args.file, ["kind: synpo run takes a SynPORun (schedules need the operator)"])
     if resource.spec.storage.uri is None and args.storage is None:
         raise SpecError(args.file, ["spec.storage: synpo run needs storage.uri (a directory or fsspec URI), "
                                     "or --storage DIR; a PVC volume only exists in a cluster"])
+    from .modelinfo import model_problems
+
+    problems = model_problems(resource.spec)
+    if problems:
+        raise SpecError(args.file, problems)
     phase = run_local(resource, storage_root=args.storage, parallel=args.parallel)
     if phase == "Succeeded" and not args.no_report:
         from .executors.local import LocalExecutor
@@ -170,6 +175,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--parallel", type=int, default=1, metavar="N",
                      help="stages run at once (default 1: stages share this machine's cores)")
     run.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+    run.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                     help="override a field of the file, e.g. --set spec.generation.engine=vllm (repeatable)")
     run.set_defaults(func=_run_command)
 
     report = sub.add_parser("report", help="write a run's metrics table and plot")

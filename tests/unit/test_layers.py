@@ -15,7 +15,7 @@ LAYERS = [  # bottom to top
     ("api",),
     ("plan",),
     ("kube", "workqueue", "events", "metrics"),
-    ("executors",),
+    ("executors", "modelinfo"),
     ("reconcile", "schedule", "capacity", "render"),
     ("localrun", "controller"),
     ("cli", "__init__"),

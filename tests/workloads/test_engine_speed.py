@@ -163,3 +163,20 @@ def test_seeded_static_sampling_is_reproducible(tiny_model):
     tokens = engine.last_stats["new_tokens"]
     assert engine.generate(prompts, SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=10, seed=1)) == first
     assert engine.last_stats["new_tokens"] == tokens
+
+
+def test_metered_engine_sums_the_generation_figures_of_a_stage(tiny_model):
+    from synpo_workloads.engines import Metered, SamplingParams
+    from synpo_workloads.engines.hf import TransformersEngine
+
+    engine = Metered(TransformersEngine(tiny_model, batch_size=4))
+    params = SamplingParams(temperature=0.7, max_new_tokens=8, seed=1)
+    engine.generate(["one", "two", "three"], params)
+    first = engine.engine.last_stats["new_tokens"]
+    engine.generate(["four", "five"], params)
+    result = engine.result()
+    assert set(result) == set(Metered.RESULT_KEYS)
+    assert result["generatedPrompts"] == 5
+    assert result["generatedTokens"] == first + engine.engine.last_stats["new_tokens"] > 0
+    assert result["generationSeconds"] > 0
+    assert result["tokensPerSecond"] == pytest.approx(result["generatedTokens"] / engine.seconds, abs=0.1)

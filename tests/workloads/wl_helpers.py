@@ -49,24 +49,31 @@ def _texts() -> list[str]:
     return out
 
 
-def build_tiny_model(target: Path, vocab_size: int = 1024) -> Path:
+def build_tiny_model(target: Path, vocab_size: int = 1024, *, head_dim: int = 16, begin_of_text: bool = False) -> Path:
+    """head_dim 16 (4 heads of a hidden size of 64) unless given: vLLM's CPU attention needs 32 or more.
+    begin_of_text: a Llama-3-style tokenizer, whose BOS `<|begin_of_text|>` both the chat template and
+    plain tokenisation (add_special_tokens) put first."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + (["<|begin_of_text|>"] if begin_of_text else [])
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(_texts(), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+    bos = "<|begin_of_text|>" if begin_of_text else "<|im_start|>"
+    if begin_of_text:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", unk_token="<|endoftext|>")
     fast.add_tokens(["<question>", "</question>", "<solution>", "</solution>"])
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = ("{{ bos_token }}" if begin_of_text else "") + CHAT_TEMPLATE
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=1024,
                          tie_word_embeddings=True, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
                          pad_token_id=fast.pad_token_id)
     model = LlamaForCausalLM(config)

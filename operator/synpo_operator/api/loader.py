@@ -136,8 +136,9 @@ def load_documents(text: str, source: str = "<input>") -> list[Any]:
     return docs
 
 
-def load_file(path: str | Path) -> SynPORun | SynPOSchedule:
-    """Read a file holding exactly one SynPORun or SynPOSchedule."""
+def load_file(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SynPORun | SynPOSchedule:
+    """Read a file holding exactly one SynPORun or SynPOSchedule; `overrides` (`a.b.c=VALUE`, VALUE in YAML)
+    replace fields of the document before it is validated (`synpo run --set`)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -151,4 +152,23 @@ def load_file(path: str | Path) -> SynPORun | SynPOSchedule:
     if len(docs) != 1:
         raise SpecError(str(path), [f"expected exactly one resource (a SynPORun or SynPOSchedule), "
                                     f"found {len(docs)} YAML documents"])
-    return parse_resource(docs[0], str(path))
+    return parse_resource(apply_overrides(docs[0], overrides, str(path)), str(path))
+
+
+
+def apply_overrides(doc: Any, overrides: list[str] | tuple[str, ...], source: str = "<input>") -> Any:
+    """`spec.generation.engine=vllm`: set a dotted path (camelCase, as in the YAML) to a YAML value."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise SpecError(source, [f"--set {item!r}: expected FIELD.PATH=VALUE, e.g. spec.generation.engine=vllm"])
+        node = doc
+        for part in parts[:-1]:
+            if not isinstance(node, dict):
+                raise SpecError(source, [f"--set {key}: {part} is inside a value that is not a mapping"])
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpecError(source, [f"--set {key}: the parent of {parts[-1]} is not a mapping"])
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return doc

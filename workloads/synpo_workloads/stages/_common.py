@@ -8,7 +8,7 @@ import random
 import shutil
 
 from .. import store
-from ..engines import SamplingParams, make_engine
+from ..engines import Metered, SamplingParams, make_engine
 from ..errors import DataError
 
 
@@ -19,9 +19,11 @@ def sampling(ctx, *, salt: str = "", **overrides) -> SamplingParams:
     return SamplingParams(**params)
 
 
-def engine(ctx, model_ref: str):
+def engine(ctx, model_ref: str) -> Metered:
+    """The spec's engine on this pod's GPUs (`gpus` of the stage config), metered for the stage result."""
     g = ctx.spec.generation
-    return make_engine(g.engine, model_ref, dtype=ctx.spec.model.dtype, batch_size=g.batch_size)
+    return Metered(make_engine(g.engine, model_ref, dtype=ctx.spec.model.dtype, batch_size=g.batch_size,
+                               gpus=int(ctx.config.get("gpus", 0)), gpu_memory_utilization=g.gpu_memory_utilization))
 
 
 def checkpoints_dir(ctx) -> str:

@@ -129,4 +129,4 @@ def run(ctx) -> dict:
     return {"rows": len(rows), "judge": head["judge"], **flatten(head["comparisons"], headline),
             **({"score": head["score"]} if head.get("score") is not None else {}),
             **({"judgeErrors": judge_errors, "judgeCalls": judge_calls} if judge_calls else {}),
-            "model": ctx.model("policy")}
+            "model": ctx.model("policy"), **eng.result()}

@@ -80,4 +80,4 @@ def run(ctx) -> dict:
                                       for n, (r, q) in enumerate(kept)))
     ctx.writer.write_rows("raw", ({"id": r["id"], "output": o} for r, o in zip(rows, outputs, strict=True)))
     return {"rows": len(kept), "generated": len(rows), "resampled": resampled,
-            "malformed": len(rows) - len(wellformed), "duplicates": len(wellformed) - len(kept)}
+            "malformed": len(rows) - len(wellformed), "duplicates": len(wellformed) - len(kept), **eng.result()}

@@ -15,4 +15,4 @@ def run(ctx) -> dict:
         eng.close()
     ctx.writer.write_rows("refined", ({"index": r["index"], "prompt": r["prompt"], "response": r["response"],
                                        "refined": y} for r, y in zip(rows, refined, strict=True)))
-    return {"rows": len(rows), "empty": sum(not y for y in refined)}
+    return {"rows": len(rows), "empty": sum(not y for y in refined), **eng.result()}

@@ -19,4 +19,4 @@ def run(ctx) -> dict:
         eng.close()
     ctx.writer.write_rows("responses", ({"index": r["index"], "prompt": r["prompt"], "response": o}
                                         for r, o in zip(rows, outputs, strict=True)))
-    return {"rows": len(rows), "empty": sum(not o for o in outputs)}
+    return {"rows": len(rows), "empty": sum(not o for o in outputs), **eng.result()}
