@@ -544,6 +544,9 @@ def test_merge_results():
 
     shards = [{"rows": 2, "seconds": 10.0}, {"rows": 3, "seconds": 30.5}]
     assert merge_results(shards)["seconds"] == 40.5
+    # shards generate side by side: the stage's throughput is the sum of theirs, its tokens too
+    gen = merge_results([{"generatedTokens": 100, "tokensPerSecond": 10.0}, {"generatedTokens": 50, "tokensPerSecond": 5.0}])
+    assert gen["generatedTokens"] == 150 and gen["tokensPerSecond"] == 15.0
     assert store_merge is merge_results
 
 

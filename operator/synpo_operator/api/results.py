@@ -50,6 +50,14 @@ class StageResult(TypedDict, total=False):
     """evaluate: failed or unparseable judge comparisons, and all comparisons."""
     model: str
     """Model-producing stages: where the model was saved."""
+    generatedPrompts: int
+    generatedTokens: int
+    """Generating stages: prompts answered and tokens generated (exact counts)."""
+    generationSeconds: float
+    """Generating stages: time inside the engine's generate calls (shards add up)."""
+    tokensPerSecond: float
+    """Generating stages: generatedTokens / generationSeconds; shards run side by side, so the stage's
+    throughput is the sum of theirs."""
     error: str
     """Failed stages: the one-line reason."""
     exitCode: int
@@ -71,8 +79,11 @@ def number(value: Any, integer: bool = False) -> int | float | None:
         return None
 
 
-SUMMED = frozenset({SECONDS})
-"""Float keys that shards add up (the other floats are averaged; integers are always summed)."""
+GENERATION = ("generatedPrompts", "generatedTokens", "generationSeconds", "tokensPerSecond")
+"""The generation figures, in StageResult's order."""
+SUMMED = frozenset({SECONDS, GENERATION[2], GENERATION[3]})
+"""Float keys that shards add up (time and the throughput of shards running side by side); other floats are
+averaged, integers always summed."""
 SCALAR = (int, float, str, bool)
 
 

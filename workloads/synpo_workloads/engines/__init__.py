@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from synpo_operator.api.results import GENERATION
 from synpo_operator.api.run import GenerationSpec
 
 from ..errors import ConfigError
@@ -65,7 +66,7 @@ class Metered:
     """An engine that sums prompts, generated tokens and seconds over its generate calls: the generation
     figures of a stage's result (RESULT_KEYS)."""
 
-    RESULT_KEYS = ("generatedPrompts", "generatedTokens", "generationSeconds", "tokensPerSecond")
+    RESULT_KEYS = GENERATION
 
     def __init__(self, engine: Engine):
         self.engine = engine
