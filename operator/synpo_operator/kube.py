@@ -127,19 +127,8 @@ def get_run(namespace: str, name: str) -> dict[str, Any] | None:
     """The run as the API server has it: from the runs informer (kept current by its WATCH and by our own
     status writes), else by a GET (no informer, or a run it has not seen yet)."""
     cache = informer("runs", namespace)
-    if cache is not None:
-        cached = cache.get(namespace, name)
-        if cached is not None:
-            return copy.deepcopy(cached)
-    try:
-        body = request("GET", run_path(namespace, name))
-    except KubeError as err:
-        if err.not_found:
-            return None
-        raise
-    if cache is not None and isinstance(body, dict):
-        cache.put(copy.deepcopy(body))
-    return body
+    cached = cache.get(namespace, name) if cache is not None else None
+    return copy.deepcopy(cached) if cached is not None else refresh_run(namespace, name)
 
 
 def patch_run_status(namespace: str, name: str, patch: dict[str, Any],
@@ -164,7 +153,8 @@ def patch_run_status(namespace: str, name: str, patch: dict[str, Any],
 
 
 def refresh_run(namespace: str, name: str) -> dict[str, Any] | None:
-    """GET the run and store it in the runs informer (after a 409: the cached copy was stale)."""
+    """GET the run and store it in the runs informer (a run not cached yet, or after a 409: the cached copy
+    was stale)."""
     try:
         body = request("GET", run_path(namespace, name))
     except KubeError as err:
