@@ -43,10 +43,11 @@ def _plan(args: argparse.Namespace) -> int:
             raise SpecError(args.file, ["kind: --manifests needs a SynPORun"])
         import yaml
 
+        from .api.crd import KubeDumper
         from .executors.manifests import render_run_manifests
 
         manifests = render_run_manifests(resource, all_stages=args.all)
-        print(yaml.safe_dump_all(manifests, sort_keys=False, width=120), end="")
+        print(yaml.dump_all(manifests, Dumper=KubeDumper, sort_keys=False, width=120), end="")
         return 0
     print(describe_plan(resource))
     return 0

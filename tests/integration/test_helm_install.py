@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from synpo_devcluster.client import ApiError, KubeClient
+from synpo_operator.api.crd import KubeDumper
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ def kubectl_apply(kubectl: str, cluster, docs: list[dict], *, dry_run: bool) -> 
     if dry_run:
         args.insert(2, "--dry-run=server")
     env = {**os.environ, "KUBECONFIG": cluster.kubeconfig}
-    proc = subprocess.run(args, input=yaml.safe_dump_all(docs, sort_keys=False), capture_output=True, text=True,
+    proc = subprocess.run(args, input=yaml.dump_all(docs, Dumper=KubeDumper, sort_keys=False), capture_output=True, text=True,
                           env=env, timeout=120)
     assert proc.returncode == 0, f"kubectl apply failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout

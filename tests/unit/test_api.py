@@ -133,3 +133,14 @@ def test_schedule_model(tmp_path: Path, quickstart_doc):
     doc["spec"]["schedule"] = "61 * * * *"
     with pytest.raises(ValidationError, match="cron"):
         SynPOSchedule.model_validate(doc)
+
+
+def test_crd_yaml_has_no_bare_yaml11_booleans():
+    """kubectl and Go's yaml.v2 read a bare `n`/`y` as a boolean (YAML 1.1): the API server then refuses the CRD
+    (`required` holds a bool). PyYAML writes them bare unless told; the generated files quote them."""
+    import re
+
+    bare = re.compile(r"^\s*(- )?[yYnN]:?\s*$", re.M)
+    for name, text in crd_files().items():
+        assert not bare.search(text), name
+        assert "'n':" in text or name.startswith("synposchedules")
