@@ -35,7 +35,7 @@ PODS = "/api/v1/namespaces/{ns}/pods"
 # stage summaries the fake pods report through their termination message
 RESULTS = {
     "pairs": {"pairsKept": 7, "pairsTotal": 7, "rows": 7},
-    "evaluate": {"winRate": 0.625, "lcWinRate": 0.6, "score": 0.25},
+    "evaluate": {"winRate": 0.625, "lcWinRate": 0.6, "score": 0.25, "against": "M0", "n": 16},
     "keywords": {"rows": 40},
     "train": {"steps": 3},
     "base-responses": {"rows": 10},
@@ -314,7 +314,7 @@ def test_run_to_success_with_status_events_and_metrics(kube, operator, namespace
         time.sleep(0.3)
     assert 'synpo_runs{phase="Succeeded"} 1.0' in text
     assert f'synpo_pairs_kept{{iteration="1",namespace="{namespace}",run="happy"}} 7.0' in text
-    assert f'synpo_win_rate{{iteration="1",namespace="{namespace}",run="happy"}} 0.625' in text
+    assert f'synpo_win_rate{{against="M0",iteration="1",namespace="{namespace}",run="happy"}} 0.625' in text
     assert 'synpo_stage_duration_seconds_count{outcome="Succeeded",stage="train"} 1.0' in text
     assert 'synpo_stage_gpu_seconds_total{stage="train"}' in text
     assert 'name="hf"' not in text and "secretKeyRef" not in text
