@@ -113,7 +113,7 @@ def reference(tmp_path_factory) -> dict[str, str]:
     proc = _run(tmp, config)
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = _data_files(config["output"])
-    assert set(files) == {"keywords.jsonl", "generator_train.jsonl"}
+    assert set(files) == {"paragraphs.jsonl", "generator_train.jsonl"}
     return files
 
 
@@ -129,9 +129,9 @@ def test_killed_mid_write_is_not_done_and_is_redone(tmp_path, reference, mode):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "not redone" not in proc.stderr
     assert _data_files(out) == reference
-    assert sorted(os.listdir(out)) == ["generator_train.jsonl", "keywords.jsonl", "manifest.json"]
+    assert sorted(os.listdir(out)) == ["generator_train.jsonl", "manifest.json", "paragraphs.jsonl"]
     result = json.loads((tmp_path / "termination-log").read_text())
-    assert result["rows"] == 6000
+    assert result["rows"] == len((Path(out) / "paragraphs.jsonl").read_text().splitlines()) == 245
 
 
 def test_killed_at_random_moments_repeatedly(tmp_path, reference):
@@ -177,7 +177,7 @@ def test_corruption_after_the_manifest_is_detected_and_redone(tmp_path, referenc
     out = Path(config["output"])
     assert _run(tmp_path, config).returncode == 0
     assert _fresh_check(str(out))
-    target = out / ("manifest.json" if damage.startswith("flip-manifest") else "keywords.jsonl")
+    target = out / ("manifest.json" if damage.startswith("flip-manifest") else "paragraphs.jsonl")
     if damage == "delete-file":
         target.unlink()
     else:
@@ -188,9 +188,9 @@ def test_corruption_after_the_manifest_is_detected_and_redone(tmp_path, referenc
         elif damage == "flip-manifest-files":  # one hex digit of a recorded sha256
             at = data.index(b'"sha256": "') + len('"sha256": "')
             data[at] = ord("0") if data[at] != ord("0") else ord("1")
-        elif damage == "flip-manifest-result":  # the row count in the recorded result: 6000 -> 7000
+        elif damage == "flip-manifest-result":  # the row count in the recorded result: 245 -> 745
             at = data.index(b'"result"')
-            at = data.index(b"6000", at)
+            at = data.index(b"245", at)
             data[at] = ord("7")
         else:
             data[len(data) // 2] ^= 0x01
