@@ -68,8 +68,10 @@ def test_evaluate_with_an_openai_judge_on_vllm_serve(judge_server, llama3_like, 
                      evaluation={"judges": [{"type": "openai", "endpoint": base, "model": "judge"}], "maxPrompts": 6})
     node, config = next((n, c) for n, c in stage_configs(spec, str(tmp_path / "runs")) if n.key == "i0-evaluate")
     (result,) = run_in_process(node, config)
-    assert result["judge"] == "openai" and result["against"] == "reference"
-    assert 0.0 <= result["winRate"] <= 1.0
+    assert result["judge"] == "openai" and result["against"] == "references"
+    # every comparison answered with a verdict (a real server, the judge's own parsing and logprobs)
+    assert result["n"] == 6 and result["judgeCalls"] == 6 and result["judgeErrors"] == 0
+    assert 0.0 <= result["winRateLow"] <= result["winRate"] <= result["winRateHigh"] <= 1.0
     metrics = json.loads((Path(config["output"]) / "metrics.json").read_text())
     (judge,) = metrics["judges"]
     assert judge["judge"] == "openai" and metrics["prompts"] == 6
