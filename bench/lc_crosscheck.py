@@ -39,7 +39,7 @@ def alpaca_eval_functions(git_dir: str) -> dict:
 
 
 def synthetic(trial: int, n: int, length_weight: float, model_weight: float):
-    """The same generator as tests/workloads/test_winrate.py."""
+    """Annotations with a known length effect; tests/workloads/test_winrate.py pins alpaca_eval's LC on them."""
     r = random.Random(trial)
     ml = [r.randint(50, 800) for _ in range(n)]
     ol = [r.randint(50, 800) for _ in range(n)]

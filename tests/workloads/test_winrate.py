@@ -4,30 +4,34 @@ fit_LogisticRegressionCV run on the same synthetic annotations (bench/lc_crossch
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import random
+from pathlib import Path
 
 import pytest
 
 from synpo_workloads.winrate import figure, is_extreme_change, lc_win_rate, length_features, wilson_interval
 
 pytestmark = pytest.mark.workloads
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def synthetic(trial: int, n: int, length_weight: float, model_weight: float):
-    r = random.Random(trial)
-    ml = [r.randint(50, 800) for _ in range(n)]
-    ol = [r.randint(50, 800) for _ in range(n)]
-    feat = length_features(ml, ol)
-    prefs = [r.choice([0.0, 1.0]) if r.random() < 0.1 else
-             (1.0 if r.random() < 1 / (1 + math.exp(-(length_weight * f + model_weight))) else 0.0) for f in feat]
-    return prefs, ml, ol
+def _load_crosscheck():
+    """bench/lc_crosscheck.py: its generator made the annotations alpaca_eval's fit was run on (one copy)."""
+    spec = importlib.util.spec_from_file_location("lc_crosscheck", ROOT / "bench" / "lc_crosscheck.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+synthetic = _load_crosscheck().synthetic
 
 
 @pytest.mark.parametrize("trial,n,lw,mw,expected", [
     (1, 80, 2.0, -0.5, 0.3062), (2, 60, 0.5, 0.8, 0.6036), (3, 100, 3.0, 0.0, 0.5245), (4, 30, 1.0, 0.2, 0.5975)])
 def test_lc_matches_alpaca_evals_fit(trial, n, lw, mw, expected):
-    prefs, ml, ol = synthetic(trial, n, lw, mw)
+    prefs, ml, ol, _ = synthetic(trial, n, lw, mw)
     lc = lc_win_rate(prefs, ml, ol)
     assert lc.value == pytest.approx(expected, abs=1e-4)
     assert lc.low <= lc.value <= lc.high
