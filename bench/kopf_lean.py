@@ -42,6 +42,7 @@ import kopf  # noqa: E402
 from synpo_operator import clock, kube  # noqa: E402
 from synpo_operator.api.common import GROUP, VERSION  # noqa: E402
 from synpo_operator.api.loader import SpecError  # noqa: E402
+from synpo_operator.executors.job_status import pods_lag  # noqa: E402
 from synpo_operator.executors.jobs import JobExecutor, jobs_spec_problems  # noqa: E402
 from synpo_operator.executors.manifests import LABEL_RUN, RUN_KIND  # noqa: E402
 from synpo_operator.metrics import METRICS, serve  # noqa: E402
@@ -115,24 +116,6 @@ def _run_body(key: tuple[str, str]) -> dict[str, Any] | None:
     return copy.deepcopy(body) if body is not None else None
 
 
-def _pods_lag(jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> bool:
-    """The pods' watch behind the Jobs' (a Job counts more finished pods than the index holds)."""
-    phases: dict[str, dict[str, int]] = {}
-    for pod in pods:
-        for ref in (pod.get("metadata") or {}).get("ownerReferences") or []:
-            if ref.get("kind") == "Job":
-                counts = phases.setdefault(ref.get("uid"), {})
-                phase = (pod.get("status") or {}).get("phase")
-                counts[phase] = counts.get(phase, 0) + 1
-    for job in jobs:
-        status = job.get("status") or {}
-        counts = phases.get((job.get("metadata") or {}).get("uid"), {})
-        if (counts.get("Succeeded", 0) < int(status.get("succeeded") or 0)
-                or counts.get("Failed", 0) < int(status.get("failed") or 0)):
-            return True
-    return False
-
-
 def indexed_request(method: str, path: str, body: Any = None, *, query: dict[str, Any] | None = None,
                     **kwargs: Any) -> Any:
     """`kube.request`, except that the Jobs executor's LIST of a run's Jobs or pods reads Kopf's index."""
@@ -145,7 +128,7 @@ def indexed_request(method: str, path: str, body: Any = None, *, query: dict[str
         if parts[-1] == "jobs":
             return {"items": jobs}
         pods = _values("pod_index", key)
-        if not _pods_lag(jobs, pods):
+        if not pods_lag(jobs, pods):
             return {"items": pods}
     S.requests[f"{method} {parts[-1] if 'namespaces' in parts else path}"] += 1
     return kube.request(method, path, body, query=query, **kwargs)

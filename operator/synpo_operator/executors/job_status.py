@@ -160,3 +160,21 @@ def job_record(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], now: d
 
     return StageRecord(state=StageState(StagePhase.RUNNING, attempt),
                        queued=bool(spec.get("suspend")), **common)
+
+
+def pods_lag(jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> bool:
+    """The pods' watch behind the Jobs' watch: some Job counts more finished pods than `pods` holds."""
+    phases: dict[str, dict[str, int]] = {}
+    for pod in pods:
+        phase = (pod.get("status") or {}).get("phase")
+        for ref in (pod.get("metadata") or {}).get("ownerReferences") or []:
+            if ref.get("kind") == "Job":
+                counts = phases.setdefault(ref.get("uid"), {})
+                counts[phase] = counts.get(phase, 0) + 1
+    for job in jobs:
+        status = job.get("status") or {}
+        counts = phases.get((job.get("metadata") or {}).get("uid"), {})
+        if (counts.get("Succeeded", 0) < int(status.get("succeeded") or 0)
+                or counts.get("Failed", 0) < int(status.get("failed") or 0)):
+            return True
+    return False

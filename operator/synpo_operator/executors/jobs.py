@@ -19,7 +19,7 @@ from ..kube import KubeError, WatchCache, informer, request
 from ..modelinfo import model_problems
 from ..plan.executor import StageRecord
 from ..plan.planner import Start
-from .job_status import job_record, owned_by
+from .job_status import job_record, owned_by, pods_lag
 from .manifests import LABEL_RUN, LABEL_STAGE_KEY, render_stage, stage_config_problems
 
 Request = Callable[..., Any]
@@ -126,22 +126,10 @@ class JobExecutor:
         if cache is None:
             return self._list_pods()
         pods = cache.by_label(self.namespace, self.name)
-        phases: dict[str, dict[str, int]] = {}
-        for pod in pods:
-            phase = (pod.get("status") or {}).get("phase")
-            for ref in (pod.get("metadata") or {}).get("ownerReferences") or []:
-                if ref.get("kind") == "Job":
-                    counts = phases.setdefault(ref.get("uid"), {})
-                    counts[phase] = counts.get(phase, 0) + 1
-        for job in jobs:
-            status = job.get("status") or {}
-            counts = phases.get((job.get("metadata") or {}).get("uid"), {})
-            if (counts.get("Succeeded", 0) < int(status.get("succeeded") or 0)
-                    or counts.get("Failed", 0) < int(status.get("failed") or 0)):
-                fresh = self._list_pods()
-                for pod in fresh:
-                    cache.put(pod)
-                return fresh
+        if pods_lag(jobs, pods):
+            pods = self._list_pods()
+            for pod in pods:
+                cache.put(pod)
         return pods
 
     def records(self) -> dict[str, StageRecord]:
