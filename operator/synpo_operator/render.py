@@ -5,6 +5,7 @@ from __future__ import annotations
 from .api.run import SynPORun, SynPORunSpec
 from .api.schedule import SynPOSchedule
 from .plan.graph import Artifact, stage_graph
+from .plan.resources import pod_shape
 from .plan.stage_config import run_root, storage_uri
 
 
@@ -28,7 +29,9 @@ def describe_spec(spec: SynPORunSpec, name: str, namespace: str) -> list[str]:
             lines.append("")
             lines.append("iteration 0 (once per run)" if iteration == 0 else f"iteration {iteration}")
         shards = f"  [{node.shards} shards]" if node.shards > 1 else ""
-        device = "gpu" if node.gpu and spec.resources.gpus_per_pod else "cpu"
+        shape = pod_shape(spec, node)
+        nodes = f"{shape.nodes} nodes x " if shape.nodes > 1 else ""
+        device = f"{shape.kind}, {nodes}{shape.gpus} gpu" if shape.gpus else f"{shape.kind}, cpu"
         lines.append(f"  {node.key}{shards}  ({device})")
         lines.append(f"      after:  {', '.join(n.key for n in node.needs) or '-'}")
         reads = [f"{k}={v}" for k, v in node.data.items()]

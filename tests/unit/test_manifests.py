@@ -19,6 +19,7 @@ from synpo_operator.executors.manifests import (
     MAX_STAGE_CONFIG_BYTES,
     TEST_POD_ANNOTATIONS,
     StageConfigTooLarge,
+    gpus_for,
     job_name,
     render_job,
     render_run_manifests,
@@ -27,6 +28,7 @@ from synpo_operator.executors.manifests import (
 )
 from synpo_operator.plan import artifacts_uri, stage_config, stage_graph
 from synpo_operator.plan.planner import Start
+from synpo_operator.plan.resources import pod_shape
 
 from .conftest import ROOT
 
@@ -174,6 +176,31 @@ def test_resources_gpu_only_on_gpu_stages():
     assert "/dev/shm" in mounts
 
 
+def test_resources_per_kind_of_stage():
+    """training / generation / scoring override gpusPerPod, cpu and memory per kind; unset fields fall back."""
+    resources = {**CLUSTER["spec"]["resources"], "gpuResourceName": "nvidia.com/mig-3g.40gb",
+                 "training": {"nodes": 2, "gpusPerNode": 4, "memory": "256Gi"},
+                 "generation": {"gpusPerPod": 2, "cpu": "16"},
+                 "scoring": {"gpusPerPod": 0}}
+    run = run_of(resources=resources, filter={"scorer": {"type": "rewardModel", "model": "org/rm"}})
+    limits = {key: container(render_job(run, node_of(run, key)))["resources"]["limits"]
+              for key in ("i1-train", "i0-prompt-generator", "i1-refine", "i1-pairs", "i0-keywords")}
+    assert limits["i1-train"] == {"cpu": "32", "memory": "256Gi", "nvidia.com/mig-3g.40gb": "4"}
+    assert limits["i0-prompt-generator"] == limits["i1-train"]
+    assert limits["i1-refine"] == {"cpu": "16", "memory": "512Gi", "nvidia.com/mig-3g.40gb": "2"}
+    assert limits["i1-pairs"] == limits["i0-keywords"] == {"cpu": "32", "memory": "512Gi"}
+    shape = pod_shape(run.spec, node_of(run, "i1-train"))
+    assert (shape.kind, shape.nodes, shape.processes_per_pod, shape.world_size) == ("training", 2, 4, 8)
+    assert pod_shape(run.spec, node_of(run, "i1-evaluate")).processes_per_pod == 1  # vLLM: tensor parallel
+    # a reward-model scorer gets one GPU by default, never more
+    default = run_of(filter={"scorer": {"type": "rewardModel", "model": "org/rm"}})
+    assert container(render_job(default, node_of(default, "i1-pairs")))["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    with pytest.raises(ValueError, match="scoring.gpusPerPod"):
+        run_of(resources={"scoring": {"gpusPerPod": 2}})
+    with pytest.raises(ValueError, match="training.nodes"):
+        run_of(resources={"training": {"nodes": 0}})
+
+
 def test_placement():
     run = run_of()
     pod = render_job(run, node_of(run, "i1-train"))["spec"]["template"]["spec"]
@@ -252,6 +279,7 @@ def test_test_pod_annotations_selectors():
     def ann(key):
         annotations = dict(render_job(run, node_of(run, key))["spec"]["template"]["metadata"]["annotations"])
         assert json.loads(annotations.pop(ANNOTATION_STAGE_CONFIG))["stage"] == node_of(run, key).id.name
+        assert annotations.pop("synpo.dev/gpus-per-pod") == str(gpus_for(run.spec, node_of(run, key)))
         return annotations
 
     assert ann("i0-keywords") == {"synpo.dev/fake-duration": "2s", "synpo.dev/fake-exit-code": "0"}
@@ -374,7 +402,7 @@ def test_pod_cache_drops_the_stage_config():
     pod = {"metadata": {**copy.deepcopy(template["metadata"]), "name": "p", "managedFields": [{}]},
            "spec": copy.deepcopy(template["spec"]), "status": {"phase": "Running"}}
     slim = slim_pod(pod)
-    assert slim["metadata"]["annotations"] == {"synpo.dev/fake-duration": "1s"}
+    assert slim["metadata"]["annotations"] == {"synpo.dev/fake-duration": "1s", "synpo.dev/gpus-per-pod": "8"}
     assert "managedFields" not in slim["metadata"] and slim["status"] == {"phase": "Running"}
     assert ANNOTATION_STAGE_CONFIG in pod["metadata"]["annotations"]  # the input is not modified
 

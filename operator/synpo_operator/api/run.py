@@ -233,19 +233,66 @@ class StorageSpec(ApiModel):
         return self
 
 
+class TrainingResources(ApiModel):
+    """Pods of the training stages (SFT of the prompt generator and the improver, preference training), in the
+    shape of Kubeflow Trainer's numNodes / numProcPerNode: `nodes` pods with `gpusPerNode` GPUs each, one training
+    process per GPU."""
+
+    nodes: int = Field(default=1, ge=1, le=128)
+    """Pods (machines) per training stage; more than 1 runs the stage as a JobSet (docs/distributed.md)."""
+    gpus_per_node: int | None = Field(default=None, ge=0, le=16)
+    """GPUs of each training pod, one training process each (unset: resources.gpusPerPod)."""
+    cpu: Quantity | None = None
+    """CPU request and limit per training pod (unset: resources.cpu)."""
+    memory: Quantity | None = None
+    """Memory request and limit per training pod (unset: resources.memory)."""
+
+
+class GenerationResources(ApiModel):
+    """Pods of the generation stages (prompts, responses, refinement, evaluation)."""
+
+    gpus_per_pod: int | None = Field(default=None, ge=0, le=16)
+    """GPUs of each generation pod, which is also vLLM's tensor-parallel size (unset: resources.gpusPerPod)."""
+    cpu: Quantity | None = None
+    """CPU request and limit per generation pod (unset: resources.cpu)."""
+    memory: Quantity | None = None
+    """Memory request and limit per generation pod (unset: resources.memory)."""
+
+
+class ScoringResources(ApiModel):
+    """Pods of the scoring stages (the pairs stage's scorer: a reward model needs a GPU, the others do not)."""
+
+    gpus_per_pod: int | None = Field(default=None, ge=0, le=1)
+    """0 or 1 (unset: 1 for a reward-model scorer when resources.gpusPerPod > 0, else 0)."""
+    cpu: Quantity | None = None
+    """CPU request and limit per scoring pod (unset: resources.cpu)."""
+    memory: Quantity | None = None
+    """Memory request and limit per scoring pod (unset: resources.memory)."""
+
+
 class ResourcesSpec(ApiModel):
-    """Where and how stage pods run."""
+    """Where and how stage pods run. `gpusPerPod`, `cpu` and `memory` are the defaults of every kind of stage;
+    `training`, `generation` and `scoring` override them per kind."""
 
     image: str = Field(default="ghcr.io/synpo-dev/synpo-workloads:0.1.0", min_length=1, max_length=512)
     """Container image with the workloads (torch, transformers, TRL, vLLM)."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     """Image pull policy of stage containers."""
     gpus_per_pod: int = Field(default=1, ge=0, le=16)
-    """nvidia.com/gpu requested by each GPU stage pod (0 runs on CPU)."""
+    """GPUs requested by each GPU stage pod unless its kind says otherwise (0 runs on CPU)."""
+    gpu_resource_name: str = Field(default="nvidia.com/gpu", max_length=253,
+                                   pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+    """The extended resource that counts GPUs, e.g. nvidia.com/mig-3g.40gb or amd.com/gpu."""
     cpu: Quantity | None = None
     """CPU request and limit per pod, e.g. "8"."""
     memory: Quantity | None = None
     """Memory request and limit per pod, e.g. "64Gi"."""
+    training: TrainingResources = Field(default_factory=TrainingResources)
+    """Training stages' pods: nodes × gpusPerNode."""
+    generation: GenerationResources = Field(default_factory=GenerationResources)
+    """Generation stages' pods (vLLM's tensor-parallel size is their GPU count)."""
+    scoring: ScoringResources = Field(default_factory=ScoringResources)
+    """Scoring stages' pods."""
     node_selector: NodeSelector = Field(default_factory=dict)
     """Node labels stage pods must match."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)

@@ -61,6 +61,11 @@ def _pod_times(pod: Mapping[str, Any], now: datetime) -> tuple[datetime | None, 
 
 
 def _pod_gpus(pod: Mapping[str, Any]) -> int:
+    """The GPUs the operator gave the pod (its annotation: the resource's name is configurable); pods from
+    before the annotation: their nvidia.com/gpu limits."""
+    annotated = ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_GPUS)
+    if annotated is not None:
+        return int(annotated) if str(annotated).isdigit() else 0
     total = 0
     for c in (pod.get("spec") or {}).get("containers") or []:
         limits = (c.get("resources") or {}).get("limits") or {}

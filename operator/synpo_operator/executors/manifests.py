@@ -33,7 +33,7 @@ from ..api.results import BAD_INPUT_EXIT_CODE
 from ..api.run import SynPORun, SynPORunSpec
 from ..plan.graph import STAGES, StageNode, stage_graph
 from ..plan.planner import Start, plan
-from ..plan.resources import gpus_for
+from ..plan.resources import gpus_for, pod_shape
 from ..plan.stage_config import stage_config
 
 LABEL_RUN = "synpo.dev/run"
@@ -160,15 +160,15 @@ def _container_env(spec: SynPORunSpec, node: StageNode) -> list[dict[str, Any]]:
 
 
 def _resources(spec: SynPORunSpec, node: StageNode) -> dict[str, Any]:
+    shape = pod_shape(spec, node)
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
-    if spec.resources.cpu:
-        requests["cpu"] = limits["cpu"] = spec.resources.cpu
-    if spec.resources.memory:
-        requests["memory"] = limits["memory"] = spec.resources.memory
-    gpus = gpus_for(spec, node)
-    if gpus:
-        limits[GPU_RESOURCE] = str(gpus)
+    if shape.cpu:
+        requests["cpu"] = limits["cpu"] = shape.cpu
+    if shape.memory:
+        requests["memory"] = limits["memory"] = shape.memory
+    if shape.gpus:
+        limits[spec.resources.gpu_resource_name] = str(shape.gpus)
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
@@ -242,7 +242,7 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "cache", "mountPath": CACHE_DIR},
     ]
-    if node.gpu and spec.resources.gpus_per_pod:
+    if gpus_for(spec, node):
         # torch / vLLM workers share tensors through /dev/shm; the default 64 MiB is far too small.
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
@@ -300,6 +300,7 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
 
     pod_annotations = extra_pod_annotations(run, node)
     pod_annotations[ANNOTATION_STAGE_CONFIG] = config_text
+    pod_annotations[ANNOTATION_GPUS] = str(gpus_for(spec, node))  # GPU-seconds whatever the resource's name
     template_meta: dict[str, Any] = {"labels": labels, "annotations": pod_annotations}
 
     job_spec: dict[str, Any] = {

@@ -8,18 +8,73 @@ config is readable, and the vLLM engine checks it again at stage start (a bad-in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 from ..api.parallelism import tensor_parallel_problem
 from ..api.run import SynPORunSpec
-from .graph import StageNode, stage_graph
+from .graph import IMPROVER, PROMPT_GENERATOR, TRAIN, StageNode, stage_graph
+
+StageKind = Literal["training", "generation", "scoring", "cpu"]
+
+TRAINING_STAGES = (PROMPT_GENERATOR, IMPROVER, TRAIN)
+"""Stages that train a model (one process per GPU, `nodes` pods)."""
+
+GENERATION_STAGES = ("prompts", "base-responses", "responses", "refine", "evaluate")
+"""Stages that generate with spec.generation.engine."""
+
+
+@dataclass(frozen=True)
+class PodShape:
+    """What each pod of a stage gets, and how many pods (machines) one attempt of the stage spans."""
+
+    kind: StageKind
+    gpus: int
+    cpu: str | None
+    memory: str | None
+    nodes: int = 1
+
+    @property
+    def processes_per_pod(self) -> int:
+        """Worker processes per pod: one per GPU for training (torchrun), one otherwise."""
+        return max(self.gpus, 1) if self.kind == "training" else 1
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.processes_per_pod
+
+
+def stage_kind(node: StageNode) -> StageKind:
+    if node.id.name in TRAINING_STAGES:
+        return "training"
+    if node.id.name in GENERATION_STAGES:
+        return "generation"
+    return "scoring" if node.gpu else "cpu"
+
+
+def pod_shape(spec: SynPORunSpec, node: StageNode) -> PodShape:
+    """The one rule for a stage's pods: its kind's resources, each unset field falling back to the spec-wide
+    gpusPerPod / cpu / memory."""
+    r = spec.resources
+    kind = stage_kind(node)
+    if kind == "training":
+        t = r.training
+        gpus = r.gpus_per_pod if t.gpus_per_node is None else t.gpus_per_node
+        return PodShape(kind, gpus, t.cpu or r.cpu, t.memory or r.memory, nodes=t.nodes)
+    if kind == "generation":
+        g = r.generation
+        return PodShape(kind, r.gpus_per_pod if g.gpus_per_pod is None else g.gpus_per_pod,
+                        g.cpu or r.cpu, g.memory or r.memory)
+    if kind == "scoring":
+        s = r.scoring
+        return PodShape(kind, min(r.gpus_per_pod, 1) if s.gpus_per_pod is None else s.gpus_per_pod,
+                        s.cpu or r.cpu, s.memory or r.memory)
+    return PodShape(kind, 0, r.cpu, r.memory)
 
 
 def gpus_for(spec: SynPORunSpec, node: StageNode) -> int:
     """GPUs requested by each pod of this stage (0: a CPU pod)."""
-    return spec.resources.gpus_per_pod if node.gpu else 0
-
-
-GENERATION_STAGES = ("prompts", "base-responses", "responses", "refine", "evaluate")
-"""Stages that generate with spec.generation.engine."""
+    return pod_shape(spec, node).gpus
 
 
 def generation_gpus(spec: SynPORunSpec) -> int:
@@ -32,5 +87,7 @@ def tensor_parallel_problems(spec: SynPORunSpec, heads: int | None) -> list[str]
     readable here (a hub id, object storage) and the stage checks it when it starts."""
     if spec.generation.engine != "vllm" or heads is None:
         return []
-    problem = tensor_parallel_problem(heads, generation_gpus(spec))
+    field = ("spec.resources.generation.gpusPerPod" if spec.resources.generation.gpus_per_pod is not None
+             else "spec.resources.gpusPerPod")
+    problem = tensor_parallel_problem(heads, generation_gpus(spec), field)
     return [problem] if problem else []
