@@ -189,4 +189,5 @@ def test_testing_hook_copies_only_fake_kubelet_annotations(key):
         if manifest["kind"] == "Job":
             annotations = dict(manifest["spec"]["template"]["metadata"].get("annotations") or {})
             json.loads(annotations.pop("synpo.dev/stage-config"))  # the operator's own: the stage config
+            assert annotations.pop("synpo.dev/gpus-per-pod").isdigit()  # and the pod's GPU count
             assert annotations == {"synpo.dev/fake-duration": "1s"}, annotations
