@@ -46,6 +46,11 @@ LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_ATTEMPT = "synpo.dev/attempt"
 ANNOTATION_GPUS = "synpo.dev/gpus-per-pod"
 ANNOTATION_CONFIG_HASH = "synpo.dev/config-sha256"
+ANNOTATION_STUCK_FAILURE = "synpo.dev/stuck-failure"
+"""Set by the Jobs executor on a Job it failed for being stuck (with spec.activeDeadlineSeconds lowered, so
+the Job controller removes its pods): why, which is the stage's failure message from then on."""
+ANNOTATION_STUCK_FAILED_AT = "synpo.dev/stuck-failed-at"
+"""When it did (RFC 3339): the stage's completion time."""
 ANNOTATION_STAGE_CONFIG = STAGE_CONFIG_ANNOTATION
 MAX_STAGE_CONFIG_BYTES = 192 * 1024
 """Largest stage config embedded in a Job: Kubernetes allows 256 KiB for all annotations of an object
