@@ -16,11 +16,11 @@ from typing import Any
 
 from .. import clock as _clock
 from ..api.run import SynPORun
+from ..clock import parse_time
 from ..kube import KubeError, WatchCache, informer, request
 from ..modelinfo import model_problems
 from ..plan.executor import StageRecord
 from ..plan.planner import Start
-from ..clock import parse_time
 from .job_status import job_record, owned_by, pods_lag
 from .manifests import (
     ANNOTATION_STUCK_FAILED_AT,
