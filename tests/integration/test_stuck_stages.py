@@ -5,24 +5,28 @@ the `synpo.dev/fake-waiting-reason` annotation makes it report the waiting state
 
 Each: within a minute the run has the StageStuck condition and an Event with the cause's own message; after
 spec.stuckPodTimeoutSeconds the stage's Job is failed with that message and the run fails (no retry: a new
-attempt's pods would meet the same cause).
+attempt's pods would meet the same cause). The operator runs with a 10-minute resync, so all of it is driven by
+the pod, Job and Event watches and by the reconcile's own timer, never by polling.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
+
+import pytest
 
 from synpo_devcluster.client import KubeClient
 
 from .test_operator import (  # noqa: F401 - fixtures
     PODS,
+    Operator,
     apply,
     conditions,
     crds,
     get_run,
     jobs,
-    operator,
     run_doc,
     wait_for_event,
     wait_run,
@@ -31,6 +35,16 @@ from .test_operator import (  # noqa: F401 - fixtures
 
 TIMEOUT = 15
 """spec.stuckPodTimeoutSeconds of the runs that are meant to fail."""
+
+
+@pytest.fixture
+def operator(dev_cluster, crds, namespace, tmp_path) -> Iterator[Operator]:  # noqa: F811
+    op = Operator(dev_cluster.kubeconfig, namespace, tmp_path, extra_args=("--resync-seconds", "600"))
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
 
 
 def stuck_condition(kube: KubeClient, ns: str, name: str, reason: str, text: str, since: float) -> dict:
