@@ -142,12 +142,13 @@ def _stuck_prefix(key: str, reason: str) -> str:
 
 
 def _stuck_events(parts: list[tuple[str, str]], previous: Iterable[Mapping[str, Any]]) -> list[Event]:
-    """A Warning per stage newly stuck, or stuck for a new reason (its reason is the cause's)."""
+    """An Event per stage newly stuck, or stuck for a new reason (its reason is the cause's): a Warning, but
+    for a pod that only waits for resources other pods hold (Normal on a busy cluster)."""
     old = next((c for c in previous or [] if isinstance(c, Mapping) and c.get("type") == STAGE_STUCK
                 and c.get("status") == "True"), None)
     said = str((old or {}).get("message") or "")
-    return [Event("Warning", reason, clip(text)) for reason, text in parts
-            if text.split(": ", 1)[0] not in said]
+    return [Event("Normal" if reason == reasons.WAITING_FOR_RESOURCES else "Warning", reason, clip(text))
+            for reason, text in parts if text.split(": ", 1)[0] not in said]
 
 
 def _stage_status(record: StageRecord, previous: Mapping[str, Any] | None) -> StageStatus:
@@ -364,7 +365,7 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
         outcome.requeue_after = max(0.0, run.spec.active_deadline_seconds - (now - begun).total_seconds()) + 0.5
     # a stuck stage fails stuckPodTimeoutSeconds after it got stuck, whether or not anything else happens
     for rec in records.values():
-        if rec.stuck is not None and not rec.finished and not decision.finished:
+        if rec.stuck is not None and not rec.stuck.waits and not rec.finished and not decision.finished:
             since = parse_time(rec.stuck.since) or now
             left = run.spec.stuck_pod_timeout_seconds - (now - since).total_seconds() + 0.5
             outcome.requeue_after = max(0.5, min(left, outcome.requeue_after or left))

@@ -10,12 +10,23 @@ import pytest
 
 from synpo_operator.api import conditions as reasons
 from synpo_operator.executors.manifests import ANNOTATION_STUCK_FAILURE
-from synpo_operator.executors.stuck import failed_create, pod_stuck, stage_stuck, stuck_failure
+from synpo_operator.executors.stuck import (
+    failed_create,
+    fits_when_free,
+    pod_stuck,
+    stage_stuck,
+    stuck_failure,
+)
 from synpo_operator.plan.executor import Stuck
 
 from .test_reconcile import T0, Harness, ts
 
-SCHEDULER = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available."
+# the real scheduler's words (k8s v1.36, the dev cluster): a request no node can hold, then a node that could
+# hold it once other pods are gone
+SCHEDULER = ("0/1 nodes are available: 1 Insufficient memory, 1 Insufficient nvidia.com/gpu. no new claims to "
+             "deallocate, preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.")
+BUSY = ("0/1 nodes are available: 1 Insufficient memory, 1 Insufficient nvidia.com/gpu. no new claims to "
+        "deallocate, preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.")
 PRIORITY = 'Error creating: pods "demo-i0-keywords-x7k2p" is forbidden: no PriorityClass with name batch-high was found'
 
 
@@ -74,6 +85,28 @@ def test_unschedulable_carries_the_schedulers_message():
     stuck = pod_stuck(pod(conditions=[unschedulable()]))
     assert stuck.reason == reasons.UNSCHEDULABLE and not stuck.permanent
     assert stuck.message == f"pod demo-i0-keywords-abcde cannot be scheduled: {SCHEDULER}"
+
+
+@pytest.mark.parametrize("message, fits", [
+    (SCHEDULER, False),
+    (BUSY, True),
+    ("0/5 nodes are available: 2 node(s) didn't match Pod's node affinity/selector, 3 Insufficient nvidia.com/gpu. "
+     "preemption: 0/5 nodes are available: 2 Preemption is not helpful for scheduling, 3 No preemption victims "
+     "found for incoming pod.", True),
+    ("0/5 nodes are available: 5 node(s) had untolerated taint {nvidia.com/gpu: }. preemption: 0/5 nodes are "
+     "available: 5 Preemption is not helpful for scheduling.", False),
+    ('0/1 nodes are available: persistentvolumeclaim "synpo-workspace" not found. not found', False),
+    ("", False),
+])
+def test_fits_once_other_pods_are_gone(message, fits):
+    assert fits_when_free(message) is fits
+
+
+def test_a_pod_waiting_for_busy_resources_is_reported_but_never_failed():
+    stuck = pod_stuck(pod(conditions=[unschedulable(BUSY)]))
+    assert stuck.reason == reasons.WAITING_FOR_RESOURCES and stuck.waits
+    assert stuck.message == f"pod demo-i0-keywords-abcde waits for resources other pods hold: {BUSY}"
+    assert stuck_failure(stuck, 10, T0 + timedelta(days=3)) is None
 
 
 @pytest.mark.parametrize("p", [
@@ -159,7 +192,7 @@ def test_unschedulable_stage_condition_event_then_failure_after_the_timeout():
     patched = h.kube.jobs()["demo-i0-keywords"]
     assert patched["spec"]["activeDeadlineSeconds"] == 1
     failure = patched["metadata"]["annotations"][ANNOTATION_STUCK_FAILURE]
-    assert failure.startswith("Unschedulable: pod demo-i0-keywords-abcde cannot be scheduled: 0/3 nodes")
+    assert failure.startswith("Unschedulable: pod demo-i0-keywords-abcde cannot be scheduled: 0/1 nodes")
     assert failure.endswith("(stuck for 301 s; spec.stuckPodTimeoutSeconds is 300)")
     stage = {s["name"]: s for s in h.status["stages"]}["i0-keywords"]
     assert stage["phase"] == "Failed" and stage["message"] == failure
@@ -216,3 +249,17 @@ def test_an_invalid_image_name_fails_at_once():
     h.step()
     assert h.status["phase"] == "Failed"
     assert "(waiting cannot fix this)" in {s["name"]: s for s in h.status["stages"]}["i0-keywords"]["message"]
+
+
+def test_a_busy_cluster_is_reported_not_failed():
+    h = Harness(stuckPodTimeoutSeconds=60)
+    h.step()
+    keywords = h.kube.jobs()["demo-i0-keywords"]
+    keywords["status"] = {"startTime": ts(T0), "active": 1}
+    _add(h, pod(conditions=[unschedulable(BUSY)], job_uid=keywords["metadata"]["uid"]))
+    out = h.step()
+    assert _stuck_condition(h)["reason"] == reasons.WAITING_FOR_RESOURCES
+    assert [(e.type, e.reason) for e in out.events] == [("Normal", reasons.WAITING_FOR_RESOURCES)]
+    assert out.requeue_after is None  # no timeout to wake up for
+    h.now = T0 + timedelta(hours=5)
+    assert h.step().phase == "Running" and h.kube.jobs()["demo-i0-keywords"]["spec"]["activeDeadlineSeconds"] == 86400

@@ -5,7 +5,9 @@ Kubernetes says it in four places, none of which changes the Job's status:
 - the API server refuses the pods (missing PriorityClass or ServiceAccount, ResourceQuota, Pod Security): the
   Job controller records a `FailedCreate` Event on the Job and retries with back-off; no pod exists;
 - the scheduler finds no node (too many GPUs, a nodeSelector nobody matches, a missing PVC): the pod's
-  PodScheduled condition is False with reason Unschedulable and the scheduler's message;
+  PodScheduled condition is False with reason Unschedulable and the scheduler's message; when that message
+  says the pod would fit once other pods free their resources, it only waits for capacity (WaitingForResources,
+  never failed for it: that is how a busy cluster without Kueue queues batch pods);
 - the kubelet cannot pull the image: the container waits with ErrImagePull / ImagePullBackOff /
   InvalidImageName;
 - the kubelet cannot build the container's config (a missing Secret, ConfigMap or key): the container waits with
@@ -16,6 +18,7 @@ Kubernetes says it in four places, none of which changes the Job's status:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -32,6 +35,20 @@ PERMANENT = {"InvalidImageName", "ErrImageNeverPull"}
 """Waiting reasons no wait can fix (the image reference cannot be parsed; pull policy Never and no image)."""
 CONFIG = {"CreateContainerConfigError"}
 _COMBINED = "(combined from similar events): "
+_PREEMPTION = re.compile(r"preemption: 0/(\d+) nodes are available: (.*)", re.DOTALL)
+_NOT_HELPFUL = re.compile(r"(\d+) Preemption is not helpful for scheduling")
+
+
+def fits_when_free(message: str) -> bool:
+    """The scheduler's Unschedulable message says some node could take the pod once other pods free their
+    resources (its preemption verdict is not "not helpful" on every node): the pod waits for capacity, as any
+    batch pod on a busy cluster does. On every node "Preemption is not helpful for scheduling" (a request
+    larger than any node, a selector, affinity or taint nothing matches, a missing PVC) means it never fits."""
+    found = _PREEMPTION.search(message)
+    if not found:
+        return False
+    hopeless = sum(int(n) for n in _NOT_HELPFUL.findall(found.group(2)))
+    return hopeless < int(found.group(1))
 
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -58,8 +75,11 @@ def pod_stuck(pod: Mapping[str, Any]) -> Stuck | None:
     since = _meta(pod).get("creationTimestamp")
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
-            return Stuck(reasons.UNSCHEDULABLE, clip(f"pod {name} cannot be scheduled: {cond.get('message') or ''}"),
-                         since)
+            said = cond.get("message") or ""
+            if fits_when_free(said):
+                return Stuck(reasons.WAITING_FOR_RESOURCES, clip(f"pod {name} waits for resources other pods "
+                                                                 f"hold: {said}"), since, waits=True)
+            return Stuck(reasons.UNSCHEDULABLE, clip(f"pod {name} cannot be scheduled: {said}"), since)
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         waiting = (cs.get("state") or {}).get("waiting") or {}
         why = waiting.get("reason")
@@ -123,6 +143,8 @@ def stuck_failure(stuck: Stuck, timeout: int, now: datetime) -> str | None:
     """The failure message of a stage stuck for `timeout` seconds (at once for a cause waiting cannot fix),
     or None while it may still come unstuck (a node being added, a Secret synced by another controller, a
     registry back up: why image pull and config errors wait too)."""
+    if stuck.waits:
+        return None
     if stuck.permanent:
         why = "waiting cannot fix this"
     else:

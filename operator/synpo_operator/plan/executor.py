@@ -27,6 +27,8 @@ class Stuck:
     """When it began (RFC 3339): the stage fails stuckPodTimeoutSeconds later."""
     permanent: bool = False
     """Waiting cannot help (an invalid image name): the stage fails at once."""
+    waits: bool = False
+    """It only waits for resources other pods hold (a busy cluster): reported, never failed for."""
 
 
 @dataclass(frozen=True)
