@@ -368,7 +368,8 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
         if rec.stuck is not None and not rec.stuck.waits and not rec.finished and not decision.finished:
             since = parse_time(rec.stuck.since) or now
             left = run.spec.stuck_pod_timeout_seconds - (now - since).total_seconds() + 0.5
-            outcome.requeue_after = max(0.5, min(left, outcome.requeue_after or left))
+            due = left if outcome.requeue_after is None else min(left, outcome.requeue_after)
+            outcome.requeue_after = max(0.5, due)
     return outcome
 
 

@@ -17,6 +17,7 @@ from synpo_operator.executors.stuck import (
     stage_stuck,
     stuck_failure,
 )
+from synpo_operator.kube import KubeError
 from synpo_operator.plan.executor import Stuck
 
 from .test_reconcile import T0, Harness, ts
@@ -263,3 +264,22 @@ def test_a_busy_cluster_is_reported_not_failed():
     assert out.requeue_after is None  # no timeout to wake up for
     h.now = T0 + timedelta(hours=5)
     assert h.step().phase == "Running" and h.kube.jobs()["demo-i0-keywords"]["spec"]["activeDeadlineSeconds"] == 86400
+
+
+def test_without_rbac_to_patch_jobs_the_stage_stays_reported_stuck():
+    h = Harness(stuckPodTimeoutSeconds=60)
+    h.step()
+    keywords = h.kube.jobs()["demo-i0-keywords"]
+    keywords["status"] = {"startTime": ts(T0), "active": 1}
+    _add(h, pod(conditions=[unschedulable()], job_uid=keywords["metadata"]["uid"]))
+    serve = h.kube.__call__
+
+    def no_patch(method, path, body=None, **kw):
+        if method == "PATCH":
+            raise KubeError(method, path, 403, {"reason": "Forbidden"})
+        return serve(method, path, body, **kw)
+
+    h.kube = no_patch
+    h.now = T0 + timedelta(seconds=61)
+    assert h.step().phase == "Running"  # an older chart's RBAC: reported, not failed, no crash loop
+    assert _stuck_condition(h)["reason"] == reasons.UNSCHEDULABLE

@@ -7,6 +7,7 @@ so killing the operator at any point never leads to a duplicate Job.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from .manifests import (
 from .stuck import FAILED_CREATE, awaits_pods, stage_stuck, stuck_failure
 
 Request = Callable[..., Any]
+log = logging.getLogger("synpo.operator")
 
 FAILED_CREATE_SELECTOR = f"involvedObject.kind=Job,reason={FAILED_CREATE}"
 """The Events the operator reads (and, with informers, watches): the Job controller's refused pod creations."""
@@ -188,8 +190,9 @@ class JobExecutor:
                 failure = None
                 if stuck is not None and self.run is not None:
                     failure = stuck_failure(stuck, self.run.spec.stuck_pod_timeout_seconds, now)
-                if failure is not None:
-                    rec = job_record(self._fail_stuck(job, failure, now), own, now)
+                failed = self._fail_stuck(job, failure, now) if failure is not None else None
+                if failed is not None:
+                    rec = job_record(failed, own, now)
                 elif stuck is not None:
                     rec = replace(rec, stuck=stuck)
             labels = (job.get("metadata") or {}).get("labels") or {}
@@ -201,16 +204,24 @@ class JobExecutor:
                 out[rec.key] = rec
         return out
 
-    def _fail_stuck(self, job: dict[str, Any], message: str, now: datetime) -> dict[str, Any]:
+    def _fail_stuck(self, job: dict[str, Any], message: str, now: datetime) -> dict[str, Any] | None:
         """Fail a stuck stage's Job (one merge PATCH): the cause in an annotation (the stage's failure message
         from now on) and activeDeadlineSeconds=1, so the Job controller fails it (DeadlineExceeded) and
-        removes its pods. The Job stays, Failed, like any failed stage: deleting it retries the stage."""
+        removes its pods. The Job stays, Failed, like any failed stage: deleting it retries the stage.
+        None when RBAC refuses the patch (an older chart): the stage stays reported stuck until its deadline."""
         meta = job["metadata"]
         patch = {"metadata": {"annotations": {ANNOTATION_STUCK_FAILURE: message,
                                               ANNOTATION_STUCK_FAILED_AT: _clock.rfc3339(now)}},
                  "spec": {"activeDeadlineSeconds": 1}}
-        patched = self._request("PATCH", f"{self._jobs}/{meta['name']}", patch,
-                                content_type="application/merge-patch+json")
+        try:
+            patched = self._request("PATCH", f"{self._jobs}/{meta['name']}", patch,
+                                    content_type="application/merge-patch+json")
+        except KubeError as err:
+            if err.status != 403:
+                raise
+            log.warning("%s/%s: cannot fail stuck Job %s (no RBAC to patch jobs): %s", self.namespace, self.name,
+                        meta["name"], message)
+            return None
         if not isinstance(patched, dict):
             return {**job, "metadata": {**meta, "annotations": {**(meta.get("annotations") or {}),
                                                                 **patch["metadata"]["annotations"]}}}
