@@ -283,3 +283,29 @@ def test_without_rbac_to_patch_jobs_the_stage_stays_reported_stuck():
     h.now = T0 + timedelta(seconds=61)
     assert h.step().phase == "Running"  # an older chart's RBAC: reported, not failed, no crash loop
     assert _stuck_condition(h)["reason"] == reasons.UNSCHEDULABLE
+
+
+def test_stuck_pods_and_failed_create_events_queue_their_run(monkeypatch):
+    """The controller's watch callbacks: a pod getting stuck (or unstuck) queues its run, other pod changes do
+    not (they reach the run through its Job); a FailedCreate Event queues the run of the Job it is about."""
+    from synpo_operator.controller.runs import RunController
+    from synpo_operator.controller.settings import Settings
+    from synpo_operator.events import EventPoster
+    from synpo_operator.metrics import Metrics
+
+    rc = RunController(Settings(), Metrics(), EventPoster(send=lambda body: None))
+    fresh, stuck = pod(), pod(conditions=[unschedulable()])
+    rc.on_pod("MODIFIED", fresh, pod(phase="Running"))
+    assert len(rc.queue) == 0
+    rc.on_pod("MODIFIED", fresh, stuck)
+    assert len(rc.queue) == 1 and rc.queue.get() == ("", "demo")
+
+    class Jobs:
+        @staticmethod
+        def get(namespace, name):
+            return {"metadata": {"name": name, "labels": {"synpo.dev/run": "other"}}} if name == "j" else None
+
+    monkeypatch.setattr("synpo_operator.kube.informer", lambda kind, namespace: Jobs if kind == "jobs" else None)
+    rc.on_job_event("ADDED", None, {"involvedObject": {"kind": "Job", "name": "j", "namespace": "ns"}})
+    rc.on_job_event("ADDED", None, {"involvedObject": {"kind": "Job", "name": "not-ours", "namespace": "ns"}})
+    assert rc.queue.get() == ("ns", "other") and len(rc.queue) == 0
