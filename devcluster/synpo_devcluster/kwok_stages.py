@@ -16,8 +16,11 @@ FAKE_EXIT_CODE = "synpo.dev/fake-exit-code"  # "N": container terminates with N 
 FAKE_TERMINATION_MESSAGE = "synpo.dev/fake-termination-message"  # -> state.terminated.message
 FAKE_HOLD = "synpo.dev/fake-hold"  # "true": stay Running until removed or the pod is deleted
 FAKE_DURATION = "synpo.dev/fake-duration"  # Go duration ("5s"): time spent Running (default 1s)
+FAKE_WAITING_REASON = "synpo.dev/fake-waiting-reason"  # stay Pending, containers waiting with this reason
+FAKE_WAITING_MESSAGE = "synpo.dev/fake-waiting-message"  # -> state.waiting.message
 
-ANNOTATIONS = (FAKE_EXIT_CODE, FAKE_TERMINATION_MESSAGE, FAKE_HOLD, FAKE_DURATION)
+ANNOTATIONS = (FAKE_EXIT_CODE, FAKE_TERMINATION_MESSAGE, FAKE_HOLD, FAKE_DURATION, FAKE_WAITING_REASON,
+               FAKE_WAITING_MESSAGE)
 
 
 def stages_yaml() -> str:

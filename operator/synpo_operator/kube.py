@@ -280,6 +280,16 @@ def slim_pod(obj: dict[str, Any]) -> dict[str, Any]:
                                            for c in containers]}}
 
 
+def slim_event(obj: dict[str, Any]) -> dict[str, Any]:
+    """An Event as the Jobs executor reads it (what it is about, why, when)."""
+    meta = obj.get("metadata") or {}
+    out = {k: obj[k] for k in ("involvedObject", "reason", "message", "firstTimestamp", "lastTimestamp",
+                               "eventTime", "count") if k in obj}
+    out["metadata"] = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                       if k in meta}
+    return out
+
+
 def _rv(obj: dict[str, Any]) -> int:
     try:
         return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
@@ -301,10 +311,12 @@ class WatchCache:
     def __init__(self, path: str, label: str | None, *, server_timeout: int = 60,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  on_event: Callable[[str, dict[str, Any] | None, dict[str, Any]], None] | None = None,
-                 index: str | None = None):
+                 index: str | None = None, field: str | None = None):
         self.path = path
         self.label = label
         """Only objects carrying this label are listed and watched (None: all)."""
+        self.field = field
+        """And only those matching this field selector (None: all)."""
         self.index = index or label
         """`by_label` looks objects up by this label's value (default: `label`)."""
         self.transform = transform or slim
@@ -392,7 +404,7 @@ class WatchCache:
         cont = None
         while True:
             page = request("GET", self.path, query={"labelSelector": self.label or None, "limit": 500,
-                                                    "continue": cont}) or {}
+                                                    "fieldSelector": self.field or None, "continue": cont}) or {}
             items += page.get("items") or []
             cont = (page.get("metadata") or {}).get("continue")
             if not cont:
@@ -431,7 +443,7 @@ class WatchCache:
                 self._stop.wait(min(5.0, 0.2 * failures))
 
     def _watch(self, rv: str) -> str:
-        query = {"watch": "true", "labelSelector": self.label, "resourceVersion": rv,
+        query = {"watch": "true", "labelSelector": self.label, "fieldSelector": self.field, "resourceVersion": rv,
                  "allowWatchBookmarks": "true", "timeoutSeconds": self.server_timeout}
         query = {k: v for k, v in query.items() if v}
         path = self.path + "?" + urllib.parse.urlencode(query)
@@ -488,19 +500,22 @@ _informers: dict[str, list[tuple[str | None, WatchCache]]] = {}
 
 
 def collection_path(kind: str, namespace: str | None) -> str:
-    base = {"runs": f"/apis/{GROUP}/{VERSION}", "jobs": "/apis/batch/v1", "pods": "/api/v1"}[kind]
+    base = {"runs": f"/apis/{GROUP}/{VERSION}", "jobs": "/apis/batch/v1", "pods": "/api/v1", "events": "/api/v1"}[kind]
     plural = RUN_PLURAL if kind == "runs" else kind
     return f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
 
 
 def start_informers(namespaces: list[str | None], specs: dict[str, tuple[str | None, Any, Any]],
-                    index: dict[str, str] | None = None) -> dict[str, list[WatchCache]]:
+                    index: dict[str, str] | None = None,
+                    fields: dict[str, str] | None = None) -> dict[str, list[WatchCache]]:
     """Start one informer per kind and namespace (None: every namespace) and wait until each has listed
     once (however long that takes: an informer retries its LIST until the API server answers).
-    specs: kind -> (label selector, transform, on_event); index: kind -> the label `by_label` looks up."""
+    specs: kind -> (label selector, transform, on_event); index: kind -> the label `by_label` looks up;
+    fields: kind -> a field selector."""
     for kind, (label, transform, on_event) in specs.items():
         _informers[kind] = [(ns, WatchCache(collection_path(kind, ns), label, transform=transform,
-                                            on_event=on_event, index=(index or {}).get(kind)).start())
+                                            on_event=on_event, index=(index or {}).get(kind),
+                                            field=(fields or {}).get(kind)).start())
                             for ns in namespaces]
     for caches in _informers.values():
         for _, cache in caches:

@@ -18,7 +18,7 @@ from typing import Any
 from . import clock
 from .api import conditions as reasons
 from .api.common import Condition
-from .api.conditions import clip, ready_reason, run_conditions
+from .api.conditions import STAGE_STUCK, clip, ready_reason, run_conditions, stuck_condition
 from .api.evaluation import evaluation_fields
 from .api.loader import SpecError, parse_resource
 from .api.results import LC_WIN_RATE, MODEL, PAIRS_KEPT, PAIRS_TOTAL, SCORE, WIN_RATE, number
@@ -128,6 +128,27 @@ def observed_for_plan(records: Mapping[str, StageRecord],
         if name and name not in observed and st.get("phase") == "Succeeded":
             observed[name] = StageState(StagePhase.SUCCEEDED, int(st.get("attempts") or 1))
     return observed
+
+
+def _stuck_parts(records: Mapping[str, StageRecord]) -> list[tuple[str, str]]:
+    """(reason, message) of each running stuck stage, in stage order (the StageStuck condition)."""
+    return [(rec.stuck.reason, f"{_stuck_prefix(key, rec.stuck.reason)}: {rec.stuck.message}")
+            for key, rec in sorted(records.items(), key=lambda kv: _stage_order(kv[0]))
+            if rec.stuck is not None and not rec.finished]
+
+
+def _stuck_prefix(key: str, reason: str) -> str:
+    return f"stage {key} is stuck ({reason})"
+
+
+def _stuck_events(parts: list[tuple[str, str]], previous: Iterable[Mapping[str, Any]]) -> list[Event]:
+    """An Event per stage newly stuck, or stuck for a new reason (its reason is the cause's): a Warning, but
+    for a pod that only waits for resources other pods hold (Normal on a busy cluster)."""
+    old = next((c for c in previous or [] if isinstance(c, Mapping) and c.get("type") == STAGE_STUCK
+                and c.get("status") == "True"), None)
+    said = str((old or {}).get("message") or "")
+    return [Event("Normal" if reason == reasons.WAITING_FOR_RESOURCES else "Warning", reason, clip(text))
+            for reason, text in parts if text.split(": ", 1)[0] not in said]
 
 
 def _stage_status(record: StageRecord, previous: Mapping[str, Any] | None) -> StageStatus:
@@ -308,8 +329,13 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
     status.latest_win_rate = win_rates[-1] if win_rates else None
     status.conditions = [Condition.model_validate(c) for c in run_conditions(
         phase, reason, message, generation, previous.get("conditions") or [], now)]
+    stuck_parts = _stuck_parts(records) if phase in ("Running", "Pending") else []
+    stuck = stuck_condition(stuck_parts, generation, previous.get("conditions") or [], now)
+    if stuck is not None:
+        status.conditions.append(Condition.model_validate(stuck))
 
     events = _events_for(transitions, started, {k: r.name or k for k, r in records.items()})
+    events += _stuck_events(stuck_parts, previous.get("conditions") or [])
     if prev_phase != phase:
         if phase == "Succeeded":
             events.append(Event("Normal", reasons.RUN_SUCCEEDED, message))
@@ -337,6 +363,13 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
     elif not decision.finished and run.spec.active_deadline_seconds is not None and status.start_time:
         begun = parse_time(status.start_time) or now
         outcome.requeue_after = max(0.0, run.spec.active_deadline_seconds - (now - begun).total_seconds()) + 0.5
+    # a stuck stage fails stuckPodTimeoutSeconds after it got stuck, whether or not anything else happens
+    for rec in records.values():
+        if rec.stuck is not None and not rec.stuck.waits and not rec.finished and not decision.finished:
+            since = parse_time(rec.stuck.since) or now
+            left = run.spec.stuck_pod_timeout_seconds - (now - since).total_seconds() + 0.5
+            due = left if outcome.requeue_after is None else min(left, outcome.requeue_after)
+            outcome.requeue_after = max(0.5, due)
     return outcome
 
 

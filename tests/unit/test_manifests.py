@@ -213,6 +213,65 @@ def test_placement():
     assert pod["serviceAccountName"] == "synpo-runner"
 
 
+SPREAD_SHARDS = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+    "weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {
+        "matchExpressions": [{"key": "synpo.dev/stage", "operator": "In", "values": ["responses"]}]}}}]}}
+GPU_MODEL = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
+    "matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In",
+                          "values": ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H200"]}]}]}}}
+
+
+def test_affinity_and_image_pull_secrets_reach_every_stage_pod():
+    resources = {**CLUSTER["spec"]["resources"], "imagePullSecrets": ["regcred", "mirror.example"],
+                 "affinity": {**GPU_MODEL, **SPREAD_SHARDS}}
+    run = run_of(resources=resources)
+    for node in stage_graph(run.spec):
+        pod = render_job(run, node)["spec"]["template"]["spec"]
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror.example"}]
+        # passed through as written: no empty lists or maps added by the models' defaults
+        assert pod["affinity"] == {**GPU_MODEL, **SPREAD_SHARDS}
+    plain = run_of()
+    pod = render_job(plain, node_of(plain, "i1-train"))["spec"]["template"]["spec"]
+    assert "affinity" not in pod and "imagePullSecrets" not in pod
+
+
+@pytest.mark.parametrize("affinity, field", [
+    ({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "gpu", "operator": "In"}]}]}}}, "needs at least one value"),
+    ({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "gpu", "operator": "Near", "values": ["a"]}]}]}}}, "operator"),
+    ({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "gpus", "operator": "Gt", "values": ["many"]}]}]}}}, "one integer"),
+    ({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}},
+     "nodeSelectorTerms"),
+    ({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 0, "podAffinityTerm": {
+        "topologyKey": "kubernetes.io/hostname", "labelSelector": {}}}]}}, "weight"),
+    ({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {}}]}}, "topologyKey"),
+    ({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{}]}},
+      "hostNetwork": True}, "hostNetwork"),
+])
+def test_bad_affinity_names_the_field(affinity, field):
+    with pytest.raises(ValueError, match=field):
+        run_of(resources={**CLUSTER["spec"]["resources"], "affinity": affinity})
+
+
+@pytest.mark.parametrize("secrets", [["Regcred"], ["a/b"], [""], ["x"] * 17, "regcred"])
+def test_bad_image_pull_secrets_are_refused(secrets):
+    with pytest.raises(ValueError, match="imagePullSecrets"):
+        run_of(resources={**CLUSTER["spec"]["resources"], "imagePullSecrets": secrets})
+
+
+@pytest.mark.parametrize("timeout, ok", [(None, True), (10, True), (604800, True), (9, False), (604801, False),
+                                          ("60", False)])
+def test_stuck_pod_timeout_bounds(timeout, ok):
+    spec = {} if timeout is None else {"stuckPodTimeoutSeconds": timeout}
+    if ok:
+        assert run_of(**spec).spec.stuck_pod_timeout_seconds == (timeout or 900)
+    else:
+        with pytest.raises(ValueError, match="stuckPodTimeoutSeconds"):
+            run_of(**spec)
+
+
 def test_env_secrets_by_reference_only():
     run = run_of()
     env = {e["name"]: e for e in container(render_job(run, node_of(run, "i1-evaluate")))["env"]}

@@ -33,6 +33,12 @@ def ts(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _field(obj: dict, path: str) -> str:
+    for part in path.split("."):
+        obj = (obj or {}).get(part) if isinstance(obj, dict) else None
+    return "" if obj is None else str(obj)
+
+
 class FakeKube:
     """Just enough of an API server for Jobs and Pods: create (409 on names), list by label,
     get, delete, merge-patch. Records every create."""
@@ -46,7 +52,7 @@ class FakeKube:
     @staticmethod
     def _split(path: str) -> tuple[str, str | None]:
         parts = path.rstrip("/").split("/")
-        if parts[-1] in ("jobs", "pods"):
+        if parts[-1] in ("jobs", "pods", "events"):
             return path.rstrip("/"), None
         return "/".join(parts[:-1]), parts[-1]
 
@@ -67,8 +73,10 @@ class FakeKube:
         if method == "GET" and name is None:
             selector = (query or {}).get("labelSelector", "")
             want = dict(kv.split("=", 1) for kv in selector.split(",") if kv)
+            fields = dict(kv.split("=", 1) for kv in (query or {}).get("fieldSelector", "").split(",") if kv)
             items = [o for o in store.values()
-                     if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in want.items())]
+                     if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in want.items())
+                     and all(_field(o, k) == v for k, v in fields.items())]
             return {"items": copy.deepcopy(items)}
         if name not in store:
             raise KubeError(method, path, 404, {"reason": "NotFound"})

@@ -91,13 +91,15 @@ each Role in namespaced scope). Least privilege:
   verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  # patch: only to fail a stuck stage's Job (an annotation and activeDeadlineSeconds; never spec.suspend)
+  verbs: ["get", "list", "watch", "create", "delete", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  # list/watch: the Job controller's FailedCreate Events say why a stage has no pods (a stuck stage)
+  verbs: ["create", "patch", "list", "watch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

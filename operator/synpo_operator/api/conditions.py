@@ -27,6 +27,14 @@ SUSPENDED = "Suspended"
 RESUMED = "Resumed"
 NOT_SUSPENDED = "NotSuspended"
 STUCK = "Stuck"
+# the StageStuck condition: a stage whose pods cannot start, one reason per cause (docs/troubleshooting.md)
+STAGE_STUCK = "StageStuck"
+POD_CREATION_REFUSED = "PodCreationRefused"
+UNSCHEDULABLE = "Unschedulable"
+WAITING_FOR_RESOURCES = "WaitingForResources"
+IMAGE_PULL_FAILED = "ImagePullFailed"
+CONTAINER_CONFIG_ERROR = "ContainerConfigError"
+NOT_STUCK = "NotStuck"
 # schedules
 WAITING = "Waiting"
 ACTIVE = "Active"
@@ -88,6 +96,18 @@ def run_conditions(phase: str, reason: str, message: str, generation: int | None
                 c_reason, c_message = NOT_SUSPENDED, ""
         out.append(condition(type_, type_ in true, c_reason, c_message, generation, previous, now))
     return out
+
+
+def stuck_condition(stuck: list[tuple[str, str]], generation: int | None,
+                    previous: Iterable[Mapping[str, Any]] | None, now: datetime) -> dict[str, Any] | None:
+    """StageStuck of a run: True with the first cause's reason and every stuck stage's message (`stuck`:
+    (reason, message) in stage order); False (NotStuck) once none is stuck; absent while none ever was."""
+    previous = list(previous or [])
+    if stuck:
+        return condition(STAGE_STUCK, True, stuck[0][0], "; ".join(m for _, m in stuck), generation, previous, now)
+    if any(isinstance(c, Mapping) and c.get("type") == STAGE_STUCK for c in previous):
+        return condition(STAGE_STUCK, False, NOT_STUCK, "no stage is stuck", generation, previous, now)
+    return None
 
 
 def schedule_conditions(ready: bool, reason: str, message: str, suspended: bool, generation: int | None,

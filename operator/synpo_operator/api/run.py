@@ -23,6 +23,7 @@ from .common import (
     SecretKeyRef,
     Toleration,
 )
+from .placement import Affinity, SecretName
 
 ModelRef = SafePath
 """A model: a hub id (org/name), a local path, an fsspec URI (s3://, gs://, file://), or `package:NAME` for a
@@ -301,6 +302,11 @@ class ResourcesSpec(ApiModel):
     """PriorityClass of stage pods."""
     service_account_name: DnsLabel | None = None
     """ServiceAccount of stage pods (e.g. one with workload identity for object storage)."""
+    image_pull_secrets: list[SecretName] = Field(default_factory=list, max_length=16)
+    """Secrets (kubernetes.io/dockerconfigjson, in the run's namespace) for pulling the image from a private
+    registry, by name."""
+    affinity: Affinity | None = None
+    """Node affinity and pod (anti-)affinity of stage pods (the Pod spec's own field, passed through)."""
 
 
 class SynPORunSpec(ApiModel):
@@ -359,6 +365,10 @@ class SynPORunSpec(ApiModel):
     """Retries of a failed stage pod before the stage, and so the run, fails. Disruptions do not count."""
     stage_deadline_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
     """Longest a single stage Job may run (Job activeDeadlineSeconds)."""
+    stuck_pod_timeout_seconds: int = Field(default=900, ge=10, le=7 * 86_400)
+    """How long a stage may stay stuck (pods refused at creation, unschedulable, image pull or container
+    config errors) before it fails with the cause; the StageStuck condition and an Event say why at once.
+    Keep it above the time a cluster autoscaler needs to add a node."""
     active_deadline_seconds: int | None = Field(default=None, ge=60, le=365 * 86_400)
     """Longest the whole run may take before it fails with DeadlineExceeded."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=365 * 86_400)

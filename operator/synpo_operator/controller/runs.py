@@ -5,6 +5,7 @@ the reconcile step and carrying out its outcome (status patch, Events, metrics, 
 What queues a run:
 - a change of the run, except the echo of our own status write (recognised by its resourceVersion);
 - a change of the status of one of its Jobs, or a Job deleted;
+- one of its pods getting stuck or unstuck (`executors.stuck`), or a FailedCreate Event on one of its Jobs;
 - a resync pass over the cached runs every `resync_seconds`: runs past their deadline or TTL, and with the
   local executor every unsettled run (its processes send no events); every tenth pass every unsettled run;
 - a run slot freed up (capacity glue, `app.py`); the TTL or deadline a reconcile computed; a failed
@@ -28,8 +29,9 @@ from .. import clock, kube
 from ..api.loader import SpecError
 from ..clock import parse_time
 from ..events import EventPoster
-from ..executors.jobs import JobExecutor, jobs_spec_problems
+from ..executors.jobs import FAILED_CREATE_SELECTOR, JobExecutor, jobs_spec_problems
 from ..executors.manifests import LABEL_RUN, RUN_KIND
+from ..executors.stuck import pod_stuck
 from ..metrics import Metrics
 from ..reconcile import Event, Outcome, merge_events, reconcile, run_from_body, status_differs, status_patch
 from ..schedule import SCHEDULE_LABEL
@@ -96,8 +98,9 @@ class RunController:
         self.informers = kube.start_informers(self.settings.scopes, {
             "runs": (None, kube.slim, self.on_run),
             "jobs": (LABEL_RUN, kube.slim_job, self.on_job),
-            "pods": (LABEL_RUN, kube.slim_pod, None),
-        }, index={"runs": SCHEDULE_LABEL})
+            "pods": (LABEL_RUN, kube.slim_pod, self.on_pod),
+            "events": (None, kube.slim_event, self.on_job_event),
+        }, index={"runs": SCHEDULE_LABEL}, fields={"events": FAILED_CREATE_SELECTOR})
 
     @property
     def synced(self) -> bool:
@@ -239,6 +242,30 @@ class RunController:
                       if r.get("kind") == RUN_KIND and r.get("controller")), None)
         if owner:
             self.trigger(meta.get("namespace", ""), owner, f"job {type_.lower()}")
+
+    def on_pod(self, type_: str, old: Body | None, new: Body) -> None:
+        """A pod's change matters to its run only when it gets stuck, changes why, or gets going again (the
+        rest reaches the run through its Job's status)."""
+        meta = new.get("metadata") or {}
+        if type_ == "DELETED" or not self.settings.watched(meta.get("namespace", "")):
+            return
+        if (pod_stuck(old) if old is not None else None) == pod_stuck(new):
+            return
+        run = (meta.get("labels") or {}).get(LABEL_RUN)
+        if run:
+            self.trigger(meta.get("namespace", ""), run, f"pod {meta.get('name')} stuck or unstuck")
+
+    def on_job_event(self, type_: str, old: Body | None, new: Body) -> None:
+        """The Job controller could not create a pod (a FailedCreate Event): reconcile the Job's run."""
+        involved = new.get("involvedObject") or {}
+        namespace = involved.get("namespace") or (new.get("metadata") or {}).get("namespace", "")
+        if type_ == "DELETED" or not self.settings.watched(namespace):
+            return
+        jobs = kube.informer("jobs", namespace)
+        job = jobs.get(namespace, involved.get("name", "")) if jobs is not None else None
+        run = ((job or {}).get("metadata") or {}).get("labels", {}).get(LABEL_RUN)
+        if run:
+            self.trigger(namespace, run, f"FailedCreate on Job {involved.get('name')}")
 
     # ---- executors -----------------------------------------------------------------------------------
     def _executor_for(self, body: Body) -> tuple[Any, Any, Any]:

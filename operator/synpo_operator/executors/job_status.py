@@ -1,8 +1,8 @@
 """Reading Jobs and their pods (API JSON, camelCase) into stage records: pure, used by the Jobs executor.
 
-Complete → Succeeded, with the result merged from the pods' termination messages; Failed → Failed with the
-Job's reason and the last failed pod's exit code and message; anything else → Running (queued while the Job
-is suspended). Disrupted pods (preemption, node drain) do not count as failures.
+Complete → Succeeded, with the result merged from the pods' termination messages; failed for being stuck (the
+executor's annotation) → Failed with the cause; Failed → Failed with the Job's reason and the last failed pod's
+exit code and message; anything else → Running (queued while the Job is suspended). Disrupted pods (preemption, node drain) do not count as failures.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from ..plan.planner import StagePhase, StageState
 from .manifests import (
     ANNOTATION_ATTEMPT,
     ANNOTATION_GPUS,
+    ANNOTATION_STUCK_FAILED_AT,
+    ANNOTATION_STUCK_FAILURE,
     GPU_RESOURCE,
     LABEL_ITERATION,
     LABEL_STAGE,
@@ -140,6 +142,12 @@ def job_record(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], now: d
         completion = status.get("completionTime") or done.get("lastTransitionTime")
         return StageRecord(state=StageState(StagePhase.SUCCEEDED, attempt), completion_time=completion,
                            result=merge_results(summaries), **common)
+
+    stuck = (meta.get("annotations") or {}).get(ANNOTATION_STUCK_FAILURE)
+    if stuck:  # failed by the executor for being stuck: the Job controller's DeadlineExceeded follows
+        return StageRecord(state=StageState(StagePhase.FAILED, attempt, clip(stuck), retryable=False),
+                           completion_time=(meta.get("annotations") or {}).get(ANNOTATION_STUCK_FAILED_AT)
+                           or rfc3339(now), **common)
 
     failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
     if failed:

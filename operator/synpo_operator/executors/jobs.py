@@ -7,22 +7,39 @@ so killing the operator at any point never leads to a duplicate Job.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from .. import clock as _clock
 from ..api.run import SynPORun
+from ..clock import parse_time
 from ..kube import KubeError, WatchCache, informer, request
 from ..modelinfo import model_problems
 from ..plan.executor import StageRecord
 from ..plan.planner import Start
 from .job_status import job_record, owned_by, pods_lag
-from .manifests import LABEL_RUN, LABEL_STAGE_KEY, render_stage, stage_config_problems
+from .manifests import (
+    ANNOTATION_STUCK_FAILED_AT,
+    ANNOTATION_STUCK_FAILURE,
+    LABEL_RUN,
+    LABEL_STAGE_KEY,
+    render_stage,
+    stage_config_problems,
+)
+from .stuck import FAILED_CREATE, awaits_pods, stage_stuck, stuck_failure
 
 Request = Callable[..., Any]
+log = logging.getLogger("synpo.operator")
+
+FAILED_CREATE_SELECTOR = f"involvedObject.kind=Job,reason={FAILED_CREATE}"
+"""The Events the operator reads (and, with informers, watches): the Job controller's refused pod creations."""
+EVENTS_AFTER_SECONDS = 5.0
+"""Without an Events informer, a Job's Events are listed only once it has had this long to make a pod."""
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -132,6 +149,26 @@ class JobExecutor:
                 cache.put(pod)
         return pods
 
+    def _failed_create_events(self, job: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+        """The FailedCreate Events of a Job that has no live pod: from the Events informer (a watch of
+        FailedCreate Events only), else by a LIST for this Job once it has had time to make its pod."""
+        uid = (job.get("metadata") or {}).get("uid")
+        cache = self._cache("events")
+        if cache is not None:
+            return [e for e in cache.items() if (e.get("involvedObject") or {}).get("uid") == uid]
+        created = parse_time((job.get("metadata") or {}).get("creationTimestamp"))
+        if created is not None and (now - created).total_seconds() < EVENTS_AFTER_SECONDS:
+            return []
+        selector = f"{FAILED_CREATE_SELECTOR},involvedObject.uid={uid}"
+        try:
+            found = self._request("GET", f"/api/v1/namespaces/{self.namespace}/events",
+                                  query={"fieldSelector": selector})
+        except KubeError as err:  # no RBAC to read Events: the stage still fails at its deadline
+            if err.status in (401, 403):
+                return []
+            raise
+        return (found or {}).get("items") or []
+
     def records(self) -> dict[str, StageRecord]:
         jobs = self.jobs()
         if not jobs:
@@ -145,7 +182,19 @@ class JobExecutor:
         now = self._clock()
         out: dict[str, StageRecord] = {}
         for job in jobs:
-            rec = job_record(job, by_job.get((job.get("metadata") or {}).get("uid"), []), now)
+            own = by_job.get((job.get("metadata") or {}).get("uid"), [])
+            rec = job_record(job, own, now)
+            if not rec.finished:
+                events = self._failed_create_events(job, now) if awaits_pods(job, own) else []
+                stuck = stage_stuck(job, own, events)
+                failure = None
+                if stuck is not None and self.run is not None:
+                    failure = stuck_failure(stuck, self.run.spec.stuck_pod_timeout_seconds, now)
+                failed = self._fail_stuck(job, failure, now) if failure is not None else None
+                if failed is not None:
+                    rec = job_record(failed, own, now)
+                elif stuck is not None:
+                    rec = replace(rec, stuck=stuck)
             labels = (job.get("metadata") or {}).get("labels") or {}
             if LABEL_STAGE_KEY not in labels:
                 continue
@@ -154,6 +203,32 @@ class JobExecutor:
             if old is None or rec.state.attempts >= old.state.attempts:
                 out[rec.key] = rec
         return out
+
+    def _fail_stuck(self, job: dict[str, Any], message: str, now: datetime) -> dict[str, Any] | None:
+        """Fail a stuck stage's Job (one merge PATCH): the cause in an annotation (the stage's failure message
+        from now on) and activeDeadlineSeconds=1, so the Job controller fails it (DeadlineExceeded) and
+        removes its pods. The Job stays, Failed, like any failed stage: deleting it retries the stage.
+        None when RBAC refuses the patch (an older chart): the stage stays reported stuck until its deadline."""
+        meta = job["metadata"]
+        patch = {"metadata": {"annotations": {ANNOTATION_STUCK_FAILURE: message,
+                                              ANNOTATION_STUCK_FAILED_AT: _clock.rfc3339(now)}},
+                 "spec": {"activeDeadlineSeconds": 1}}
+        try:
+            patched = self._request("PATCH", f"{self._jobs}/{meta['name']}", patch,
+                                    content_type="application/merge-patch+json")
+        except KubeError as err:
+            if err.status != 403:
+                raise
+            log.warning("%s/%s: cannot fail stuck Job %s (no RBAC to patch jobs): %s", self.namespace, self.name,
+                        meta["name"], message)
+            return None
+        if not isinstance(patched, dict):
+            return {**job, "metadata": {**meta, "annotations": {**(meta.get("annotations") or {}),
+                                                                **patch["metadata"]["annotations"]}}}
+        cache = self._cache("jobs")
+        if cache is not None:
+            cache.put(patched)  # the next reconcile sees the failure before the watch delivers it
+        return patched
 
     # ---- the Executor contract ---------------------------------------------------------------------
     def start(self, starts: Sequence[Start]) -> list[bool]:

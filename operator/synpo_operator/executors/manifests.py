@@ -46,6 +46,11 @@ LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_ATTEMPT = "synpo.dev/attempt"
 ANNOTATION_GPUS = "synpo.dev/gpus-per-pod"
 ANNOTATION_CONFIG_HASH = "synpo.dev/config-sha256"
+ANNOTATION_STUCK_FAILURE = "synpo.dev/stuck-failure"
+"""Set by the Jobs executor on a Job it failed for being stuck (with spec.activeDeadlineSeconds lowered, so
+the Job controller removes its pods): why, which is the stage's failure message from then on."""
+ANNOTATION_STUCK_FAILED_AT = "synpo.dev/stuck-failed-at"
+"""When it did (RFC 3339): the stage's completion time."""
 ANNOTATION_STAGE_CONFIG = STAGE_CONFIG_ANNOTATION
 MAX_STAGE_CONFIG_BYTES = 192 * 1024
 """Largest stage config embedded in a Job: Kubernetes allows 256 KiB for all annotations of an object
@@ -177,6 +182,16 @@ def _resources(spec: SynPORunSpec, node: StageNode) -> dict[str, Any]:
     return out
 
 
+def _compact(value: Any) -> Any:
+    """The object without empty lists and maps (the API models' defaults), as a user would write it."""
+    if isinstance(value, dict):
+        items = {k: _compact(v) for k, v in value.items()}
+        return {k: v for k, v in items.items() if v not in ({}, [])}
+    if isinstance(value, list):
+        return [_compact(v) for v in value]
+    return value
+
+
 class StageConfigTooLarge(ValueError):
     """A stage config that does not fit in a Job annotation."""
 
@@ -291,6 +306,10 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
         pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
     if spec.resources.tolerations:
         pod_spec["tolerations"] = [t.to_api() for t in spec.resources.tolerations]
+    if spec.resources.affinity is not None:
+        pod_spec["affinity"] = _compact(spec.resources.affinity.to_api())
+    if spec.resources.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.resources.image_pull_secrets]
     if spec.resources.priority_class_name:
         pod_spec["priorityClassName"] = spec.resources.priority_class_name
     if spec.resources.service_account_name:

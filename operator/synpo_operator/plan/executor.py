@@ -15,6 +15,23 @@ from .planner import StagePhase, StageState, Start
 
 
 @dataclass(frozen=True)
+class Stuck:
+    """Why a running stage's pods cannot start (a Job the API server refuses pods, an unschedulable pod, an
+    image that cannot be pulled, a missing Secret), as the Kubernetes object that says so words it."""
+
+    reason: str
+    """One of the StageStuck reasons of `api.conditions`."""
+    message: str
+    """The cause, as Kubernetes gives it (scheduler, kubelet or admission message), naming the pod or Job."""
+    since: str | None = None
+    """When it began (RFC 3339): the stage fails stuckPodTimeoutSeconds later."""
+    permanent: bool = False
+    """Waiting cannot help (an invalid image name): the stage fails at once."""
+    waits: bool = False
+    """It only waits for resources other pods hold (a busy cluster): reported, never failed for."""
+
+
+@dataclass(frozen=True)
 class StageRecord:
     """Everything an executor observed about one stage."""
 
@@ -32,6 +49,8 @@ class StageRecord:
     """The stage exists but waits for admission (a suspended Job, Kueue)."""
     name: str | None = None
     """The executor's name for it (the Job), for messages."""
+    stuck: Stuck | None = None
+    """Its pods cannot start, and why (running stages only)."""
 
     @property
     def finished(self) -> bool:

@@ -1,0 +1,168 @@
+"""Stuck stages on the real control plane: the API server refusing pods (a missing PriorityClass), the real
+scheduler finding no node (a GPU resource no node has, a node affinity no node matches, a missing PVC), and the
+kubelet's image pull and container config errors (kwok plays kubelet: it pulls no image and reads no Secret, so
+the `synpo.dev/fake-waiting-reason` annotation makes it report the waiting state a kubelet would).
+
+Each: within a minute the run has the StageStuck condition and an Event with the cause's own message; after
+spec.stuckPodTimeoutSeconds the stage's Job is failed with that message and the run fails (no retry: a new
+attempt's pods would meet the same cause). The operator runs with a 10-minute resync, so all of it is driven by
+the pod, Job and Event watches and by the reconcile's own timer, never by polling.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from synpo_devcluster.client import KubeClient
+
+from .test_operator import (  # noqa: F401 - fixtures
+    PODS,
+    Operator,
+    apply,
+    conditions,
+    crds,
+    get_run,
+    jobs,
+    run_doc,
+    wait_for_event,
+    wait_run,
+    wait_until,
+)
+
+TIMEOUT = 15
+"""spec.stuckPodTimeoutSeconds of the runs that are meant to fail."""
+
+
+@pytest.fixture
+def operator(dev_cluster, crds, namespace, tmp_path) -> Iterator[Operator]:  # noqa: F811
+    op = Operator(dev_cluster.kubeconfig, namespace, tmp_path, extra_args=("--resync-seconds", "600"))
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+def stuck_condition(kube: KubeClient, ns: str, name: str, reason: str, text: str, since: float) -> dict:
+    """Wait (a minute at most after `since`) for StageStuck True with this reason and text in its message."""
+    status = wait_run(kube, ns, name, lambda s: (c := conditions(s).get("StageStuck")) is not None
+                      and c["status"] == "True" and c["reason"] == reason and text in c["message"],
+                      timeout=max(1.0, 60 - (time.monotonic() - since)))["status"]
+    assert time.monotonic() - since < 60
+    return conditions(status)["StageStuck"]
+
+
+def fails_with(kube: KubeClient, ns: str, name: str, text: str) -> dict:
+    """The run fails within TIMEOUT (+ slack) with `text` in its Failed condition and a failed stage's message."""
+    status = wait_run(kube, ns, name, lambda s: s.get("phase") == "Failed", timeout=TIMEOUT + 45)["status"]
+    assert text in conditions(status)["Failed"]["message"]
+    failed = [s for s in status["stages"] if s["phase"] == "Failed"]
+    assert failed and all(text in s["message"] and f"stuckPodTimeoutSeconds is {TIMEOUT}" in s["message"]
+                          for s in failed), failed
+    assert conditions(status)["StageStuck"]["status"] == "False"
+    wait_for_event(kube, ns, name, "StageFailed", text)
+    return status
+
+
+def test_refused_pods_missing_priority_class(kube, operator, namespace):  # noqa: F811
+    fixed, missing = f"synpo-test-{uuid.uuid4().hex[:8]}", f"synpo-missing-{uuid.uuid4().hex[:8]}"
+    start = time.monotonic()
+    apply(kube, namespace, run_doc("later", resources={"image": "synpo-workloads:test", "gpusPerPod": 1,
+                                                       "priorityClassName": fixed}))
+    apply(kube, namespace, run_doc("never", stuckPodTimeoutSeconds=TIMEOUT,
+                                   resources={"image": "synpo-workloads:test", "gpusPerPod": 1,
+                                              "priorityClassName": missing}))
+    needle = f"no PriorityClass with name {fixed} was found"
+    cond = stuck_condition(kube, namespace, "later", "PodCreationRefused", needle, start)
+    assert re.search(r"stage (i\d-[a-z-]+) is stuck \(PodCreationRefused\): Job later-\1 cannot create pods: "
+                     r"Error creating: pods \"later-\1-[-0-9a-z]*\" is forbidden: no PriorityClass", cond["message"]), cond
+    wait_for_event(kube, namespace, "later", "PodCreationRefused", needle)
+    # the cause goes away: the Job controller's next try creates the pods and the condition clears
+    kube.post("/apis/scheduling.k8s.io/v1/priorityclasses",
+              {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": fixed},
+               "value": 1000})
+    try:
+        status = wait_run(kube, namespace, "later", lambda s: conditions(s).get("StageStuck", {}).get("status")
+                          == "False", timeout=60)["status"]
+        assert conditions(status)["StageStuck"]["reason"] == "NotStuck" and status["phase"] != "Failed"
+    finally:
+        kube.delete_if_exists(f"/apis/scheduling.k8s.io/v1/priorityclasses/{fixed}")
+    # the other run's cause stays: it fails after its stuckPodTimeoutSeconds, its Jobs kept (Failed)
+    fails_with(kube, namespace, "never", f"no PriorityClass with name {missing} was found")
+    refused = jobs(kube, namespace, "never")["never-i0-keywords"]
+    assert refused["spec"]["activeDeadlineSeconds"] == 1
+    assert "no PriorityClass" in refused["metadata"]["annotations"]["synpo.dev/stuck-failure"]
+
+
+def test_unschedulable_pods(kube, operator, namespace):  # noqa: F811
+    start = time.monotonic()
+    # GPU stages ask for a GPU resource no node has (the CPU-only keywords stage runs)
+    apply(kube, namespace, run_doc("nogpu", stuckPodTimeoutSeconds=TIMEOUT, resources={
+        "image": "synpo-workloads:test", "gpusPerPod": 1, "gpuResourceName": "amd.com/gpu"}))
+    # a node affinity no node matches (the GPU model of examples/cluster-llama3.yaml)
+    apply(kube, namespace, run_doc("affinity", resources={
+        "image": "synpo-workloads:test", "gpusPerPod": 1, "affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]}]}]}}}}))
+    # the workspace PVC does not exist
+    apply(kube, namespace, run_doc("nopvc", storage={"volume": {"claimName": "synpo-workspace"}}))
+    cond = stuck_condition(kube, namespace, "nogpu", "Unschedulable", "Insufficient amd.com/gpu", start)
+    # a GPU stage (which one comes first depends on timing), its pod, the scheduler's words
+    assert re.search(r"stage (i\d-[a-z-]+) is stuck \(Unschedulable\): pod nogpu-\1-[-0-9a-z]+ cannot be "
+                     r"scheduled: 0/1 nodes are available: .*Insufficient amd.com/gpu", cond["message"]), cond
+    wait_for_event(kube, namespace, "nogpu", "Unschedulable", "Insufficient amd.com/gpu")
+    stuck_condition(kube, namespace, "affinity", "Unschedulable", "didn't match Pod's node affinity/selector", start)
+    wait_for_event(kube, namespace, "affinity", "Unschedulable", "node affinity")
+    stuck_condition(kube, namespace, "nopvc", "Unschedulable", 'persistentvolumeclaim "synpo-workspace" not found',
+                    start)
+    status = fails_with(kube, namespace, "nogpu", "Insufficient amd.com/gpu")
+    assert {s["name"]: s["phase"] for s in status["stages"]}["i0-keywords"] == "Succeeded"
+    # the Job controller fails the stuck Jobs (DeadlineExceeded) and removes their pending pods; the Jobs of
+    # stages not stuck long enough yet are deleted with the failed run, as always
+    failed = {s["name"] for s in status["stages"] if s["phase"] == "Failed"}
+
+    def cleaned_up() -> bool:
+        left = jobs(kube, namespace, "nogpu")
+        pending = kube.get(PODS.format(ns=namespace), labelSelector="synpo.dev/run=nogpu")["items"]
+        return (all(any(c["type"] == "Failed" and c["status"] == "True" and c.get("reason") == "DeadlineExceeded"
+                        for c in (left[f"nogpu-{key}"].get("status") or {}).get("conditions") or [])
+                    for key in failed)
+                and not [p for p in pending if p["status"].get("phase") == "Pending"])
+
+    wait_until("the stuck Jobs failed and their pods gone", cleaned_up, timeout=30)
+
+
+def test_missing_secret_container_config_error(kube, operator, namespace):  # noqa: F811
+    start = time.monotonic()
+    message = 'secret "hf" not found'
+    pods = {"keywords": {"synpo.dev/fake-waiting-reason": "CreateContainerConfigError",
+                         "synpo.dev/fake-waiting-message": message}}
+    apply(kube, namespace, run_doc("nosecret", pods=pods, stuckPodTimeoutSeconds=TIMEOUT))
+    cond = stuck_condition(kube, namespace, "nosecret", "ContainerConfigError", message, start)
+    assert "container stage: CreateContainerConfigError: secret \"hf\" not found" in cond["message"]
+    wait_for_event(kube, namespace, "nosecret", "ContainerConfigError", message)
+    fails_with(kube, namespace, "nosecret", message)
+
+
+def test_image_pull_failures(kube, operator, namespace):  # noqa: F811
+    start = time.monotonic()
+    backoff = 'Back-off pulling image "registry.invalid/synpo:missing"'
+    apply(kube, namespace, run_doc("nopull", stuckPodTimeoutSeconds=TIMEOUT, pods={"keywords": {
+        "synpo.dev/fake-waiting-reason": "ImagePullBackOff", "synpo.dev/fake-waiting-message": backoff}}))
+    apply(kube, namespace, run_doc("badname", pods={"keywords": {
+        "synpo.dev/fake-waiting-reason": "InvalidImageName",
+        "synpo.dev/fake-waiting-message": 'couldn\'t parse image name "Registry//synpo"'}}))
+    stuck_condition(kube, namespace, "nopull", "ImagePullFailed", backoff, start)
+    wait_for_event(kube, namespace, "nopull", "ImagePullFailed", backoff)
+    # an image name that cannot be parsed fails at once (stuckPodTimeoutSeconds is the default 900 here)
+    status = wait_run(kube, namespace, "badname", lambda s: s.get("phase") == "Failed", timeout=30)["status"]
+    assert "InvalidImageName" in conditions(status)["Failed"]["message"]
+    assert "waiting cannot fix this" in conditions(status)["Failed"]["message"]
+    assert time.monotonic() - start < 60
+    fails_with(kube, namespace, "nopull", backoff)
+    assert get_run(kube, namespace, "nopull")["status"]["phase"] == "Failed"
