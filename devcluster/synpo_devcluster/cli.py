@@ -9,6 +9,10 @@ import argparse
 import json
 import shlex
 import sys
+from importlib import import_module
+
+ADDONS = {"jobset": "addon_jobset"}
+"""Add-on name -> module of this package with `up(info, build_if_needed)`."""
 
 
 def register(subparsers) -> None:
@@ -25,6 +29,8 @@ def register(subparsers) -> None:
     b.set_defaults(func=_cmd_build)
     u = sub.add_parser("up", help="start the cluster (no-op when already up); builds first if needed")
     u.add_argument("--no-build", action="store_true", help="fail instead of building missing binaries")
+    u.add_argument("--addons", default="", metavar="NAMES",
+                   help=f"comma-separated add-ons to install and start too: {', '.join(ADDONS)}")
     u.set_defaults(func=_cmd_up)
     sub.add_parser("down", help="stop all components and remove the state dir").set_defaults(func=_cmd_down)
     s = sub.add_parser("status", help="report whether the cluster runs")
@@ -70,7 +76,13 @@ def _cmd_build(args) -> int:
 def _cmd_up(args) -> int:
     from . import cluster
 
+    names = [n.strip() for n in args.addons.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ADDONS]
+    if unknown:
+        return _fail(f"--addons: unknown add-on {', '.join(unknown)} (known: {', '.join(ADDONS)})")
     info = cluster.up(build_if_needed=not args.no_build, pin=True)
+    for name in names:
+        import_module(f".{ADDONS[name]}", __package__).up(info, build_if_needed=not args.no_build)
     print(f"server:     {info.server} ({info.k8s_version})")
     print(f"kubeconfig: {info.kubeconfig}")
     print(f"node:       {info.node_name}")
