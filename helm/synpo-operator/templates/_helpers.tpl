@@ -92,6 +92,11 @@ each Role in namespaced scope). Least privilege:
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "delete"]
+{{- if .Values.jobset.enabled }}
+- apiGroups: ["jobset.x-k8s.io"]
+  resources: ["jobsets"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+{{- end }}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
