@@ -1,4 +1,5 @@
-"""Pure rendering of the Kubernetes object that runs a stage: one Job, which carries the stage config.
+"""Pure rendering of the Kubernetes object that runs a stage: one Job, which carries the stage config (for a
+training stage on several nodes, the JobSet around that Job: executors/jobset_manifest.py).
 
 Nothing here talks to an API server; `executors.jobs` creates what these functions return, and
 `synpo plan --manifests` prints it. Every choice is deterministic, so a restarted operator renders
