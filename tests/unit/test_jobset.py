@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import yaml
 
@@ -17,8 +17,10 @@ from synpo_operator.executors.jobset_manifest import MAX_NAME, jobset_name, lead
 from synpo_operator.executors.manifests import LABEL_QUEUE, render_job, render_run_manifests, render_stage
 from synpo_operator.plan import stage_graph
 from synpo_operator.plan.planner import StagePhase, Start
+from synpo_operator.reconcile import reconcile, status_differs, status_patch
 
 from .conftest import ROOT
+from .test_reconcile import RESULTS, Harness
 
 CLUSTER = yaml.safe_load((ROOT / "examples" / "cluster-llama3.yaml").read_text())
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -150,3 +152,62 @@ def test_suspended_jobset_is_queued_and_attempt_is_read():
     rec = jobset_record(_jobset([("Suspended", "SuspendedJobs", "")], suspend=True, attempt="2"), [], NOW)
     assert rec.state.phase is StagePhase.RUNNING and rec.queued and rec.state.attempts == 2
     assert not jobset_record(_jobset(), [], NOW).queued
+
+
+# ---- the reconcile loop with JobSets (the in-memory API server of test_reconcile) -------------------
+
+JOBSETS = "/apis/jobset.x-k8s.io/v1alpha2/namespaces/ns/jobsets"
+
+
+def _step(h):
+    executor = h.executor()
+    out = reconcile(h.body, executor, h.now, executor_check=executor.spec_problems)
+    if status_differs(h.body.get("status"), out.status):
+        status = {**(h.body.get("status") or {}), **status_patch(h.body.get("status"), out.status)}
+        h.body["status"] = {k: v for k, v in status.items() if v is not None}
+    return out
+
+
+def test_reconcile_without_jobset_api_fails_naming_the_field():
+    h = Harness(resources={"gpusPerPod": 2, "training": {"nodes": 2}})
+    out = _step(h)
+    assert out.phase == "Failed" and h.kube.creates == []
+    failed = next(c for c in h.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert ("spec.resources.training.nodes is 2 but the cluster has no JobSet API (jobset.x-k8s.io/v1alpha2)"
+            in failed["message"])
+    assert _step(Harness(resources={"gpusPerPod": 2})).phase == "Running"  # one node: no JobSet needed
+
+
+def test_reconcile_runs_training_stages_as_jobsets_to_success():
+    h = Harness(resources={"gpusPerPod": 2, "training": {"nodes": 2}})
+    h.kube.objects["/apis/jobset.x-k8s.io"] = {"v1alpha2": {}}  # the API is served
+    for _ in range(30):
+        out = _step(h)
+        if out.phase != "Running":
+            break
+        for key, job in list(h.kube.jobs().items()):
+            if not job["status"].get("conditions"):
+                h.kube.finish(key.removeprefix("demo-"), result=RESULTS.get(key.removeprefix("demo-")))
+        for name, js in h.kube.objects.get(JOBSETS, {}).items():
+            if js["status"].get("conditions"):
+                continue
+            template = js["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+            for rank in range(2):
+                h.kube.objects.setdefault("/api/v1/namespaces/ns/pods", {})[f"{name}-{rank}"] = {
+                    "metadata": {"name": f"{name}-{rank}",
+                                 "labels": {**template["metadata"]["labels"], "jobset.sigs.k8s.io/jobset-name": name},
+                                 "annotations": {"batch.kubernetes.io/job-completion-index": str(rank)}},
+                    "status": {"phase": "Succeeded", "containerStatuses": [{"state": {"terminated": {
+                        "exitCode": 0, "message": json.dumps(RESULTS[js["metadata"]["labels"]["synpo.dev/stage-key"]]),
+                    }}}]}}
+            js["status"] = {"conditions": [{"type": "Completed", "status": "True",
+                                            "lastTransitionTime": "2025-01-01T12:30:00Z"}]}
+        h.now += timedelta(seconds=60)
+    assert out.phase == "Succeeded", h.status
+    made = sorted(c for c in h.kube.creates if c.startswith("jobsets/"))
+    assert made == ["jobsets/demo-i0-prompt-generator", "jobsets/demo-i1-improver", "jobsets/demo-i1-train"]
+    assert not any(c.startswith("jobs/") and c.split("-", 1)[1] in ("i0-prompt-generator", "i1-improver", "i1-train")
+                   for c in h.kube.creates)
+    stages = {s["name"]: s for s in h.status["stages"]}
+    assert stages["i1-train"]["result"]["steps"] == 3 and stages["i1-improver"]["result"]["rows"] == 30

@@ -46,7 +46,7 @@ class FakeKube:
     @staticmethod
     def _split(path: str) -> tuple[str, str | None]:
         parts = path.rstrip("/").split("/")
-        if parts[-1] in ("jobs", "pods"):
+        if parts[-1] in ("jobs", "pods", "jobsets"):
             return path.rstrip("/"), None
         return "/".join(parts[:-1]), parts[-1]
 
