@@ -127,4 +127,4 @@ def test_pod_failure_restarts_the_whole_group_up_to_backoff_limit(jobset, kube, 
     js = jobsets(kube, namespace, "flaky")["i0-prompt-generator"]
     assert js["status"]["restarts"] == 1  # one restart of both pods (backoffLimit 1), then failed
     stage = {s["name"]: s for s in done["status"]["stages"]}["i0-prompt-generator"]
-    assert stage["phase"] == "Failed"
+    assert stage["phase"] == "Failed" and stage["attempts"] == 2  # the group ran twice

@@ -145,7 +145,7 @@ def test_failed_jobset_says_why_with_the_last_pods_exit_code():
     assert rec.state.phase is StagePhase.FAILED
     assert "FailedJobs: jobset failed due to job failure" in rec.state.message
     assert "last pod exited with code 2: seed: no rows" in rec.state.message
-    assert rec.pod_failures == 2  # restarts of the group (earlier pods deleted with their Jobs)
+    assert rec.pod_failures == 3  # the group failed 3 times: 2 restarts, then for good
 
 
 def test_suspended_jobset_is_queued_and_attempt_is_read():

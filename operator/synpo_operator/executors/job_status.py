@@ -191,15 +191,17 @@ def jobset_record(jobset: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], 
     """A stage's record from its JobSet and the pods of its Jobs (API JSON), read like `job_record`:
     Completed → Succeeded (the result is node rank 0's: every rank runs the same stage, rank 0 reports);
     Failed → Failed with JobSet's reason and the last failed pod's exit code; anything else → Running,
-    queued while suspended. Failed pods of earlier restarts count as pod failures (the group's retries)."""
+    queued while suspended. `pod_failures` counts failures of the group (its restarts, plus the final one), not
+    of its pods: the whole group is the unit that is retried, so attempts = restarts + 1 as for a one-pod Job."""
     meta = jobset.get("metadata") or {}
     status = jobset.get("status") or {}
     pods = list(pods)
     failed_pods = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed" and not is_disruption(p)]
+    failed = _condition(jobset, "Failed")
     common = dict(key=_stage_key(meta.get("labels") or {}),
                   start_time=meta.get("creationTimestamp"),
                   gpu_seconds=round(pod_gpu_seconds(pods, now), 3),
-                  pod_failures=max(len(failed_pods), int(status.get("restarts") or 0)), name=meta.get("name"))
+                  pod_failures=int(status.get("restarts") or 0) + (1 if failed else 0), name=meta.get("name"))
     attempt = _attempt(meta)
     done = _condition(jobset, "Completed")
     if done:
@@ -208,7 +210,6 @@ def jobset_record(jobset: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], 
         return StageRecord(state=StageState(StagePhase.SUCCEEDED, attempt),
                            completion_time=done.get("lastTransitionTime"),
                            result=merge_results(_summaries(leader or pods)), **common)
-    failed = _condition(jobset, "Failed")
     if failed:
         return StageRecord(state=StageState(StagePhase.FAILED, attempt,
                                             _failure_message(failed, "the JobSet failed", failed_pods)),
