@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -70,6 +71,10 @@ def binary(version: str = JOBSET_VERSION) -> Path:
     return cache_dir(version) / "bin" / BINARY
 
 
+def crd_file(version: str = JOBSET_VERSION) -> Path:
+    return cache_dir(version) / "jobset-crd.yaml"
+
+
 def _stamp(version: str) -> dict[str, Any]:
     return {"jobset": version, "recipe": RECIPE}
 
@@ -79,7 +84,8 @@ def is_built(version: str = JOBSET_VERSION) -> bool:
         data = json.loads((cache_dir(version) / "build-stamp.json").read_text())
     except (OSError, ValueError):
         return False
-    return {k: data.get(k) for k in _stamp(version)} == _stamp(version) and os.access(binary(version), os.X_OK)
+    return ({k: data.get(k) for k in _stamp(version)} == _stamp(version) and os.access(binary(version), os.X_OK)
+            and crd_file(version).is_file())
 
 
 def build(force: bool = False, version: str = JOBSET_VERSION) -> Path:
@@ -98,6 +104,7 @@ def build(force: bool = False, version: str = JOBSET_VERSION) -> Path:
     _build._run([go, "mod", "tidy"], src, env, f"go mod tidy (sigs.k8s.io/jobset {version})")
     _build._run([go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(binary(version)), "sigs.k8s.io/jobset"],
                 src, env, f"build jobset-controller {version}")
+    shutil.copyfile(module_dir(version) / CRD_FILE, crd_file(version))  # `up` needs no Go toolchain
     elapsed = time.monotonic() - t0
     stamp = _stamp(version) | {"built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "build_seconds": round(elapsed)}
@@ -107,7 +114,7 @@ def build(force: bool = False, version: str = JOBSET_VERSION) -> Path:
 
 
 def module_dir(version: str = JOBSET_VERSION) -> Path:
-    """The module's source in GOMODCACHE (downloaded by the build), for its CRD."""
+    """The module's source in GOMODCACHE (downloaded by the build): its CRD is copied from there."""
     out = subprocess.run([_build._go(), "mod", "download", "-json", f"sigs.k8s.io/jobset@{version}"],
                          capture_output=True, text=True, env=_build._go_env() | {"GOFLAGS": ""})
     if out.returncode != 0:
@@ -132,7 +139,7 @@ def running(info: _cluster.ClusterInfo) -> bool:
 def _install_crd(admin: KubeClient, version: str) -> None:
     import yaml
 
-    crd = yaml.safe_load((module_dir(version) / CRD_FILE).read_text())
+    crd = yaml.safe_load(crd_file(version).read_text())
     path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
     try:
         admin.post(path, crd)
