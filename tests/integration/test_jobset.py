@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from synpo_devcluster import addon_jobset
-from synpo_devcluster.client import KubeClient
+from synpo_devcluster.client import ApiError, KubeClient
 
 from .test_operator import PODS, RUNS, apply, conditions, crds, operator, run_doc, wait_run  # noqa: F401 - fixtures
 
@@ -66,6 +66,20 @@ def test_several_nodes_without_jobset_api_fail_naming_the_field(no_jobset, kube,
     assert "spec.resources.training.nodes is 2" in failed["message"]
     assert "no JobSet API (jobset.x-k8s.io/v1alpha2)" in failed["message"] and "nodes: 1" in failed["message"]
     assert kube.get(JOBS.format(ns=namespace))["items"] == []  # nothing was started
+
+
+def test_jobset_webhooks_are_in_force(jobset, kube, namespace):
+    """The add-on's JobSets pass JobSet's own admission (served on a local port): validation and defaulting."""
+    js = {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "metadata": {"name": "probe"},
+          "spec": {"failurePolicy": {"rules": [{"name": "no-restart", "action": "FailJobSet"}]},
+                   "replicatedJobs": [{"name": "n", "replicas": 1, "template": {"spec": {"template": {"spec": {
+                       "restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}}}]}}
+    with pytest.raises(ApiError) as err:
+        kube.post(JOBSETS.format(ns=namespace), js)
+    assert 'admission webhook "vjobset.kb.io" denied' in str(err.value.body)
+    js["spec"]["failurePolicy"]["rules"][0]["name"] = "noRestart"
+    out = kube.post(JOBSETS.format(ns=namespace), js, dryRun="All")
+    assert out["spec"]["successPolicy"] == {"operator": "All"}  # defaulted by JobSet's mutating webhook
 
 
 def test_two_nodes_run_through_one_jobset_per_training_stage(jobset, kube, operator, namespace):  # noqa: F811
