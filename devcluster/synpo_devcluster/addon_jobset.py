@@ -246,7 +246,7 @@ def up(info: _cluster.ClusterInfo, build_if_needed: bool = True) -> None:
     mutating, validating = _webhooks(port, (sd / "jobset-certs" / "ca.crt").read_bytes())
     _apply(admin, "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", mutating)
     _apply(admin, "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations", validating)
-    _log(f"ready in {time.monotonic() - t0:.1f}s (webhooks at https://127.0.0.1:{port})")
+    _cluster._log(f"jobset {JOBSET_VERSION} ready in {time.monotonic() - t0:.1f}s (webhooks at https://127.0.0.1:{port})")
 
 
 def installed(client: KubeClient) -> bool:
