@@ -22,6 +22,7 @@ its pid is recorded with the cluster's, so `synpo dev-cluster down` stops it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -43,6 +44,7 @@ CRD_NAME = "jobsets.jobset.x-k8s.io"
 API = "/apis/jobset.x-k8s.io/v1alpha2"
 WEBHOOK_CONFIG = "synpo-dev-jobset"
 JOBSET_POD_LABEL = "jobset.sigs.k8s.io/jobset-name"
+CRD_HASH = "synpo.dev/crd-sha256"
 
 _GO_MOD = """module synpo.dev/devcluster/jobset
 
@@ -139,7 +141,15 @@ def running(info: _cluster.ClusterInfo) -> bool:
 def _install_crd(admin: KubeClient, version: str) -> None:
     import yaml
 
-    crd = yaml.safe_load(crd_file(version).read_text())
+    text = crd_file(version).read_text()
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    cached = crd_file(version).with_suffix(".json")  # the YAML (~1 MiB) takes seconds to parse in pure Python
+    try:
+        crd = json.loads(cached.read_text())
+    except (OSError, ValueError):
+        crd = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        cached.write_text(json.dumps(crd))
+    crd["metadata"].setdefault("annotations", {})[CRD_HASH] = digest
     path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
     try:
         admin.post(path, crd)
@@ -147,8 +157,10 @@ def _install_crd(admin: KubeClient, version: str) -> None:
         if e.status != 409:
             raise
         current = admin.get(f"{path}/{CRD_NAME}")
-        crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        admin.put(f"{path}/{CRD_NAME}", crd)
+        # the same CRD is not written again: an update of this large schema costs the API server seconds
+        if (current["metadata"].get("annotations") or {}).get(CRD_HASH) != digest:
+            crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            admin.put(f"{path}/{CRD_NAME}", crd)
     admin.wait_for(f"{path}/{CRD_NAME}", lambda o: any(
         c.get("type") == "Established" and c.get("status") == "True"
         for c in (o.get("status") or {}).get("conditions") or []), timeout=30)
