@@ -9,6 +9,10 @@ import argparse
 import json
 import shlex
 import sys
+from importlib import import_module
+
+ADDONS = {"jobset": "addon_jobset"}
+"""Add-on name -> module of this package with `up(info, build_if_needed)`."""
 
 
 def register(subparsers) -> None:
@@ -22,9 +26,12 @@ def register(subparsers) -> None:
     sub.required = True
     b = sub.add_parser("build", help="build the pinned binaries from the Go module proxy (cached)")
     b.add_argument("--force", action="store_true", help="rebuild even when the cache is up to date")
+    b.add_argument("--addons", default="", metavar="NAMES", help="comma-separated add-ons to build too")
     b.set_defaults(func=_cmd_build)
     u = sub.add_parser("up", help="start the cluster (no-op when already up); builds first if needed")
     u.add_argument("--no-build", action="store_true", help="fail instead of building missing binaries")
+    u.add_argument("--addons", default="", metavar="NAMES",
+                   help=f"comma-separated add-ons to install and start too: {', '.join(ADDONS)}")
     u.set_defaults(func=_cmd_up)
     sub.add_parser("down", help="stop all components and remove the state dir").set_defaults(func=_cmd_down)
     s = sub.add_parser("status", help="report whether the cluster runs")
@@ -39,6 +46,16 @@ def register(subparsers) -> None:
 def _fail(msg: str) -> int:
     print(f"synpo dev-cluster: error: {msg}", file=sys.stderr)
     return 1
+
+
+def _addons(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ADDONS]
+    if unknown:
+        from .cluster import ClusterError
+
+        raise ClusterError(f"--addons: unknown add-on {', '.join(unknown)} (known: {', '.join(ADDONS)})")
+    return names
 
 
 def _guard(fn):
@@ -61,8 +78,11 @@ def _guard(fn):
 def _cmd_build(args) -> int:
     from . import build
 
+    names = _addons(args.addons)
     out = build.build(force=args.force)
     print(out)
+    for name in names:
+        print(import_module(f".{ADDONS[name]}", __package__).build(force=args.force))
     return 0
 
 
@@ -70,7 +90,10 @@ def _cmd_build(args) -> int:
 def _cmd_up(args) -> int:
     from . import cluster
 
+    names = _addons(args.addons)
     info = cluster.up(build_if_needed=not args.no_build, pin=True)
+    for name in names:
+        import_module(f".{ADDONS[name]}", __package__).up(info, build_if_needed=not args.no_build)
     print(f"server:     {info.server} ({info.k8s_version})")
     print(f"kubeconfig: {info.kubeconfig}")
     print(f"node:       {info.node_name}")

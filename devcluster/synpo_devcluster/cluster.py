@@ -329,7 +329,8 @@ def _cleanup_stale() -> None:
         with contextlib.suppress(OSError, ValueError):
             data = json.loads(src.read_text())
             pids.update(data.get("pids", data) if src.name == "state.json" else data)
-    for name in reversed(COMPONENTS):
+    # add-ons (controllers started after the cluster, e.g. jobset) first, then the cluster in reverse order
+    for name in [*(n for n in pids if n not in COMPONENTS), *reversed(COMPONENTS)]:
         if name in pids:
             _kill_group(int(pids[name]), name)
     shutil.rmtree(sd, ignore_errors=True)

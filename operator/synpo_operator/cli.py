@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="validate a run file and print its stage graph")
     plan.add_argument("file", help="a YAML file holding one SynPORun or SynPOSchedule")
-    plan.add_argument("--manifests", action="store_true", help="print the Jobs the operator would create")
+    plan.add_argument("--manifests", action="store_true", help="print the Jobs (JobSets for training on several nodes) the operator would create")
     plan.add_argument("--all", action="store_true", help="with --manifests: every stage, not only the first")
     plan.set_defaults(func=_plan)
 

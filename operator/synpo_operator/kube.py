@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from .api.common import GROUP, STAGE_CONFIG_ANNOTATION, VERSION
+from .api.common import GROUP, JOBSET_API_VERSION, STAGE_CONFIG_ANNOTATION, VERSION
 from .ratelimit import TokenBucket
 
 RUN_PLURAL = "synporuns"
@@ -263,8 +263,20 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def can_list(kind: str, namespace: str | None) -> bool:
+    """Whether this client may LIST `kind` in the namespace (None: every namespace) (False: the API is not served, e.g. a CRD that
+    is not installed, or RBAC does not grant it), so an informer of it would never sync."""
+    try:
+        request("GET", collection_path(kind, namespace), query={"limit": 1})
+        return True
+    except KubeError as err:
+        if err.not_found or err.status == 403:
+            return False
+        raise
+
+
 def slim_job(obj: dict[str, Any]) -> dict[str, Any]:
-    """A Job as the Jobs executor reads it: metadata, status and the few spec fields it uses (no pod
+    """A Job (or JobSet) as the Jobs executor reads it: metadata, status and the few spec fields it uses (no pod
     template: that is most of a Job)."""
     obj = slim(obj)
     spec = obj.get("spec") or {}
@@ -496,11 +508,12 @@ CACHE_READS = os.environ.get("SYNPO_OPERATOR_CACHE", "1") != "0"
 benchmarks' baseline)."""
 
 _informers: dict[str, list[tuple[str | None, WatchCache]]] = {}
-"""kind (runs, jobs, pods) -> [(namespace or None for all namespaces, cache)], filled by `start_informers`."""
+"""kind (runs, jobs, jobsets, pods) -> [(namespace or None for all namespaces, cache)], filled by `start_informers`."""
 
 
 def collection_path(kind: str, namespace: str | None) -> str:
-    base = {"runs": f"/apis/{GROUP}/{VERSION}", "jobs": "/apis/batch/v1", "pods": "/api/v1", "events": "/api/v1"}[kind]
+    base = {"runs": f"/apis/{GROUP}/{VERSION}", "jobs": "/apis/batch/v1", "pods": "/api/v1", "events": "/api/v1",
+            "jobsets": f"/apis/{JOBSET_API_VERSION}"}[kind]
     plural = RUN_PLURAL if kind == "runs" else kind
     return f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
 

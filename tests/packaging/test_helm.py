@@ -258,6 +258,17 @@ def test_rbac_is_least_privilege(rendered, name):
     assert lease_role["metadata"]["namespace"] == "synpo-system"  # the release namespace
 
 
+@pytest.mark.parametrize("scope", [{}, {"rbac": {"scope": "namespaced"}, "watchNamespaces": ["team-a"]}])
+def test_jobsets_are_granted_only_when_enabled(helm, scope):
+    """Training on several nodes creates JobSets: granted (never updated) with jobset.enabled, else not at all."""
+    def grants(values):
+        return {res: set(r["verbs"]) for r in rules_of(render(helm, values))
+                for g in r["apiGroups"] for res in r["resources"] if g == "jobset.x-k8s.io"}
+
+    assert grants(scope) == {}
+    assert grants({**scope, "jobset": {"enabled": True}}) == {"jobsets": {"get", "list", "watch", "create", "delete"}}
+
+
 def test_rbac_create_false_renders_no_rbac(helm):
     docs = render(helm, {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "existing"}})
     assert not [d for d in docs if d["kind"].endswith(("Role", "RoleBinding"))]

@@ -52,7 +52,7 @@ class FakeKube:
     @staticmethod
     def _split(path: str) -> tuple[str, str | None]:
         parts = path.rstrip("/").split("/")
-        if parts[-1] in ("jobs", "pods", "events"):
+        if parts[-1] in ("jobs", "pods", "events", "jobsets"):
             return path.rstrip("/"), None
         return "/".join(parts[:-1]), parts[-1]
 

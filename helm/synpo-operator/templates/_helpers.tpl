@@ -93,6 +93,11 @@ each Role in namespaced scope). Least privilege:
   resources: ["jobs"]
   # patch: only to fail a stuck stage's Job (an annotation and activeDeadlineSeconds; never spec.suspend)
   verbs: ["get", "list", "watch", "create", "delete", "patch"]
+{{- if .Values.jobset.enabled }}
+- apiGroups: ["jobset.x-k8s.io"]
+  resources: ["jobsets"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+{{- end }}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]

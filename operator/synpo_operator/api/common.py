@@ -11,6 +11,8 @@ from pydantic.alias_generators import to_camel
 GROUP = "synpo.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+JOBSET_API_VERSION = "jobset.x-k8s.io/v1alpha2"
+"""The JobSet API (sigs.k8s.io/jobset) the operator creates for training on several nodes."""
 STAGE_CONFIG_ANNOTATION = f"{GROUP}/stage-config"
 """Pod-template annotation of a stage Job holding the stage config (projected into the pod as `stage.json`)."""
 

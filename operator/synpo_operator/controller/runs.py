@@ -29,7 +29,7 @@ from .. import clock, kube
 from ..api.loader import SpecError
 from ..clock import parse_time
 from ..events import EventPoster
-from ..executors.jobs import FAILED_CREATE_SELECTOR, JobExecutor, jobs_spec_problems
+from ..executors.jobs import FAILED_CREATE_SELECTOR, JobExecutor
 from ..executors.manifests import LABEL_RUN, RUN_KIND
 from ..executors.stuck import pod_stuck
 from ..metrics import Metrics
@@ -100,6 +100,10 @@ class RunController:
             "jobs": (LABEL_RUN, kube.slim_job, self.on_job),
             "pods": (LABEL_RUN, kube.slim_pod, self.on_pod),
             "events": (None, kube.slim_event, self.on_job_event),
+            # JobSets (training on several nodes) only where JobSet is installed and granted; when it comes
+            # later, the executor LISTs them and the full resync notices their changes
+            **({"jobsets": (LABEL_RUN, kube.slim_job, self.on_job)}
+               if all(kube.can_list("jobsets", ns) for ns in self.settings.scopes) else {}),
         }, index={"runs": SCHEDULE_LABEL}, fields={"events": FAILED_CREATE_SELECTOR})
 
     @property
@@ -280,7 +284,8 @@ class RunController:
             # local processes are not retried by anyone else: the planner retries up to backoffLimit times
             return (self._local_executor(run, namespace, name), _local_spec_problems,
                     lambda r: r.spec.backoff_limit + 1)
-        return JobExecutor(namespace, name, run=run, uid=uid), jobs_spec_problems, 1
+        executor = JobExecutor(namespace, name, run=run, uid=uid)
+        return executor, executor.spec_problems, 1
 
     def _local_executor(self, run: Any, namespace: str, name: str) -> Any:
         """The run's LocalExecutor; None while the spec is unusable locally (reconcile reports it)."""

@@ -16,6 +16,7 @@ from ..api.results import ERROR, merge_results, parse_summary
 from ..clock import parse_time, rfc3339
 from ..plan.executor import StageRecord
 from ..plan.planner import StagePhase, StageState
+from .jobset_manifest import COMPLETION_INDEX_ANNOTATION
 from .manifests import (
     ANNOTATION_ATTEMPT,
     ANNOTATION_GPUS,
@@ -101,6 +102,50 @@ def owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
     return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
 
 
+def _summaries(pods: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The result summaries in the termination messages of the succeeded pods."""
+    summaries = []
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") == "Succeeded":
+            term = _terminated(pod)
+            summary = parse_summary(term.get("message") if term else None)
+            if summary:
+                summaries.append(summary)
+    return summaries
+
+
+def _failure_message(failed: Mapping[str, Any], default: str, failed_pods: list[Mapping[str, Any]]) -> str:
+    """`<reason>: <message>; last pod exited with code N: <its error>` (the last failed pod's own words)."""
+    reason = failed.get("reason") or "Failed"
+    parts = [f"{reason}: {failed.get('message') or default}"]
+    last = None
+    for pod in failed_pods:
+        term = _terminated(pod)
+        if term and (last is None or str(term.get("finishedAt") or "") >= str(last.get("finishedAt") or "")):
+            last = term
+    if last is not None:
+        detail = f"last pod exited with code {last.get('exitCode')}"
+        text = (last.get("message") or "").strip()
+        summary = parse_summary(text)
+        if summary and isinstance(summary.get(ERROR), str):
+            text = summary[ERROR]
+        if text:
+            detail += f": {text}"
+        parts.append(detail)
+    return clip("; ".join(parts))
+
+
+def _attempt(meta: Mapping[str, Any]) -> int:
+    try:
+        return int((meta.get("annotations") or {}).get(ANNOTATION_ATTEMPT, "1"))
+    except ValueError:
+        return 1
+
+
+def _stage_key(labels: Mapping[str, Any]) -> str:
+    return labels.get(LABEL_STAGE_KEY) or f"i{labels.get(LABEL_ITERATION)}-{labels.get(LABEL_STAGE)}"
+
+
 def job_record(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], now: datetime) -> StageRecord:
     """A stage's record from its Job and the Job's pods (API JSON).
 
@@ -108,7 +153,7 @@ def job_record(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], now: d
     reason, the last failed pod's exit code and termination message; anything else → Running."""
     meta = job.get("metadata") or {}
     labels = meta.get("labels") or {}
-    key = labels.get(LABEL_STAGE_KEY) or f"i{labels.get(LABEL_ITERATION)}-{labels.get(LABEL_STAGE)}"
+    key = _stage_key(labels)
     status = job.get("status") or {}
     spec = job.get("spec") or {}
     uid = meta.get("uid")
@@ -122,23 +167,14 @@ def job_record(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], now: d
         gpus = int((meta.get("annotations") or {}).get(ANNOTATION_GPUS, "0") or 0)
         if start and end and end > start:
             gpu_seconds = gpus * int(spec.get("parallelism") or 1) * (end - start).total_seconds()
-    try:
-        attempt = int((meta.get("annotations") or {}).get(ANNOTATION_ATTEMPT, "1"))
-    except ValueError:
-        attempt = 1
+    attempt = _attempt(meta)
     common = dict(key=key, start_time=status.get("startTime") or meta.get("creationTimestamp"),
                   gpu_seconds=round(gpu_seconds, 3), pod_failures=max(len(failed_pods), 0),
                   name=meta.get("name"))
 
     done = _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet")
     if done:
-        summaries = []
-        for pod in own:
-            if (pod.get("status") or {}).get("phase") == "Succeeded":
-                term = _terminated(pod)
-                summary = parse_summary(term.get("message") if term else None)
-                if summary:
-                    summaries.append(summary)
+        summaries = _summaries(own)
         completion = status.get("completionTime") or done.get("lastTransitionTime")
         return StageRecord(state=StageState(StagePhase.SUCCEEDED, attempt), completion_time=completion,
                            result=merge_results(summaries), **common)
@@ -151,28 +187,43 @@ def job_record(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], now: d
 
     failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
     if failed:
-        reason = failed.get("reason") or "Failed"
-        parts = [f"{reason}: {failed.get('message') or 'the Job failed'}"]
-        last = None
-        for pod in failed_pods:
-            term = _terminated(pod)
-            if term and (last is None or str(term.get("finishedAt") or "") >= str(last.get("finishedAt") or "")):
-                last = term
-        if last is not None:
-            detail = f"last pod exited with code {last.get('exitCode')}"
-            text = (last.get("message") or "").strip()
-            summary = parse_summary(text)
-            if summary and isinstance(summary.get(ERROR), str):
-                text = summary[ERROR]
-            if text:
-                detail += f": {text}"
-            parts.append(detail)
-        message = clip("; ".join(parts))
+        message = _failure_message(failed, "the Job failed", failed_pods)
         return StageRecord(state=StageState(StagePhase.FAILED, attempt, message),
                            completion_time=failed.get("lastTransitionTime") or rfc3339(now), **common)
 
     return StageRecord(state=StageState(StagePhase.RUNNING, attempt),
                        queued=bool(spec.get("suspend")), **common)
+
+
+def jobset_record(jobset: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], now: datetime) -> StageRecord:
+    """A stage's record from its JobSet and the pods of its Jobs (API JSON), read like `job_record`:
+    Completed → Succeeded (the result is node rank 0's: every rank runs the same stage, rank 0 reports);
+    Failed → Failed with JobSet's reason and the last failed pod's exit code; anything else → Running,
+    queued while suspended. `pod_failures` counts failures of the group (its restarts, plus the final one), not
+    of its pods: the whole group is the unit that is retried, so attempts = restarts + 1 as for a one-pod Job."""
+    meta = jobset.get("metadata") or {}
+    status = jobset.get("status") or {}
+    pods = list(pods)
+    failed_pods = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed" and not is_disruption(p)]
+    failed = _condition(jobset, "Failed")
+    common = dict(key=_stage_key(meta.get("labels") or {}),
+                  start_time=meta.get("creationTimestamp"),
+                  gpu_seconds=round(pod_gpu_seconds(pods, now), 3),
+                  pod_failures=int(status.get("restarts") or 0) + (1 if failed else 0), name=meta.get("name"))
+    attempt = _attempt(meta)
+    done = _condition(jobset, "Completed")
+    if done:
+        leader = [p for p in pods if ((p.get("metadata") or {}).get("annotations") or {}).get(
+            COMPLETION_INDEX_ANNOTATION) == "0"]
+        return StageRecord(state=StageState(StagePhase.SUCCEEDED, attempt),
+                           completion_time=done.get("lastTransitionTime"),
+                           result=merge_results(_summaries(leader or pods)), **common)
+    if failed:
+        return StageRecord(state=StageState(StagePhase.FAILED, attempt,
+                                            _failure_message(failed, "the JobSet failed", failed_pods)),
+                           completion_time=failed.get("lastTransitionTime") or rfc3339(now), **common)
+    suspended = bool((jobset.get("spec") or {}).get("suspend")) or _condition(jobset, "Suspended") is not None
+    return StageRecord(state=StageState(StagePhase.RUNNING, attempt), queued=suspended, **common)
 
 
 def pods_lag(jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> bool:

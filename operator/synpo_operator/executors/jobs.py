@@ -16,13 +16,16 @@ from datetime import datetime
 from typing import Any
 
 from .. import clock as _clock
+from ..api.common import JOBSET_API_VERSION
 from ..api.run import SynPORun
 from ..clock import parse_time
 from ..kube import KubeError, WatchCache, informer, request
 from ..modelinfo import model_problems
 from ..plan.executor import StageRecord
+from ..plan.graph import stage_graph
 from ..plan.planner import Start
-from .job_status import job_record, owned_by, pods_lag
+from .job_status import job_record, jobset_record, owned_by, pods_lag
+from .jobset_manifest import COMPLETION_INDEX_ANNOTATION, LABEL_JOBSET_NAME
 from .manifests import (
     ANNOTATION_STUCK_FAILED_AT,
     ANNOTATION_STUCK_FAILURE,
@@ -30,6 +33,7 @@ from .manifests import (
     LABEL_STAGE_KEY,
     render_stage,
     stage_config_problems,
+    uses_jobset,
 )
 from .stuck import FAILED_CREATE, awaits_pods, stage_stuck, stuck_failure
 
@@ -67,6 +71,10 @@ def _is_local_path(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
+_jobset_api_seen = False
+"""JobSet's API answered once (the operator's API server): not asked again."""
+
+
 def jobs_spec_problems(run: SynPORun) -> list[str]:
     """Spec checks only the Jobs executor needs (the API server cannot know where stages run)."""
     problems = []
@@ -100,6 +108,10 @@ class JobExecutor:
         return f"/apis/batch/v1/namespaces/{self.namespace}/jobs"
 
     @property
+    def _jobsets(self) -> str:
+        return f"/apis/{JOBSET_API_VERSION}/namespaces/{self.namespace}/jobsets"
+
+    @property
     def _pods(self) -> str:
         return f"/api/v1/namespaces/{self.namespace}/pods"
 
@@ -128,11 +140,50 @@ class JobExecutor:
             return self._list(path)
         return [i for i in cache.by_label(self.namespace, self.name) if owned_by(i, self.uid)]
 
+    def spec_problems(self, run: SynPORun) -> list[str]:
+        """`jobs_spec_problems`, and for training on several nodes, JobSet's API in the cluster: its absence
+        is said naming the field, rather than leaving the run Running with nothing started."""
+        global _jobset_api_seen
+        problems = jobs_spec_problems(run)
+        if (_jobset_api_seen and self._request is request) or not any(
+                uses_jobset(run.spec, node) for node in stage_graph(run.spec)):
+            return problems
+        try:
+            self._request("GET", f"/apis/{JOBSET_API_VERSION}")
+            _jobset_api_seen = self._request is request
+        except KubeError as err:
+            if not err.not_found:
+                raise
+            problems.append(f"spec.resources.training.nodes is {run.spec.resources.training.nodes} but the cluster "
+                            f"has no JobSet API ({JOBSET_API_VERSION}): install JobSet "
+                            "(https://jobset.sigs.k8s.io) or set nodes: 1")
+        return problems
+
     # ---- reading ----------------------------------------------------------------------------------
     def jobs(self) -> list[dict[str, Any]]:
         """The run's Jobs that are not being deleted (from the watch cache: no LIST per reconcile)."""
         return [j for j in self._cached_or_list("jobs", self._jobs)
                 if not (j.get("metadata") or {}).get("deletionTimestamp")]
+
+    def _uses_jobsets(self) -> bool:
+        return self.run is not None and any(uses_jobset(self.run.spec, n) for n in stage_graph(self.run.spec))
+
+    def jobsets(self) -> list[dict[str, Any]]:
+        """The run's JobSets (training on several nodes) that are not being deleted; none for a run that
+        makes none, or without JobSet's API (its absence is reported by `spec_problems`)."""
+        if not self._uses_jobsets():
+            return []
+        cache = self._cache("jobsets")
+        if cache is not None:
+            found = [i for i in cache.by_label(self.namespace, self.name) if owned_by(i, self.uid)]
+        else:
+            try:
+                found = self._list(self._jobsets)
+            except KubeError as err:
+                if err.not_found:
+                    return []
+                raise
+        return [j for j in found if not (j.get("metadata") or {}).get("deletionTimestamp")]
 
     def _pods_for(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The run's pods; from the watch cache unless it has fewer finished pods than a Job counts (the
@@ -169,11 +220,37 @@ class JobExecutor:
             raise
         return (found or {}).get("items") or []
 
+    def _jobset_pods(self, jobsets: list[dict[str, Any]], pods: list[dict[str, Any]]) -> dict[str, list]:
+        """The run's pods by JobSet name; LISTed again when a completed JobSet's rank-0 pod (its result) is
+        not in the cache yet (the pods' watch behind the JobSets')."""
+        def by_name(items: list[dict[str, Any]]) -> dict[str, list]:
+            out: dict[str, list] = {}
+            for pod in items:
+                name = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_JOBSET_NAME)
+                if name:
+                    out.setdefault(name, []).append(pod)
+            return out
+
+        found = by_name(pods)
+        for js in jobsets:
+            done = any(c.get("type") == "Completed" and c.get("status") == "True"
+                       for c in (js.get("status") or {}).get("conditions") or [])
+            own = found.get(js["metadata"]["name"], [])
+            if done and not any(((p.get("metadata") or {}).get("annotations") or {}).get(
+                    COMPLETION_INDEX_ANNOTATION) == "0" and (p.get("status") or {}).get("phase") == "Succeeded"
+                    for p in own):
+                return by_name(self._list_pods())
+        return found
+
     def records(self) -> dict[str, StageRecord]:
         jobs = self.jobs()
-        if not jobs:
+        jobsets = self.jobsets()
+        if not jobs and not jobsets:
             return {}
-        pods = self._pods_for(jobs)
+        pods = self._pods_for(jobs) if jobs else []
+        if jobsets and not pods:
+            pods = (self._cache("pods").by_label(self.namespace, self.name) if self._cache("pods") is not None
+                    else self._list_pods())
         by_job: dict[str, list[dict[str, Any]]] = {}
         for pod in pods:
             for ref in (pod.get("metadata") or {}).get("ownerReferences") or []:
@@ -199,6 +276,12 @@ class JobExecutor:
             if LABEL_STAGE_KEY not in labels:
                 continue
             # with several attempts of one stage (operator-level retries), the newest wins
+            old = out.get(rec.key)
+            if old is None or rec.state.attempts >= old.state.attempts:
+                out[rec.key] = rec
+        by_jobset = self._jobset_pods(jobsets, pods) if jobsets else {}
+        for js in jobsets:
+            rec = jobset_record(js, by_jobset.get(js["metadata"]["name"], []), now)
             old = out.get(rec.key)
             if old is None or rec.state.attempts >= old.state.attempts:
                 out[rec.key] = rec
@@ -252,14 +335,15 @@ class JobExecutor:
         if self.run is None:
             raise RuntimeError("JobExecutor.start needs the run")
         job = render_stage(self.run, start, uid=self.uid)
+        is_jobset = job["kind"] == "JobSet"
         try:
-            created = self._request("POST", self._jobs, job)
+            created = self._request("POST", self._jobsets if is_jobset else self._jobs, job)
         except KubeError as err:
             if err.conflict:
                 return False
             raise
         self.created.append(job["metadata"]["name"])
-        cache = self._cache("jobs") if isinstance(created, dict) else None
+        cache = self._cache("jobsets" if is_jobset else "jobs") if isinstance(created, dict) else None
         if cache is not None:
             cache.put(created)  # seen by this reconcile's status and the next one, before the watch has it
         return True
@@ -282,12 +366,19 @@ class JobExecutor:
                 continue
             if self._delete(f"{self._jobs}/{job['metadata']['name']}"):
                 stopped.append(rec.key)
+        for js in self.jobsets():
+            rec = jobset_record(js, [], self._clock())
+            if not rec.finished and self._delete(f"{self._jobsets}/{js['metadata']['name']}"):
+                stopped.append(rec.key)
         return stopped
 
     def delete_all(self) -> list[str]:
-        """Delete every Job of the run (run deletion); returns the Job names deleted."""
+        """Delete every Job and JobSet of the run (run deletion); returns the names deleted."""
         deleted = []
         for job in self._list(self._jobs):
             if self._delete(f"{self._jobs}/{job['metadata']['name']}"):
                 deleted.append(job["metadata"]["name"])
+        for js in self.jobsets():
+            if self._delete(f"{self._jobsets}/{js['metadata']['name']}"):
+                deleted.append(js["metadata"]["name"])
         return deleted

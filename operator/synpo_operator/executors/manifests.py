@@ -1,4 +1,5 @@
-"""Pure rendering of the Kubernetes object that runs a stage: one Job, which carries the stage config.
+"""Pure rendering of the Kubernetes object that runs a stage: one Job, which carries the stage config (for a
+training stage on several nodes, the JobSet around that Job: executors/jobset_manifest.py).
 
 Nothing here talks to an API server; `executors.jobs` creates what these functions return, and
 `synpo plan --manifests` prints it. Every choice is deterministic, so a restarted operator renders
@@ -35,6 +36,7 @@ from ..plan.graph import STAGES, StageNode, stage_graph
 from ..plan.planner import Start, plan
 from ..plan.resources import gpus_for, pod_shape
 from ..plan.stage_config import stage_config
+from .jobset_manifest import jobset_from_job
 
 LABEL_RUN = "synpo.dev/run"
 LABEL_ITERATION = "synpo.dev/iteration"
@@ -358,11 +360,22 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
     }
 
 
+def uses_jobset(spec: SynPORunSpec, node: StageNode) -> bool:
+    """A training stage on several nodes runs as a JobSet (one pod per node); everything else as a Job."""
+    shape = pod_shape(spec, node)
+    return shape.kind == "training" and shape.nodes > 1
+
+
 def render_stage(run: SynPORun, start: Start | StageNode, *, uid: str | None = None) -> dict[str, Any]:
-    """The Job for one stage start (the only object a stage needs: it carries its config)."""
+    """The object for one stage start (the only one a stage needs: it carries its config): its Job, or for a
+    training stage on several nodes the JobSet around that Job."""
     node = start.stage if isinstance(start, Start) else start
     attempt = start.attempt if isinstance(start, Start) else 1
-    return render_job(run, node, attempt=attempt, uid=uid)
+    job = render_job(run, node, attempt=attempt, uid=uid)
+    if not uses_jobset(run.spec, node):
+        return job
+    return jobset_from_job(job, nodes=pod_shape(run.spec, node).nodes, max_restarts=run.spec.backoff_limit,
+                           container=CONTAINER)
 
 
 def render_run_manifests(run: SynPORun, *, all_stages: bool = False) -> list[dict[str, Any]]:
@@ -378,5 +391,5 @@ __all__ = [
     "ANNOTATION_STAGE_CONFIG", "LABEL_ITERATION", "LABEL_MANAGED_BY", "LABEL_QUEUE", "LABEL_RUN", "LABEL_STAGE",
     "LABEL_STAGE_KEY", "MAX_STAGE_CONFIG_BYTES", "STAGES", "TEST_POD_ANNOTATIONS", "StageConfigTooLarge",
     "gpus_for", "job_name", "render_job", "render_run_manifests", "render_stage",
-    "stage_config_problems", "stage_config_text", "storage_root",
+    "stage_config_problems", "stage_config_text", "storage_root", "uses_jobset",
 ]
