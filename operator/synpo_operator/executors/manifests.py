@@ -33,6 +33,7 @@ from ..api.results import BAD_INPUT_EXIT_CODE
 from ..api.run import SynPORun, SynPORunSpec
 from ..plan.graph import STAGES, StageNode, stage_graph
 from ..plan.planner import Start, plan
+from ..plan.launch import launch_command
 from ..plan.resources import gpus_for, pod_shape
 from ..plan.stage_config import stage_config
 
@@ -255,7 +256,7 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
         "name": CONTAINER,
         "image": spec.resources.image,
         "imagePullPolicy": spec.resources.image_pull_policy,
-        "command": ["python", "-m", "synpo_workloads", node.id.name, "--config", f"{CONFIG_MOUNT}/{CONFIG_FILE}"],
+        "command": launch_command(pod_shape(spec, node), node.id.name, f"{CONFIG_MOUNT}/{CONFIG_FILE}"),
         "env": _container_env(spec, node),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
