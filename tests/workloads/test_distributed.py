@@ -122,3 +122,22 @@ def test_two_nodes_killed_rank_resumes_and_matches_one_process(tiny_model, tmp_p
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(output / "model").num_parameters() > 0
+
+
+def test_improver_on_two_nodes_generates_on_rank_zero_and_trains_on_both(tiny_model, tmp_path):
+    """The improver generates and scores (rank 0 alone: the pod's GPUs are its engine's), then both ranks SFT on
+    the examples rank 0 wrote."""
+    storage = tmp_path / "improver"
+    spec = SynPORunSpec.model_validate(tiny_spec(
+        tiny_model, str(storage), improver={"batchSize": 4, "maxSeedExamples": 8, "epochs": 1},
+        generation={"maxNewTokens": 8}, resources={"gpusPerPod": 0, "training": {"nodes": 2}}))
+    node = next(n for n in stage_graph(spec) if n.key == "i1-improver")
+    executor = LocalExecutor(spec, name="dist", storage_root=str(storage))
+    record = _run(executor, node, 1)
+    assert record.state.phase == StagePhase.SUCCEEDED, record.state.message
+    assert record.result["examplesTotal"] == 8 and record.result["steps"] == -(-record.result["rows"] // 4)
+    logs = executor.logs_dir
+    assert "training on 2 processes (rank 1" in (logs / "i1-improver-node-1.log").read_text()
+    output = Path(executor.output(node))
+    assert store.verify(str(output))
+    assert len(list(store.iter_jsonl(str(output / "examples.jsonl")))) == 8

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import signal
+from contextlib import contextmanager
 from typing import Any
 
 from . import models, progress
@@ -61,6 +62,42 @@ def warmup_steps(ratio: float, steps: int) -> int:
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+                "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE")
+
+
+@contextmanager
+def alone():
+    """Rank 0 working on its own before training (the improver's generation): the engine it starts (vLLM spawns
+    workers and process groups of its own, across the pod's GPUs) sees a plain process, not torchrun's rank."""
+    saved = {k: os.environ.pop(k) for k in TORCHRUN_ENV if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def wait_for_rank_zero(seconds: float = float(os.environ.get("SYNPO_RANK0_WAIT_SECONDS", 6 * 3600))) -> None:
+    """A barrier of all training processes: the others wait here while rank 0 works alone, rank 0 calls it when
+    done. It starts torch.distributed (the Trainer reuses it) with a CPU all-reduce over gloo, so the waiting
+    processes take no GPU memory from rank 0's engine; the timeout bounds the wait (env
+    SYNPO_RANK0_WAIT_SECONDS, default 6 h)."""
+    if world_size() == 1:
+        return
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        gpu = torch.cuda.is_available()
+        if gpu:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("cuda:nccl,cpu:gloo" if gpu else "gloo", timeout=timedelta(seconds=seconds))
+    dist.all_reduce(torch.zeros(1))
 
 
 def save_policy() -> dict[str, Any]:

@@ -32,8 +32,8 @@ from ..api.common import API_VERSION, STAGE_CONFIG_ANNOTATION
 from ..api.results import BAD_INPUT_EXIT_CODE
 from ..api.run import SynPORun, SynPORunSpec
 from ..plan.graph import STAGES, StageNode, stage_graph
-from ..plan.planner import Start, plan
 from ..plan.launch import launch_command
+from ..plan.planner import Start, plan
 from ..plan.resources import gpus_for, pod_shape
 from ..plan.stage_config import stage_config
 
