@@ -27,8 +27,8 @@ from synpo_workloads.runtime import run_stage
 
 pytestmark = pytest.mark.workloads
 
-PAIRS = 16
-BATCH = 4  # global: 4 steps per epoch; 2 pairs per process per step on two nodes
+PAIRS = 24
+BATCH = 4  # global: 6 steps per epoch; 2 pairs per process per step on two nodes
 LOSS_TOLERANCE = 1e-4
 """Absolute difference allowed between the per-step training losses of one and two processes (float32: only
 the order of the gradient sums differs; the Trainer logs losses rounded to 4 decimals)."""

@@ -80,7 +80,7 @@ def alone():
         os.environ.update(saved)
 
 
-def wait_for_rank_zero(seconds: float = float(os.environ.get("SYNPO_RANK0_WAIT_SECONDS", 6 * 3600))) -> None:
+def wait_for_rank_zero() -> None:
     """A barrier of all training processes: the others wait here while rank 0 works alone, rank 0 calls it when
     done. It starts torch.distributed (the Trainer reuses it) with a CPU all-reduce over gloo, so the waiting
     processes take no GPU memory from rank 0's engine; the timeout bounds the wait (env
@@ -96,6 +96,7 @@ def wait_for_rank_zero(seconds: float = float(os.environ.get("SYNPO_RANK0_WAIT_S
         gpu = torch.cuda.is_available()
         if gpu:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        seconds = float(os.environ.get("SYNPO_RANK0_WAIT_SECONDS", 6 * 3600))
         dist.init_process_group("cuda:nccl,cpu:gloo" if gpu else "gloo", timeout=timedelta(seconds=seconds))
     dist.all_reduce(torch.zeros(1))
 
@@ -306,6 +307,7 @@ def packed_cpo_trainer():
     serves what packing does not cover (an NLL term, encoder-decoders, several processes, attention kernels
     without 4-D masks, left-padded batches)."""
     import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl.experimental.cpo import CPOTrainer
 
     from . import packing
@@ -313,6 +315,14 @@ def packed_cpo_trainer():
     class PackedCPOTrainer(CPOTrainer):
         processed_tokens = 0
         """Tokens the model ran on (rows x width), for the benchmark."""
+
+        def _get_train_sampler(self, train_dataset=None):
+            # Length groups in GLOBAL batches (the Trainer uses one process's share): the same order, so the
+            # same examples per optimizer step, whatever the number of processes.
+            sampler = super()._get_train_sampler(train_dataset)
+            if isinstance(sampler, LengthGroupedSampler):
+                sampler.batch_size *= self.args.world_size
+            return sampler
 
         def concatenated_forward(self, model, batch):
             if (self.is_encoder_decoder or self.aux_loss_enabled or self.cpo_alpha != 0 or world_size() > 1
