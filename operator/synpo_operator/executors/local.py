@@ -55,13 +55,16 @@ class _Attempt:
     started: str = field(default_factory=lambda: clock.rfc3339(clock.now()))
     finished: str | None = None
     """When the executor first saw every process of the attempt exited."""
+    nodes: int = 1
+    """Processes that make up one distributed training attempt (one per node), or 1."""
 
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs)
 
     def stop_survivors(self) -> None:
-        """One process of a multi-node attempt failed: the attempt has failed, end the others."""
-        if any(p.poll() not in (None, 0) for p in self.procs):
+        """One process of a multi-node attempt failed: the attempt has failed, end the others. (Shards of a
+        sharded stage are independent: the others finish, and their parts are kept for the retry.)"""
+        if self.nodes > 1 and any(p.poll() not in (None, 0) for p in self.procs):
             for proc in self.procs:
                 if proc.poll() is None:
                     _signal_group(proc, signal.SIGTERM)
@@ -134,9 +137,9 @@ class LocalExecutor:
         config = stage_config(self.spec, node, namespace=self.namespace, run=self.name,
                               storage_root=self.storage_root)
         config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-        attempt = _Attempt(node, start.attempt)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._spec_env(), **self.extra_env}
         shape = pod_shape(self.spec, node)
+        attempt = _Attempt(node, start.attempt, nodes=shape.nodes)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._spec_env(), **self.extra_env}
         command = launch_command(shape, node.id.name, str(config_path))
         # the container's command, with this interpreter (and its torch) instead of the image's
         command = ([self.python, "-m", "torch.distributed.run"] if command[0] == "torchrun" else [self.python]) \
