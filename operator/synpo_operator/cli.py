@@ -34,8 +34,9 @@ def _plan(args: argparse.Namespace) -> int:
     resource = load_file(args.file)
     if isinstance(resource, SynPORun):
         from .modelinfo import model_problems
+        from .plan.resources import global_batch_problems
 
-        problems = model_problems(resource.spec)
+        problems = global_batch_problems(resource.spec) + model_problems(resource.spec)
         if problems:
             raise SpecError(args.file, problems)
     if args.manifests:

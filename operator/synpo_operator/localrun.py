@@ -143,8 +143,9 @@ def _run_command(args: argparse.Namespace) -> int:
         raise SpecError(args.file, ["spec.storage: synpo run needs storage.uri (a directory or fsspec URI), "
                                     "or --storage DIR; a PVC volume only exists in a cluster"])
     from .modelinfo import model_problems
+    from .plan.resources import global_batch_problems
 
-    problems = model_problems(resource.spec)
+    problems = global_batch_problems(resource.spec) + model_problems(resource.spec)
     if problems:
         raise SpecError(args.file, problems)
     phase = run_local(resource, storage_root=args.storage, parallel=args.parallel)

@@ -27,6 +27,7 @@ from .clock import parse_time, rfc3339
 from .plan.executor import Executor, StageRecord
 from .plan.graph import STAGES, StageId, model_artifact
 from .plan.planner import Decision, StagePhase, StageState, plan
+from .plan.resources import global_batch_problems
 from .plan.stage_config import artifacts_uri
 
 # ---- status -------------------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
 
     try:
         run = run_from_body(body)
-        problems = list(executor_check(run)) if executor_check else []
+        problems = global_batch_problems(run.spec) + (list(executor_check(run)) if executor_check else [])
         if problems:
             raise SpecError(f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}", problems)
     except SpecError as err:

@@ -76,6 +76,10 @@ BAD_INPUTS = {
     "long-name": (_mutate(["metadata", "name"], "a" * 41), "metadata.name: String should have at most 40"),
     "list-at-top": ("- a\n- b\n", "expected a mapping"),
     "bad-cron": (SCHEDULE, "spec.schedule"),
+    # batch sizes are global, split across nodes x gpusPerNode training processes (quickstart: 8, 8, 4)
+    "global-batch": (_mutate(["spec", "resources", "training"], {"nodes": 3}),
+                     "spec.training.batchSize: the global batch of 4 is split evenly across the 3 training "
+                     "processes"),
     "env-two-sources": (_mutate(["spec", "env"], [{"name": "A", "value": "1", "secretKeyRef": {"name": "s",
                                                                                               "key": "k"}}]),
                         "spec.env[0]: set exactly one of value or secretKeyRef"),

@@ -87,6 +87,8 @@ def test_jobset_wraps_the_stage_job_one_pod_per_node():
     assert env["PET_MASTER_ADDR"]["value"] == f"{name}-node-0-0.{name}" == leader_address(name)
     assert env["PET_MASTER_PORT"]["value"] == "29500"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    # every node runs torchrun with one process per GPU; the rendezvous comes from the env, not --standalone
+    assert c["command"][:2] == ["torchrun", "--nproc-per-node=8"] and "--standalone" not in c["command"]
 
 
 def test_kueue_suspends_the_jobset_not_its_job():

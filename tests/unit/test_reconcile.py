@@ -460,6 +460,9 @@ def test_ttl_after_finished():
     ({"pairsPerIteration": 50}, "pairsPerIteration must not exceed promptsPerIteration"),
     ({"storage": {"uri": "./runs"}}, "spec.storage.uri"),
     ({"training": {"loss": "ipo"}}, "spec.training.loss"),
+    # a global batch smaller than the training processes (2 nodes x 8 GPUs) never starts a stage
+    ({"resources": {"gpusPerPod": 8, "training": {"nodes": 2}}, "training": {"batchSize": 8}},
+     "spec.training.batchSize: the global batch of 8 is split evenly across the 16 training processes"),
     # every stage config travels in a Job annotation (256 KiB for all of them)
     ({"env": [{"name": f"PAD_{i}", "value": "x" * 4000} for i in range(60)]}, "stage i0-keywords: its config is"),
 ])

@@ -71,6 +71,7 @@ def test_synpo_plan_refuses_heads_that_do_not_divide(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "spec.resources.gpusPerPod" in err and "9 attention heads" in err and "4 GPUs" in err
     doc["spec"]["resources"]["gpusPerPod"] = 3
+    doc["spec"]["resources"]["training"] = {"gpusPerNode": 4}  # 3 training processes could not split batch 8
     path.write_text(yaml.safe_dump(doc))
     assert main(["plan", str(path)]) == 0
 

@@ -126,6 +126,13 @@ def test_batch_and_warmup_arithmetic():
     assert training.micro_batch(32, None) == 8 and training.micro_batch(12, None) == 6
     assert training.micro_batch(7, None) == 7 and training.micro_batch(8, 16) == 8
     assert training.accumulation(32, 8, 1) == 4 and training.accumulation(32, 8, 4) == 1
+    # batchSize is global: 2 processes take 4 each, so 8 examples per optimizer step whatever the world size
+    assert training.per_device(8, 2) == 4 and training.micro_batch(training.per_device(8, 2), None) == 4
+    assert training.accumulation(8, 4, 2) == 1 and training.accumulation(128, 8, 8) == 2
+    assert training.sharding(False, 2, True) == {"gradient_checkpointing": True}  # gloo on the CPU: no FSDP
+    fsdp = training.sharding(True, 8, True)
+    assert fsdp["fsdp"] is True and fsdp["fsdp_config"]["activation_checkpointing"] is True
+    assert training.sharding(True, 1, False) == {"gradient_checkpointing": False}
     assert training.total_steps(7, 8, 8, 1.0) == 1  # one step...
     assert training.warmup_steps(0.1, 1) == 0  # ...is not spent at learning rate 0
     assert training.total_steps(126, 8, 8, 1.0) == 16 and training.warmup_steps(0.1, 16) == 1

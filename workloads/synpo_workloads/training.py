@@ -4,11 +4,17 @@ Shared here: batch arithmetic, bf16 on GPUs that support it, checkpoints under `
 resume from the last one after a kill. Checkpoints are time-based — one after every step that ends at least
 SYNPO_CHECKPOINT_MINUTES (default 10) after the previous one — so short runs pay nothing for them and long ones
 lose at most ~10 minutes; env SYNPO_SAVE_STEPS (an int, or a ratio < 1 of the total) switches to step-based.
-Multi-GPU works when the stage is launched with `accelerate launch -m synpo_workloads ...`: the Trainer
-picks up the distributed environment; only rank 0 writes the model and manifest.
+Several training processes (plan/launch.py: `torchrun`, one process per GPU, `nodes` pods): the Trainer picks
+up torchrun's environment. Every batch size of the spec is the GLOBAL batch: each of the WORLD_SIZE processes
+takes batchSize / WORLD_SIZE examples per optimizer step, in micro-batches of microBatchSize (default: the
+largest divisor up to 8) with gradient accumulation making up the rest, so the optimizer sees the same examples
+per step whatever the number of processes. On GPUs the model is fully sharded with FSDP2 (layers wrapped by the
+model's own `_no_split_modules`, full state dicts so rank 0 alone writes checkpoints and the model); on the CPU
+(gloo) plain data parallelism. Only rank 0 writes the model, the manifest and the result (runtime.py).
 
 Test hook: env SYNPO_FAULT_AFTER_STEP=N kills the process (exit 137, like SIGKILL) right after the checkpoint
-of step ≥ N is written — a preemption at the worst moment, used by the resume test.
+of step ≥ N is written — a preemption at the worst moment, used by the resume tests; with SYNPO_FAULT_RANK=r
+only the training process of rank r is killed (SIGKILL), while the others are mid-save or training on.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+from contextlib import contextmanager
 from typing import Any
 
 from . import models, progress
@@ -30,8 +38,13 @@ def micro_batch(batch_size: int, micro: int | None, cap: int = 8) -> int:
     return max(d for d in range(1, min(cap, batch_size) + 1) if batch_size % d == 0)
 
 
+def per_device(batch_size: int, world_size: int = 1) -> int:
+    """Examples each training process takes per optimizer step (the plan checks batch_size divides)."""
+    return max(1, batch_size // max(1, world_size))
+
+
 def accumulation(batch_size: int, micro: int, world_size: int = 1) -> int:
-    return max(1, math.ceil(batch_size / (micro * max(1, world_size))))
+    return max(1, math.ceil(per_device(batch_size, world_size) / micro))
 
 
 def total_steps(examples: int, batch_size: int, micro: int, epochs: float, world: int = 1) -> int:
@@ -49,6 +62,43 @@ def warmup_steps(ratio: float, steps: int) -> int:
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+                "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE")
+
+
+@contextmanager
+def alone():
+    """Rank 0 working on its own before training (the improver's generation): the engine it starts (vLLM spawns
+    workers and process groups of its own, across the pod's GPUs) sees a plain process, not torchrun's rank."""
+    saved = {k: os.environ.pop(k) for k in TORCHRUN_ENV if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def wait_for_rank_zero() -> None:
+    """A barrier of all training processes: the others wait here while rank 0 works alone, rank 0 calls it when
+    done. It starts torch.distributed (the Trainer reuses it) with a CPU all-reduce over gloo, so the waiting
+    processes take no GPU memory from rank 0's engine; the timeout bounds the wait (env
+    SYNPO_RANK0_WAIT_SECONDS, default 6 h)."""
+    if world_size() == 1:
+        return
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        gpu = torch.cuda.is_available()
+        if gpu:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        seconds = float(os.environ.get("SYNPO_RANK0_WAIT_SECONDS", 6 * 3600))
+        dist.init_process_group("cuda:nccl,cpu:gloo" if gpu else "gloo", timeout=timedelta(seconds=seconds))
+    dist.all_reduce(torch.zeros(1))
 
 
 def save_policy() -> dict[str, Any]:
@@ -80,11 +130,19 @@ def _timed_checkpoints():
 
 
 def last_checkpoint(checkpoints: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint: its trainer_state.json, which rank 0 writes after the model, optimizer
+    and RNG states, is there (a kill during a save leaves the previous one, kept by save_total_limit=2)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     if not os.path.isdir(checkpoints):
         return None
-    return get_last_checkpoint(checkpoints)
+    steps = [int(name.rsplit("-", 1)[1]) for name in os.listdir(checkpoints)
+             if name.startswith(PREFIX_CHECKPOINT_DIR + "-") and name.rsplit("-", 1)[1].isdigit()]
+    for step in sorted(steps, reverse=True):
+        path = os.path.join(checkpoints, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        if os.path.isfile(os.path.join(path, "trainer_state.json")):
+            return path
+    return None
 
 
 def callbacks() -> list:
@@ -95,35 +153,60 @@ def _fault_callback():
     from transformers import TrainerCallback
 
     limit = int(os.environ.get("SYNPO_FAULT_AFTER_STEP", "0") or 0)
+    rank = os.environ.get("SYNPO_FAULT_RANK")
 
     class FaultAfterSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             if limit and state.global_step >= limit:
                 log.warning("SYNPO_FAULT_AFTER_STEP=%d: simulated kill after step %d", limit, state.global_step)
-                os._exit(137)
+                if rank is None:
+                    os._exit(137)
+                os.kill(os.getpid(), signal.SIGKILL)
 
-    return [FaultAfterSave()] if limit else []
+    return [FaultAfterSave()] if limit and rank in (None, os.environ.get("RANK", "0")) else []
+
+
+def sharding(gpu: bool, world: int, checkpointing: bool) -> dict[str, Any]:
+    """TrainingArguments for how the model is spread over the processes: FSDP2 full sharding on several GPUs
+    (activation checkpointing inside FSDP, which avoids the extra all-gather of gradient_checkpointing),
+    else none (one process, or data parallelism over gloo on the CPU)."""
+    if not (gpu and world > 1):
+        return {"gradient_checkpointing": checkpointing}
+    return {"fsdp": True, "fsdp_config": {
+        "version": 2, "reshard_after_forward": True,  # full shard: parameters re-sharded after each forward
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",  # wraps the model's _no_split_modules (its decoder layers)
+        "state_dict_type": "FULL_STATE_DICT",  # rank 0 writes whole checkpoints and a loadable model
+        "activation_checkpointing": checkpointing}}
 
 
 def common_args(section, *, examples: int, checkpoints: str, seed: int, dtype: str) -> dict[str, Any]:
     """TrainingArguments shared by every trainer, from an SFTSpec or TrainingSpec."""
     import torch
 
-    micro = micro_batch(section.batch_size, section.micro_batch_size)
-    steps = total_steps(examples, section.batch_size, micro, section.epochs, world_size())
-    bf16 = models.torch_dtype(dtype) == torch.bfloat16 and torch.cuda.is_available()
+    from synpo_operator.api.parallelism import global_batch_problem
+
+    from .errors import ConfigError
+
+    world = world_size()
+    problem = global_batch_problem(section.batch_size, world, "batchSize")
+    if problem:  # the plan refuses such a spec; a hand-made config still fails loudly
+        raise ConfigError(problem)
+    micro = micro_batch(per_device(section.batch_size, world), section.micro_batch_size)
+    steps = total_steps(examples, section.batch_size, micro, section.epochs, world)
+    gpu = torch.cuda.is_available()
+    bf16 = models.torch_dtype(dtype) == torch.bfloat16 and gpu
     return dict(
         output_dir=checkpoints,
         num_train_epochs=section.epochs,
         learning_rate=section.learning_rate,
         per_device_train_batch_size=micro,
-        gradient_accumulation_steps=accumulation(section.batch_size, micro, world_size()),
+        gradient_accumulation_steps=accumulation(section.batch_size, micro, world),
         warmup_steps=warmup_steps(section.warmup_ratio, steps),
         lr_scheduler_type="cosine",
         max_length=section.max_length,
         bf16=bf16,
-        use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=bool(getattr(section, "gradient_checkpointing", False)),
+        use_cpu=not gpu,
+        **sharding(gpu, world, bool(getattr(section, "gradient_checkpointing", False))),
         **save_policy(),
         save_total_limit=2,
         logging_steps=1,
@@ -136,6 +219,11 @@ def common_args(section, *, examples: int, checkpoints: str, seed: int, dtype: s
 
 
 def _finish(trainer, model_dir: str, tokenizer, checkpoints: str) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        log.info("training on %d processes (rank %d, torch.distributed backend %s)", dist.get_world_size(),
+                 dist.get_rank(), dist.get_backend())
     resume = last_checkpoint(checkpoints)
     if resume:
         log.info("resuming from %s", resume)
@@ -219,6 +307,7 @@ def packed_cpo_trainer():
     serves what packing does not cover (an NLL term, encoder-decoders, several processes, attention kernels
     without 4-D masks, left-padded batches)."""
     import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl.experimental.cpo import CPOTrainer
 
     from . import packing
@@ -226,6 +315,14 @@ def packed_cpo_trainer():
     class PackedCPOTrainer(CPOTrainer):
         processed_tokens = 0
         """Tokens the model ran on (rows x width), for the benchmark."""
+
+        def _get_train_sampler(self, train_dataset=None):
+            # Length groups in GLOBAL batches (the Trainer uses one process's share): the same order, so the
+            # same examples per optimizer step, whatever the number of processes.
+            sampler = super()._get_train_sampler(train_dataset)
+            if isinstance(sampler, LengthGroupedSampler):
+                sampler.batch_size *= self.args.world_size
+            return sampler
 
         def concatenated_forward(self, model, batch):
             if (self.is_encoder_decoder or self.aux_loss_enabled or self.cpo_alpha != 0 or world_size() > 1

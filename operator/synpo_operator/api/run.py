@@ -82,15 +82,19 @@ class SFTSpec(ApiModel):
     learning_rate: float = Field(default=1.0e-6, gt=0.0, le=1.0)
     """Peak learning rate (paper: 1e-6)."""
     batch_size: int = Field(default=32, ge=1, le=4096)
-    """Global batch size in examples (paper: 32); micro-batches and accumulation are derived from it."""
+    """Global batch size in examples (paper: 32), split evenly across the training processes (a multiple of
+    resources.training nodes x gpusPerNode); micro-batches and accumulation are derived from it."""
     micro_batch_size: int | None = Field(default=None, ge=1, le=1024)
-    """Examples per device per step; default: the largest that divides batchSize up to 8."""
+    """Examples per process per forward pass; default: the largest that divides the process's share of
+    batchSize up to 8 (gradient accumulation makes up the rest)."""
     warmup_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
     """Fraction of steps for learning-rate warm-up (paper: 0.1)."""
     max_length: int = Field(default=8000, ge=16, le=131072)
     """Longest training sequence in tokens; longer examples are truncated."""
     max_seed_examples: int | None = Field(default=None, ge=1, le=10_000_000)
     """Train on at most this many seed pairs (a seeded sample; default: all of them)."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory on large models (long maxLength)."""
 
 
 class ImproverSpec(SFTSpec):
@@ -176,9 +180,11 @@ class TrainingSpec(ApiModel):
     epochs: float = Field(default=1.0, gt=0.0, le=100.0)
     """Training epochs (SimPO recipe: 1)."""
     batch_size: int = Field(default=128, ge=1, le=8192)
-    """Global batch size in pairs (SimPO recipe: 128)."""
+    """Global batch size in pairs (SimPO recipe: 128), split evenly across the training processes (a multiple
+    of resources.training nodes x gpusPerNode)."""
     micro_batch_size: int | None = Field(default=None, ge=1, le=1024)
-    """Pairs per device per step; default: the largest that divides batchSize up to 8."""
+    """Pairs per process per forward pass; default: the largest that divides the process's share of
+    batchSize up to 8 (gradient accumulation makes up the rest)."""
     warmup_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
     """Fraction of steps for learning-rate warm-up (SimPO recipe: 0.1, cosine schedule)."""
     max_length: int = Field(default=2048, ge=16, le=131072)

@@ -25,6 +25,8 @@ import hashlib
 from typing import Any
 
 from ..api.common import JOBSET_API_VERSION
+from ..plan.launch import distributed_env
+from ..plan.resources import PodShape
 
 REPLICATED_JOB = "node"
 MASTER_PORT = 29500
@@ -53,20 +55,18 @@ def leader_address(name: str) -> str:
     return f"{name}-{REPLICATED_JOB}-0-0.{name}"
 
 
-def distributed_env(nodes: int, *, master_addr: str, master_port: int = MASTER_PORT) -> list[dict[str, Any]]:
-    """The container env torchrun reads (PET_*) for a pod of a `nodes`-pod group; the node rank is the pod's
-    completion index. The one place this env is made (merge point with plan/launch.distributed_env)."""
-    return [
-        {"name": "PET_NNODES", "value": str(nodes)},
-        {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
-            "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}},
-        {"name": "PET_MASTER_ADDR", "value": master_addr},
-        {"name": "PET_MASTER_PORT", "value": str(master_port)},
-    ]
+def _rendezvous_env(shape: PodShape, master_addr: str) -> list[dict[str, Any]]:
+    """torchrun's PET_* env (plan/launch.distributed_env) as container env; the node rank is the pod's
+    completion index, known only inside the pod (downward API)."""
+    env = distributed_env(shape, master_addr=master_addr, master_port=MASTER_PORT, node_rank=None)
+    return [*({"name": k, "value": v} for k, v in env.items()),
+            {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
+                "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}}]
 
 
-def jobset_from_job(job: dict[str, Any], *, nodes: int, max_restarts: int, container: str) -> dict[str, Any]:
-    """The JobSet running `job` (a rendered one-pod stage Job) on `nodes` pods."""
+def jobset_from_job(job: dict[str, Any], shape: PodShape, *, max_restarts: int, container: str) -> dict[str, Any]:
+    """The JobSet running `job` (a rendered one-pod stage Job) on `shape.nodes` pods."""
+    nodes = shape.nodes
     job = copy.deepcopy(job)
     meta, spec = job["metadata"], job["spec"]
     name = jobset_name(meta["name"])
@@ -76,7 +76,7 @@ def jobset_from_job(job: dict[str, Any], *, nodes: int, max_restarts: int, conta
     pod = spec["template"]["spec"]
     for c in pod["containers"]:
         if c["name"] == container:
-            c["env"] = [*c.get("env", []), *distributed_env(nodes, master_addr=leader_address(name))]
+            c["env"] = [*c.get("env", []), *_rendezvous_env(shape, leader_address(name))]
             c["ports"] = [{"name": "rendezvous", "containerPort": MASTER_PORT}]
     js_spec: dict[str, Any] = {
         "replicatedJobs": [{"name": REPLICATED_JOB, "replicas": 1, "template": {"spec": spec}}],

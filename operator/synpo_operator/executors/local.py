@@ -1,6 +1,10 @@
 """LocalExecutor: runs each stage as a local subprocess (`synpo run`, `synpo operator --executor local`).
 
 It implements `plan.executor.Executor`, as the Jobs executor does, and the same reconcile step drives it.
+Each stage runs the container's command (plan/launch.py). A training stage on several "nodes"
+(resources.training.nodes > 1) starts one torchrun per node on this machine, rendezvousing on 127.0.0.1 at a
+free port (gloo on the CPU), as the pods of a JobSet would; when one node's process fails, the others are
+stopped (a survivor would otherwise wait in a collective for its dead peer).
 State lives in the artifact store, exactly as in the cluster: a stage is done when its manifest says so,
 so a run interrupted at any point continues where it stopped, and finished stages are never redone.
 """
@@ -11,6 +15,7 @@ import json
 import os
 import posixpath
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +29,9 @@ from ..api.results import BAD_INPUT_EXIT_CODE, SCALAR
 from ..api.run import SynPORunSpec
 from ..plan.executor import StageRecord
 from ..plan.graph import StageNode, stage_graph
+from ..plan.launch import distributed_env, launch_command
 from ..plan.planner import StagePhase, StageState, Start
+from ..plan.resources import pod_shape
 from ..plan.stage_config import run_root, stage_config
 
 PROGRESS_PREFIX = "SYNPO_PROGRESS "
@@ -48,9 +55,19 @@ class _Attempt:
     started: str = field(default_factory=lambda: clock.rfc3339(clock.now()))
     finished: str | None = None
     """When the executor first saw every process of the attempt exited."""
+    nodes: int = 1
+    """Processes that make up one distributed training attempt (one per node), or 1."""
 
     def running(self) -> bool:
         return any(p.poll() is None for p in self.procs)
+
+    def stop_survivors(self) -> None:
+        """One process of a multi-node attempt failed: the attempt has failed, end the others. (Shards of a
+        sharded stage are independent: the others finish, and their parts are kept for the retry.)"""
+        if self.nodes > 1 and any(p.poll() not in (None, 0) for p in self.procs):
+            for proc in self.procs:
+                if proc.poll() is None:
+                    _signal_group(proc, signal.SIGTERM)
 
 
 class LocalExecutor:
@@ -87,6 +104,8 @@ class LocalExecutor:
         out: dict[str, StageRecord] = {}
         for key, node in self._nodes.items():
             current = self._attempts.get(key)
+            if current:
+                current.stop_survivors()
             times = {"start_time": current.started} if current else {}
             if current and current.running():
                 out[key] = StageRecord(key, StageState(StagePhase.RUNNING, current.attempt), **times)
@@ -118,10 +137,20 @@ class LocalExecutor:
         config = stage_config(self.spec, node, namespace=self.namespace, run=self.name,
                               storage_root=self.storage_root)
         config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
-        attempt = _Attempt(node, start.attempt)
+        shape = pod_shape(self.spec, node)
+        attempt = _Attempt(node, start.attempt, nodes=shape.nodes)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._spec_env(), **self.extra_env}
-        for shard in range(node.shards):
-            suffix = f"-shard-{shard}" if node.shards > 1 else ""
+        command = launch_command(shape, node.id.name, str(config_path))
+        # the container's command, with this interpreter (and its torch) instead of the image's
+        command = ([self.python, "-m", "torch.distributed.run"] if command[0] == "torchrun" else [self.python]) \
+            + command[1:]
+        port = _free_port() if shape.nodes > 1 else 0
+        if shape.nodes > 1:  # a training stage on several nodes: one torchrun per node
+            launches = [(0, str(rank)) for rank in range(shape.nodes)]
+        else:  # one process per shard
+            launches = [(shard, None) for shard in range(node.shards)]
+        for shard, rank in launches:
+            suffix = f"-shard-{shard}" if node.shards > 1 else f"-node-{rank}" if rank else ""
             log = self.logs_dir / f"{node.key}{suffix}.log"
             result = self.state_dir / "results" / f"{node.key}{suffix}.json"
             result.parent.mkdir(parents=True, exist_ok=True)
@@ -131,10 +160,10 @@ class LocalExecutor:
                 out.flush()
                 # its own session (process group): stop() signals the stage and every process it started
                 attempt.procs.append(subprocess.Popen(
-                    [self.python, "-m", "synpo_workloads", node.id.name, "--config", str(config_path),
-                     "--shard", str(shard)],
-                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env={**env, "SYNPO_TERMINATION_LOG": str(result)}, start_new_session=True))
+                    [*command, "--shard", str(shard)], stdout=out, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True,
+                    env={**env, "SYNPO_TERMINATION_LOG": str(result),
+                         **distributed_env(shape, master_addr="127.0.0.1", master_port=port, node_rank=rank)}))
             attempt.logs.append(log)
         self._attempts[node.key] = attempt
         return True
@@ -194,7 +223,9 @@ class LocalExecutor:
 
     def _failed(self, attempt: _Attempt) -> StageState:
         codes = [p.returncode for p in attempt.procs]
-        bad = next((i for i, c in enumerate(codes) if c != 0), None)
+        # the failure, not a survivor that stop_survivors ended
+        bad = next((i for i, c in enumerate(codes) if c not in (0, -signal.SIGTERM)),
+                   next((i for i, c in enumerate(codes) if c != 0), None))
         if bad is None:  # exited 0 but its manifest is missing or invalid
             return StageState(StagePhase.FAILED, attempt.attempt,
                               f"exited 0 without a valid manifest; log: {attempt.logs[0]}")
@@ -202,6 +233,12 @@ class LocalExecutor:
         reason = f"exit code {codes[bad]}" + (f": {last}" if last else "")
         return StageState(StagePhase.FAILED, attempt.attempt, f"{reason} (log: {attempt.logs[bad]})",
                           retryable=codes[bad] != BAD_INPUT_EXIT_CODE)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -33,6 +33,7 @@ from ..api.common import API_VERSION, STAGE_CONFIG_ANNOTATION
 from ..api.results import BAD_INPUT_EXIT_CODE
 from ..api.run import SynPORun, SynPORunSpec
 from ..plan.graph import STAGES, StageNode, stage_graph
+from ..plan.launch import launch_command
 from ..plan.planner import Start, plan
 from ..plan.resources import gpus_for, pod_shape
 from ..plan.stage_config import stage_config
@@ -272,7 +273,7 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
         "name": CONTAINER,
         "image": spec.resources.image,
         "imagePullPolicy": spec.resources.image_pull_policy,
-        "command": ["python", "-m", "synpo_workloads", node.id.name, "--config", f"{CONFIG_MOUNT}/{CONFIG_FILE}"],
+        "command": launch_command(pod_shape(spec, node), node.id.name, f"{CONFIG_MOUNT}/{CONFIG_FILE}"),
         "env": _container_env(spec, node),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -362,8 +363,7 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
 
 def uses_jobset(spec: SynPORunSpec, node: StageNode) -> bool:
     """A training stage on several nodes runs as a JobSet (one pod per node); everything else as a Job."""
-    shape = pod_shape(spec, node)
-    return shape.kind == "training" and shape.nodes > 1
+    return pod_shape(spec, node).nodes > 1  # only training stages have nodes
 
 
 def render_stage(run: SynPORun, start: Start | StageNode, *, uid: str | None = None) -> dict[str, Any]:
@@ -374,7 +374,7 @@ def render_stage(run: SynPORun, start: Start | StageNode, *, uid: str | None = N
     job = render_job(run, node, attempt=attempt, uid=uid)
     if not uses_jobset(run.spec, node):
         return job
-    return jobset_from_job(job, nodes=pod_shape(run.spec, node).nodes, max_restarts=run.spec.backoff_limit,
+    return jobset_from_job(job, pod_shape(run.spec, node), max_restarts=run.spec.backoff_limit,
                            container=CONTAINER)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..api.parallelism import tensor_parallel_problem
+from ..api.parallelism import global_batch_problem, tensor_parallel_problem
 from ..api.run import SynPORunSpec
 from .graph import IMPROVER, PROMPT_GENERATOR, TRAIN, StageNode, stage_graph
 
@@ -91,3 +91,16 @@ def tensor_parallel_problems(spec: SynPORunSpec, heads: int | None) -> list[str]
              else "spec.resources.gpusPerPod")
     problem = tensor_parallel_problem(heads, generation_gpus(spec), field)
     return [problem] if problem else []
+
+
+def global_batch_problems(spec: SynPORunSpec) -> list[str]:
+    """Plan-time check of the training stages' batch sizes: each is the GLOBAL batch, split evenly across the
+    stage's training processes (PodShape.world_size); a shape that cannot split it never starts."""
+    shapes = [pod_shape(spec, node) for node in stage_graph(spec) if stage_kind(node) == "training"]
+    if not shapes:
+        return []
+    processes = shapes[0].world_size
+    sections = (("spec.promptGenerator.batchSize", spec.prompt_generator.batch_size),
+                ("spec.improver.batchSize", spec.improver.batch_size),
+                ("spec.training.batchSize", spec.training.batch_size))
+    return [p for field, batch in sections if (p := global_batch_problem(batch, processes, field))]

@@ -5,6 +5,10 @@ Only examples where the filter scorer prefers the gold answer over the model's b
 spec.filter.minMargin are kept (paper §3). With the similarity scorer both sides are scored reference-free
 (cosine to the prompt), since the gold answer is the reference. Outputs examples.jsonl (every scored example
 with `kept`) and <output>/model.
+
+Under torchrun (several training processes) rank 0 alone generates and scores, with the pod's GPUs to itself,
+and writes examples.jsonl; the other processes wait for it (training.wait_for_rank_zero), read the examples
+from that file, and all train together.
 """
 
 from __future__ import annotations
@@ -14,10 +18,31 @@ import random
 from .. import data_io, store, templates, training
 from ..errors import ConfigError
 from ..judges import make_scorer
+from ..runtime import is_main_process
 from ._common import checkpoints_dir, drop_checkpoints, engine, sampling, select_seed
 
 
 def run(ctx) -> dict:
+    spec = ctx.spec
+    if is_main_process():
+        with training.alone():
+            rows = _scored_examples(ctx)
+    training.wait_for_rank_zero()
+    if not is_main_process():
+        rows = list(store.iter_jsonl(ctx.writer.path("examples.jsonl")))
+    kept = [r for r in rows if r["kept"]]
+    examples = [{"prompt": templates.improver_prompt(r["prompt"], r["response"]),
+                 "completion": [{"role": "assistant", "content": r["gold"]}]} for r in kept]
+    model_dir = ctx.writer.local_dir("model")
+    ckpt = checkpoints_dir(ctx)
+    stats = training.sft(ctx.model("base"), examples, spec.improver, model_dir=model_dir, checkpoints=ckpt,
+                         seed=ctx.seed("sft"), dtype=spec.model.dtype)
+    ctx.after_finish.append(lambda: drop_checkpoints(ckpt))  # only once the manifest is written
+    return {"rows": len(kept), "examplesTotal": len(rows), "model": store.join(ctx.output, "model"), **stats}
+
+
+def _scored_examples(ctx) -> list[dict]:
+    """M_{t-1}'s answers to the seed prompts, scored against the gold answers; writes examples.jsonl."""
     spec = ctx.spec
     seed = select_seed(data_io.read_jsonl(ctx.data("seed"), "seed"), spec.improver.max_seed_examples,
                        random.Random(ctx.seed("seed")))
@@ -36,15 +61,7 @@ def run(ctx) -> dict:
              "kept": sg - sm > margin}
             for (i, _), p, a, g, sg, sm in zip(seed, prompts, answers, golds, s_gold, s_model, strict=True)]
     ctx.writer.write_rows("examples", rows)
-    kept = [r for r in rows if r["kept"]]
-    if not kept:
+    if not any(r["kept"] for r in rows):
         raise ConfigError(f"improver: no seed example passed spec.filter.minMargin={margin} "
                           f"(gold beat the model's answer by more than the margin in 0 of {len(rows)})")
-    examples = [{"prompt": templates.improver_prompt(r["prompt"], r["response"]),
-                 "completion": [{"role": "assistant", "content": r["gold"]}]} for r in kept]
-    model_dir = ctx.writer.local_dir("model")
-    ckpt = checkpoints_dir(ctx)
-    stats = training.sft(ctx.model("base"), examples, spec.improver, model_dir=model_dir, checkpoints=ckpt,
-                         seed=ctx.seed("sft"), dtype=spec.model.dtype)
-    ctx.after_finish.append(lambda: drop_checkpoints(ckpt))  # only once the manifest is written
-    return {"rows": len(kept), "examplesTotal": len(rows), "model": store.join(ctx.output, "model"), **stats}
+    return rows
