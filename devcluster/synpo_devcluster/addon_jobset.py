@@ -258,7 +258,32 @@ def up(info: _cluster.ClusterInfo, build_if_needed: bool = True) -> None:
     mutating, validating = _webhooks(port, (sd / "jobset-certs" / "ca.crt").read_bytes())
     _apply(admin, "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", mutating)
     _apply(admin, "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations", validating)
+    _wait_admission(admin)
     _cluster._log(f"jobset {JOBSET_VERSION} ready in {time.monotonic() - t0:.1f}s (webhooks at https://127.0.0.1:{port})")
+
+
+_PROBE = {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet", "metadata": {"name": "synpo-dev-probe"},
+          "spec": {"failurePolicy": {"rules": [{"name": "not a rule name", "action": "FailJobSet"}]},
+                   "replicatedJobs": [{"name": "n", "replicas": 1, "template": {"spec": {"template": {"spec": {
+                       "restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}}}]}}
+
+
+def _wait_admission(admin: KubeClient, timeout: float = 30.0) -> None:
+    """Until the API server calls these webhooks: it reads webhook configurations through an informer, so for a
+    moment after an update it still calls the old URL (a restarted controller's previous port). A dry-run
+    JobSet that only JobSet's validation refuses tells when."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.post(f"{API}/namespaces/default/jobsets", _PROBE, dryRun="All")
+        except ApiError as e:
+            if "denied the request" in str(e.body):
+                return
+            if time.monotonic() > deadline:
+                raise _cluster.ClusterError(f"JobSet's webhooks do not answer the API server: {e}") from e
+        else:
+            raise _cluster.ClusterError("JobSet's validating webhook admitted an invalid JobSet")
+        time.sleep(0.5)
 
 
 def installed(client: KubeClient) -> bool:
