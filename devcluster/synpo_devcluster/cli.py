@@ -6,9 +6,21 @@ The main `synpo` CLI calls ``register(subparsers)``; ``python -m synpo_devcluste
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shlex
 import sys
+
+ADDONS = ("kueue",)
+"""Add-ons: module addon_<name>.py with ensure(ClusterInfo) (build if needed, start unless running)."""
+
+
+def _addons(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ADDONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown add-on {', '.join(unknown)} (known: {', '.join(ADDONS)})")
+    return names
 
 
 def register(subparsers) -> None:
@@ -25,6 +37,8 @@ def register(subparsers) -> None:
     b.set_defaults(func=_cmd_build)
     u = sub.add_parser("up", help="start the cluster (no-op when already up); builds first if needed")
     u.add_argument("--no-build", action="store_true", help="fail instead of building missing binaries")
+    u.add_argument("--addons", type=_addons, default=[], metavar="NAME[,NAME]",
+                   help=f"also run these add-ons on the cluster ({', '.join(ADDONS)}); built once and cached")
     u.set_defaults(func=_cmd_up)
     sub.add_parser("down", help="stop all components and remove the state dir").set_defaults(func=_cmd_down)
     s = sub.add_parser("status", help="report whether the cluster runs")
@@ -71,6 +85,9 @@ def _cmd_up(args) -> int:
     from . import cluster
 
     info = cluster.up(build_if_needed=not args.no_build, pin=True)
+    for name in args.addons:
+        addon = importlib.import_module(f"{__package__}.addon_{name}")
+        print(f"add-on:     {name} {addon.ensure(info, build_if_needed=not args.no_build)}")
     print(f"server:     {info.server} ({info.k8s_version})")
     print(f"kubeconfig: {info.kubeconfig}")
     print(f"node:       {info.node_name}")

@@ -329,7 +329,8 @@ def _cleanup_stale() -> None:
         with contextlib.suppress(OSError, ValueError):
             data = json.loads(src.read_text())
             pids.update(data.get("pids", data) if src.name == "state.json" else data)
-    for name in reversed(COMPONENTS):
+    # add-ons (recorded in pids.json by addon_<name>.py) first, then the control plane
+    for name in [n for n in pids if n not in COMPONENTS] + list(reversed(COMPONENTS)):
         if name in pids:
             _kill_group(int(pids[name]), name)
     shutil.rmtree(sd, ignore_errors=True)

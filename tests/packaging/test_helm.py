@@ -241,6 +241,7 @@ def test_rbac_is_least_privilege(rendered, name):
     grants = {(g, res): set(r["verbs"]) for r in rules for g in r["apiGroups"] for res in r["resources"]}
     assert grants[("", "pods")] <= {"get", "list", "watch"}
     assert grants[("batch", "jobs")] == {"get", "list", "watch", "create", "delete"}  # never update a Job
+    assert grants[("kueue.x-k8s.io", "workloads")] == {"list"}  # why a queued stage waits; never written
     assert ("", "nodes") not in grants and ("", "pods/exec") not in grants
     assert ("", "configmaps") not in grants  # stage configs travel in their Jobs
     assert grants[("apiextensions.k8s.io", "customresourcedefinitions")] == {"get", "list", "watch"}

@@ -95,6 +95,10 @@ each Role in namespaced scope). Least privilege:
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# Kueue's Workloads of queued stage Jobs: their message says why a stage waits (read-only; absent API: ignored)
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]

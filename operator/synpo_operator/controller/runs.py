@@ -31,7 +31,16 @@ from ..events import EventPoster
 from ..executors.jobs import JobExecutor, jobs_spec_problems
 from ..executors.manifests import LABEL_RUN, RUN_KIND
 from ..metrics import Metrics
-from ..reconcile import Event, Outcome, merge_events, reconcile, run_from_body, status_differs, status_patch
+from ..reconcile import (
+    Event,
+    Outcome,
+    active_seconds,
+    merge_events,
+    reconcile,
+    run_from_body,
+    status_differs,
+    status_patch,
+)
 from ..schedule import SCHEDULE_LABEL
 from ..workqueue import EVENT, LATER, NEW, WorkQueue
 from .settings import Settings
@@ -195,8 +204,8 @@ class RunController:
         if full or self.settings.executor == "local":  # local processes send no events: they are polled
             return True
         deadline = (body.get("spec") or {}).get("activeDeadlineSeconds")
-        started = parse_time((body.get("status") or {}).get("startTime"))
-        return deadline is not None and started is not None and (clock.now() - started).total_seconds() >= deadline
+        active = active_seconds(body.get("status") or {}, clock.now())
+        return deadline is not None and active is not None and active >= deadline
 
     # ---- informer callbacks --------------------------------------------------------------------------
     def on_run(self, type_: str, old: Body | None, new: Body) -> None:

@@ -7,6 +7,7 @@ so killing the operator at any point never leads to a duplicate Job.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +20,13 @@ from ..kube import KubeError, WatchCache, informer, request
 from ..modelinfo import model_problems
 from ..plan.executor import StageRecord
 from ..plan.planner import Start
-from .job_status import job_record, owned_by, pods_lag
+from .job_status import WORKLOAD_JOB_UID_LABEL, job_record, owned_by, pods_lag
 from .manifests import LABEL_RUN, LABEL_STAGE_KEY, render_stage, stage_config_problems
 
 Request = Callable[..., Any]
+log = logging.getLogger("synpo.operator")
+
+WORKLOADS = "/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads"
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -132,10 +136,29 @@ class JobExecutor:
                 cache.put(pod)
         return pods
 
+    def _workloads(self, jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Kueue's Workloads of the suspended Jobs, by Job uid (one LIST, only while a stage waits in a queue):
+        they say why a stage is not admitted. Without Kueue's API (or the RBAC to read it): none."""
+        uids = [j["metadata"]["uid"] for j in jobs
+                if (j.get("spec") or {}).get("suspend") and (j.get("metadata") or {}).get("uid")]
+        if not uids:
+            return {}
+        try:
+            items = (self._request("GET", WORKLOADS.format(namespace=self.namespace), query={
+                "labelSelector": f"{WORKLOAD_JOB_UID_LABEL} in ({','.join(sorted(uids))})"}) or {}).get("items")
+        except KubeError as err:
+            if err.status not in (403, 404):
+                raise
+            log.debug("%s/%s: cannot read Kueue Workloads (%s)", self.namespace, self.name, err.status)
+            return {}
+        return {((w.get("metadata") or {}).get("labels") or {}).get(WORKLOAD_JOB_UID_LABEL): w
+                for w in items or []}
+
     def records(self) -> dict[str, StageRecord]:
         jobs = self.jobs()
         if not jobs:
             return {}
+        workloads = self._workloads(jobs) if self.run is not None and self.run.spec.queue_name else {}
         pods = self._pods_for(jobs)
         by_job: dict[str, list[dict[str, Any]]] = {}
         for pod in pods:
@@ -145,7 +168,8 @@ class JobExecutor:
         now = self._clock()
         out: dict[str, StageRecord] = {}
         for job in jobs:
-            rec = job_record(job, by_job.get((job.get("metadata") or {}).get("uid"), []), now)
+            uid = (job.get("metadata") or {}).get("uid")
+            rec = job_record(job, by_job.get(uid, []), now, workloads.get(uid))
             labels = (job.get("metadata") or {}).get("labels") or {}
             if LABEL_STAGE_KEY not in labels:
                 continue
