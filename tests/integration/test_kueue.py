@@ -136,8 +136,8 @@ def test_kueue_admits_stages_in_turn_and_preemption_is_not_a_failure(kube, opera
         done = wait_run(kube, namespace, "high", lambda s: s.get("phase") in ("Succeeded", "Failed"), timeout=120)
         assert done["status"]["phase"] == "Succeeded", done["status"]
         high_wl = [w for w in workloads(kube, namespace) if w["metadata"]["name"].startswith("job-high-")]
-        assert high_wl and all(w["spec"]["priorityClassName"] == queue["high"] and w["spec"]["priority"] == 1000
-                               for w in high_wl)
+        assert high_wl and all(w["spec"]["priorityClassRef"]["name"] == queue["high"]
+                               and w["spec"]["priority"] == 1000 for w in high_wl)
 
         # low waits in the queue whenever high holds the GPU: its status said so, with Kueue's words
         low_now = kube.get(f"{RUNS.format(ns=namespace)}/low")["status"]
