@@ -85,13 +85,14 @@ def _cmd_up(args) -> int:
     from . import cluster
 
     info = cluster.up(build_if_needed=not args.no_build, pin=True)
-    for name in args.addons:
-        addon = importlib.import_module(f"{__package__}.addon_{name}")
-        print(f"add-on:     {name} {addon.ensure(info, build_if_needed=not args.no_build)}")
+    addons = {name: importlib.import_module(f"{__package__}.addon_{name}").ensure(
+        info, build_if_needed=not args.no_build) for name in args.addons}
     print(f"server:     {info.server} ({info.k8s_version})")
     print(f"kubeconfig: {info.kubeconfig}")
     print(f"node:       {info.node_name}")
     print(f"logs:       {info.state_dir}/logs")
+    for name, addon in addons.items():
+        print(f"add-on:     {name} {addon}")
     print(f"run:        export KUBECONFIG={shlex.quote(info.kubeconfig)}")
     return 0
 
