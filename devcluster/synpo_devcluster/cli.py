@@ -11,8 +11,9 @@ import shlex
 import sys
 from importlib import import_module
 
-ADDONS = {"jobset": "addon_jobset"}
-"""Add-on name -> module of this package with `up(info, build_if_needed)`."""
+ADDONS = {"jobset": "addon_jobset", "kueue": "addon_kueue"}
+"""Add-on name -> module of this package with `build(force)` and `up(info, build_if_needed)` (build if needed,
+start unless running; what `up` returns is printed)."""
 
 
 def register(subparsers) -> None:
@@ -92,12 +93,14 @@ def _cmd_up(args) -> int:
 
     names = _addons(args.addons)
     info = cluster.up(build_if_needed=not args.no_build, pin=True)
-    for name in names:
-        import_module(f".{ADDONS[name]}", __package__).up(info, build_if_needed=not args.no_build)
+    addons = {name: import_module(f".{ADDONS[name]}", __package__).up(info, build_if_needed=not args.no_build)
+              for name in names}
     print(f"server:     {info.server} ({info.k8s_version})")
     print(f"kubeconfig: {info.kubeconfig}")
     print(f"node:       {info.node_name}")
     print(f"logs:       {info.state_dir}/logs")
+    for name, addon in addons.items():
+        print(f"add-on:     {name}" + (f" {addon}" if addon is not None else ""))
     print(f"run:        export KUBECONFIG={shlex.quote(info.kubeconfig)}")
     return 0
 

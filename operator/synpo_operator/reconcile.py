@@ -248,8 +248,7 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
 
     assert executor is not None
     records = executor.records()
-    started_at = parse_time(previous.get("startTime"))
-    elapsed = (now - started_at).total_seconds() if started_at else None
+    elapsed = active_seconds(previous, now)
     observed = observed_for_plan(records, prev_stages.values())
     attempts = max_attempts(run) if callable(max_attempts) else int(max_attempts)
     decision: Decision = plan(run.spec, observed, max_attempts=attempts, elapsed_seconds=elapsed,
@@ -307,9 +306,12 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
 
     phase, reason, message = decision.phase, decision.reason, decision.message
     active = [r for r in records.values() if not r.finished]
-    if phase == "Running" and active and all(r.queued for r in active):
+    queued = phase == "Running" and bool(active) and all(r.queued for r in active)
+    if queued:
         phase, reason = "Pending", reasons.QUEUED
-        message = "waiting for admission of " + ", ".join(sorted(r.name or r.key for r in active))
+        message = "waiting for admission of " + "; ".join(
+            f"{r.name or r.key}" + (f": {r.state.message}" if r.state.message else "")
+            for r in sorted(active, key=lambda r: r.name or r.key))
     artifacts = artifacts_uri(run)
     status = SynPORunStatus(
         observed_generation=generation,
@@ -320,6 +322,7 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
         start_time=previous.get("startTime") or (
             rfc3339(now) if phase in ("Running", "Pending") and waiting is None else None),
         completion_time=(previous.get("completionTime") or rfc3339(now)) if decision.finished else None,
+        **queue_clock(previous, queued, now),
         artifacts=artifacts,
         stages=list(ordered.values()),
     )
@@ -361,9 +364,12 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
             outcome.delete_run = True
         else:
             outcome.requeue_after = left
+    elif queued:
+        # the deadline clock stands still; Kueue's message (not watched) is read again a little later
+        outcome.requeue_after = QUEUED_RECHECK_SECONDS
     elif not decision.finished and run.spec.active_deadline_seconds is not None and status.start_time:
-        begun = parse_time(status.start_time) or now
-        outcome.requeue_after = max(0.0, run.spec.active_deadline_seconds - (now - begun).total_seconds()) + 0.5
+        active_for = active_seconds(status.to_api(), now) or 0.0
+        outcome.requeue_after = max(0.0, run.spec.active_deadline_seconds - active_for) + 0.5
     # a stuck stage fails stuckPodTimeoutSeconds after it got stuck, whether or not anything else happens
     for rec in records.values():
         if rec.stuck is not None and not rec.stuck.waits and not rec.finished and not decision.finished:
@@ -372,6 +378,37 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
             due = left if outcome.requeue_after is None else min(left, outcome.requeue_after)
             outcome.requeue_after = max(0.5, due)
     return outcome
+
+
+QUEUED_RECHECK_SECONDS = 15.0
+"""How often a run whose every unfinished stage waits in a Kueue queue is reconciled (Workloads are not
+watched: this refreshes the queue's message in the status)."""
+
+
+def queue_clock(previous: Mapping[str, Any], queued: bool, now: datetime) -> dict[str, Any]:
+    """The status fields that take queued time out of the run's deadline: `queuedSince` (set while every
+    unfinished stage waits for admission) and `queuedSeconds` (earlier such intervals, summed)."""
+    total = int(previous.get("queuedSeconds") or 0)
+    since = parse_time(previous.get("queuedSince"))
+    if queued:
+        return {"queued_seconds": total or None, "queued_since": rfc3339(since or now)}
+    if since is not None:
+        total += max(0, round((now - since).total_seconds()))
+    return {"queued_seconds": total or None, "queued_since": None}
+
+
+def active_seconds(status: Mapping[str, Any], now: datetime) -> float | None:
+    """Seconds the run has counted against spec.activeDeadlineSeconds: since status.startTime, less the time
+    every unfinished stage waited in a queue (as a Job's own deadline does not count while it is suspended).
+    None before the run starts."""
+    started = parse_time(status.get("startTime"))
+    if started is None:
+        return None
+    queued = float(status.get("queuedSeconds") or 0)
+    since = parse_time(status.get("queuedSince"))
+    if since is not None:
+        queued += max(0.0, (now - since).total_seconds())
+    return max(0.0, (now - started).total_seconds() - queued)
 
 
 def _normalise(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -406,6 +443,7 @@ def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[
 
 
 __all__ = [
-    "Event", "Outcome", "Transition", "iteration_summaries", "merge_events", "observed_for_plan", "reconcile",
-    "run_from_body", "status_differs", "status_patch",
+    "QUEUED_RECHECK_SECONDS", "Event", "Outcome", "Transition", "active_seconds", "iteration_summaries",
+    "merge_events", "observed_for_plan", "queue_clock", "reconcile", "run_from_body", "status_differs",
+    "status_patch",
 ]

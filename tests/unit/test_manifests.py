@@ -11,10 +11,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from synpo_operator.api.loader import parse_resource
+from synpo_operator.api.loader import SpecError, parse_resource
 from synpo_operator.executors.jobs import jobs_spec_problems
 from synpo_operator.executors.manifests import (
     ANNOTATION_STAGE_CONFIG,
+    LABEL_PRIORITY_CLASS,
     LABEL_QUEUE,
     MAX_STAGE_CONFIG_BYTES,
     TEST_POD_ANNOTATIONS,
@@ -106,6 +107,22 @@ def test_owner_reference_labels_and_queue():
     assert job["spec"]["suspend"] is True
     no_queue = render_job(run_of(queueName=None), node_of(run, "i2-refine"))
     assert "suspend" not in no_queue["spec"] and LABEL_QUEUE not in no_queue["metadata"]["labels"]
+    assert LABEL_PRIORITY_CLASS not in labels  # no workload priority unless the spec names one
+
+
+def test_workload_priority_class_label():
+    run = run_of(workloadPriorityClassName="team-a.high")
+    for node in stage_graph(run.spec):
+        job = render_job(run, node)
+        assert job["metadata"]["labels"][LABEL_PRIORITY_CLASS] == "team-a.high"  # Kueue reads it from the Job
+        assert LABEL_PRIORITY_CLASS not in job["spec"]["template"]["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("name", ["High", "a_b", "-a", "a.", "x" * 64, ""])
+def test_workload_priority_class_name_must_be_a_dns_subdomain_label_value(name):
+    with pytest.raises(SpecError) as err:
+        run_of(workloadPriorityClassName=name)
+    assert "spec.workloadPriorityClassName" in str(err.value)
 
 
 def test_uid_comes_from_run_metadata():

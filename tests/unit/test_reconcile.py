@@ -18,6 +18,8 @@ from synpo_operator.kube import KubeError
 from synpo_operator.metrics import Metrics
 from synpo_operator.plan.planner import StagePhase
 from synpo_operator.reconcile import (
+    QUEUED_RECHECK_SECONDS,
+    active_seconds,
     reconcile,
     run_from_body,
     status_differs,
@@ -52,7 +54,7 @@ class FakeKube:
     @staticmethod
     def _split(path: str) -> tuple[str, str | None]:
         parts = path.rstrip("/").split("/")
-        if parts[-1] in ("jobs", "pods", "events", "jobsets"):
+        if parts[-1] in ("jobs", "pods", "events", "jobsets", "workloads"):
             return path.rstrip("/"), None
         return "/".join(parts[:-1]), parts[-1]
 
@@ -72,6 +74,11 @@ class FakeKube:
             return copy.deepcopy(obj)
         if method == "GET" and name is None:
             selector = (query or {}).get("labelSelector", "")
+            if " in (" in selector:  # one set-based term: key in (a,b)
+                key, values = selector.rstrip(")").split(" in (")
+                items = [o for o in store.values()
+                         if (o["metadata"].get("labels") or {}).get(key) in values.split(",")]
+                return {"items": copy.deepcopy(items)}
             want = dict(kv.split("=", 1) for kv in selector.split(",") if kv)
             fields = dict(kv.split("=", 1) for kv in (query or {}).get("fieldSelector", "").split(",") if kv)
             items = [o for o in store.values()
@@ -514,6 +521,131 @@ def test_kueue_queued_jobs_make_the_run_pending():
         job["spec"]["suspend"] = False
     assert h.step().phase == "Running"
     assert all(j["spec"]["suspend"] is False for j in h.kube.jobs().values())  # never touched
+
+
+def workload_for(h: Harness, job_name: str, **conditions: tuple[str, str, str]) -> dict:
+    """The Workload Kueue makes for a Job (label kueue.x-k8s.io/job-uid), with (status, reason, message)
+    conditions."""
+    job = h.kube.jobs()[job_name]
+    wl = {"metadata": {"name": f"job-{job_name}-1a2b3", "namespace": "ns",
+                       "labels": {"kueue.x-k8s.io/job-uid": job["metadata"]["uid"]}},
+          "status": {"conditions": [{"type": t, "status": st, "reason": r, "message": m}
+                                    for t, (st, r, m) in conditions.items()]}}
+    h.kube.objects.setdefault("/apis/kueue.x-k8s.io/v1beta2/namespaces/ns/workloads", {})[
+        wl["metadata"]["name"]] = wl
+    return wl
+
+
+NO_QUOTA = "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor gpu, 2 more needed"
+
+
+def test_queued_run_shows_kueues_message():
+    h = Harness(queueName="team-a")
+    h.step()
+    for name in h.kube.jobs():
+        workload_for(h, name, QuotaReserved=("False", "Pending", NO_QUOTA))
+    out = h.step()
+    ready = {c["type"]: c for c in h.status["conditions"]}["Ready"]
+    assert out.phase == "Pending" and ready["reason"] == "Queued"
+    assert ready["message"].startswith("waiting for admission of demo-i0-evaluate: couldn't assign flavors")
+    assert ready["message"].count("2 more needed") == 3  # one per queued Job
+    stage = {s["name"]: s for s in h.status["stages"]}["i1-improver"]
+    assert stage["phase"] == "Running" and stage["message"] == NO_QUOTA
+    assert out.requeue_after == QUEUED_RECHECK_SECONDS  # Workloads are not watched: read again soon
+
+
+def test_queued_without_kueue_api_still_says_queued():
+    h = Harness(queueName="team-a")
+    h.step()
+
+    def no_kueue(method, path, body=None, **kw):
+        if "kueue.x-k8s.io" in path:
+            raise KubeError(method, path, 404, {"reason": "NotFound"})
+        return h.kube(method, path, body, **kw)
+
+    out = reconcile(h.body, JobExecutor("ns", "demo", run=run_from_body(h.body), uid="run-uid", request=no_kueue,
+                                        clock=lambda: h.now), h.now)
+    assert out.phase == "Pending" and "waiting for admission of demo-i0-evaluate; demo-i0-keywords" in str(
+        out.status["conditions"])
+
+
+def test_preempted_stage_returns_to_the_queue_without_counting_as_a_failure():
+    h = Harness(queueName="team-a", backoffLimit=0)
+    h.step()
+    job = h.kube.jobs()["demo-i1-improver"]
+    job["spec"]["suspend"] = False  # admitted
+    h.kube.add_pod(job, phase="Running", gpus=2)
+    job["status"] = {"startTime": ts(T0), "active": 1}
+    h.now += timedelta(seconds=30)
+    h.step()
+    assert {s["name"]: s for s in h.status["stages"]}["i1-improver"]["phase"] == "Running"
+    # Kueue preempts: it suspends the Job; the Job controller deletes the pod, which a kubelet marks Failed
+    job["spec"]["suspend"] = True
+    pod = next(iter(h.kube.objects["/api/v1/namespaces/ns/pods"].values()))
+    pod["metadata"]["deletionTimestamp"] = ts(h.now)
+    pod["status"]["phase"] = "Failed"
+    pod["status"]["containerStatuses"] = [{"state": {"terminated": {"exitCode": 143, "startedAt": ts(T0),
+                                                                     "finishedAt": ts(h.now)}}}]
+    job["status"] = {"conditions": [{"type": "Suspended", "status": "True", "reason": "JobSuspended"}]}
+    workload_for(h, "demo-i1-improver",
+                 Evicted=("True", "Preempted", "Preempted to accommodate a workload due to prioritization"),
+                 QuotaReserved=("False", "Pending", NO_QUOTA))
+    h.now += timedelta(seconds=5)
+    out = h.step()
+    stage = {s["name"]: s for s in h.status["stages"]}["i1-improver"]
+    assert stage["phase"] == "Running" and stage["attempts"] == 1 and not out.retries
+    assert stage["message"].startswith("evicted (Preempted): Preempted to accommodate")
+    assert out.phase == "Pending" and not any(e.reason == "StageFailed" for e in out.events)
+    # the pod is gone; Kueue admits the Job again and it completes: the run carries on
+    del h.kube.objects["/api/v1/namespaces/ns/pods"][pod["metadata"]["name"]]
+    job["spec"]["suspend"] = False
+    h.kube.finish("i1-improver", gpus=2)
+    for stage_job in h.kube.jobs().values():
+        stage_job["spec"]["suspend"] = False
+    assert h.step().phase == "Running"
+    assert {s["name"]: s for s in h.status["stages"]}["i1-improver"]["phase"] == "Succeeded"
+
+
+def test_run_deadline_does_not_count_time_queued():
+    h = Harness(queueName="team-a", activeDeadlineSeconds=600)
+    out = h.step()  # Jobs created suspended at T0: the run starts queued, its deadline clock stands still
+    assert out.phase == "Pending" and h.status["startTime"] == h.status["queuedSince"] == ts(T0)
+    assert out.requeue_after == QUEUED_RECHECK_SECONDS
+    h.now += timedelta(seconds=5000)  # long past the deadline in wall-clock time, all of it queued
+    assert h.step().phase == "Pending"
+    assert active_seconds(h.status, h.now) == 0
+    for job in h.kube.jobs().values():
+        job["spec"]["suspend"] = False  # admitted
+    out = h.step()
+    assert out.phase == "Running" and h.status["queuedSeconds"] == 5000 and "queuedSince" not in h.status
+    assert out.requeue_after == pytest.approx(600.5)  # the deadline, in active time
+    h.now += timedelta(seconds=300)
+    h.kube.finish("i0-keywords")  # the next stage is queued again: its wait does not count either
+    assert h.step().phase == "Running"
+    for key in ("i0-evaluate", "i1-improver"):
+        h.kube.finish(key)
+    h.now += timedelta(seconds=1)
+    out = h.step()
+    assert out.phase == "Pending" and h.status["queuedSince"] == ts(h.now)
+    h.now += timedelta(seconds=1000)
+    for job in h.kube.jobs().values():
+        job["spec"]["suspend"] = False
+    assert h.step().phase == "Running" and h.status["queuedSeconds"] == 6000
+    h.now += timedelta(seconds=298)
+    assert h.step().phase == "Running"  # 599 s active
+    h.now += timedelta(seconds=2)
+    out = h.step()
+    failed = {c["type"]: c for c in h.status["conditions"]}["Failed"]
+    assert out.phase == "Failed" and failed["reason"] == "DeadlineExceeded"
+
+
+def test_active_seconds():
+    t = ts(T0)
+    assert active_seconds({}, T0) is None
+    assert active_seconds({"startTime": t}, T0 + timedelta(seconds=90)) == 90
+    assert active_seconds({"startTime": t, "queuedSeconds": 30}, T0 + timedelta(seconds=90)) == 60
+    assert active_seconds({"startTime": t, "queuedSeconds": 30, "queuedSince": ts(T0 + timedelta(seconds=60))},
+                          T0 + timedelta(seconds=90)) == 30
 
 
 def test_terminating_job_is_not_observed_and_not_duplicated():

@@ -78,6 +78,14 @@ LABEL_KEYS_RULE = {"rule": f"self.all(k, k.matches('{LABEL_KEY_PATTERN}'))".repl
 
 # A DNS-1123 label: Kubernetes object names derived from these values must stay valid.
 DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+# A DNS-1123 subdomain short enough to be a label value too: the name of a cluster object (a Kueue
+# WorkloadPriorityClass) that is referred to by a label.
+_DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+LabelledName = Annotated[str, Field(min_length=1, max_length=63, json_schema_extra={"pattern": _DNS_SUBDOMAIN_PATTERN}),
+                         _matching(_DNS_SUBDOMAIN_PATTERN,
+                                   "must be a DNS subdomain of at most 63 characters (it is used as a label value): "
+                                   "lowercase letters, digits, '-' and '.', beginning and ending with a letter "
+                                   "or digit")]
 # A URI or path without '..' segments.
 # The same check at apply time (CEL; RE2 has no lookahead, so the rule negates a match of a '..' segment).
 _NO_TRAVERSAL_RULE = {"rule": r"!self.matches('(^|[/\\\\])[.][.]([/\\\\]|$)')",

@@ -16,6 +16,7 @@ from .common import (
     Condition,
     DnsLabel,
     EnvVar,
+    LabelledName,
     NodeSelector,
     ObjectMeta,
     Quantity,
@@ -364,6 +365,10 @@ class SynPORunSpec(ApiModel):
     """Extra environment for every stage container (e.g. HF_TOKEN from a Secret)."""
     queue_name: DnsLabel | None = None
     """Kueue LocalQueue; becomes the kueue.x-k8s.io/queue-name label on every Job."""
+    workload_priority_class_name: LabelledName | None = None
+    """Kueue WorkloadPriorityClass of the run's stages (the kueue.x-k8s.io/priority-class label on every Job):
+    orders them in the queue and decides preemption. A stage preempted by Kueue goes back to the queue; that is
+    not a failed attempt."""
     suspend: bool = False
     """Suspend the run: no new stage starts and running stage Jobs are removed; resuming continues where
     the artifacts stop (finished stages are never redone)."""
@@ -376,7 +381,9 @@ class SynPORunSpec(ApiModel):
     config errors) before it fails with the cause; the StageStuck condition and an Event say why at once.
     Keep it above the time a cluster autoscaler needs to add a node."""
     active_deadline_seconds: int | None = Field(default=None, ge=60, le=365 * 86_400)
-    """Longest the whole run may take before it fails with DeadlineExceeded."""
+    """Longest the whole run may be active before it fails with DeadlineExceeded: time since it started, less
+    the time every unfinished stage waited for admission in a Kueue queue (status.queuedSeconds), as a Job's
+    own activeDeadlineSeconds does not count while the Job is suspended."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=365 * 86_400)
     """Delete the finished run (and its Jobs; artifacts stay) this long after it ends."""
 
@@ -406,7 +413,7 @@ class StageStatus(ApiModel):
     completion_time: str | None = None
     """When it finished (RFC 3339)."""
     message: str | None = Field(default=None, max_length=4096)
-    """Why it failed, if it did."""
+    """Why it failed, if it did; while it waits in a Kueue queue, Kueue's reason."""
     result: dict[str, float | int | str | bool] | None = None
     """The stage's summary (rows, pairs kept, scores) from its termination message."""
 
@@ -492,6 +499,10 @@ class SynPORunStatus(ApiModel):
     """When the run started."""
     completion_time: str | None = None
     """When it succeeded or failed."""
+    queued_since: str | None = None
+    """Set while every unfinished stage waits for admission in a Kueue queue: since when (RFC 3339)."""
+    queued_seconds: int | None = Field(default=None, ge=0)
+    """Seconds of earlier such waits, summed. Queued time does not count against spec.activeDeadlineSeconds."""
     artifacts: str | None = Field(default=None, max_length=2048)
     """The run's artifact root."""
     conditions: list[Condition] = Field(default_factory=list, max_length=16)

@@ -33,7 +33,16 @@ from ..executors.jobs import FAILED_CREATE_SELECTOR, JobExecutor
 from ..executors.manifests import LABEL_RUN, RUN_KIND
 from ..executors.stuck import pod_stuck
 from ..metrics import Metrics
-from ..reconcile import Event, Outcome, merge_events, reconcile, run_from_body, status_differs, status_patch
+from ..reconcile import (
+    Event,
+    Outcome,
+    active_seconds,
+    merge_events,
+    reconcile,
+    run_from_body,
+    status_differs,
+    status_patch,
+)
 from ..schedule import SCHEDULE_LABEL
 from ..workqueue import EVENT, LATER, NEW, WorkQueue
 from .settings import Settings
@@ -202,8 +211,8 @@ class RunController:
         if full or self.settings.executor == "local":  # local processes send no events: they are polled
             return True
         deadline = (body.get("spec") or {}).get("activeDeadlineSeconds")
-        started = parse_time((body.get("status") or {}).get("startTime"))
-        return deadline is not None and started is not None and (clock.now() - started).total_seconds() >= deadline
+        active = active_seconds(body.get("status") or {}, clock.now())
+        return deadline is not None and active is not None and active >= deadline
 
     # ---- informer callbacks --------------------------------------------------------------------------
     def on_run(self, type_: str, old: Body | None, new: Body) -> None:

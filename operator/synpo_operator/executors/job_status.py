@@ -2,7 +2,10 @@
 
 Complete → Succeeded, with the result merged from the pods' termination messages; failed for being stuck (the
 executor's annotation) → Failed with the cause; Failed → Failed with the Job's reason and the last failed pod's
-exit code and message; anything else → Running (queued while the Job is suspended). Disrupted pods (preemption, node drain) do not count as failures.
+exit code and message; anything else → Running (queued while the Job is suspended, with Kueue's word on why
+from the Job's Workload). Disrupted pods (preemption, node drain) do not count as failures, nor do pods deleted
+because the Job was suspended again (Kueue evicted or preempted the stage: it goes back to the queue, which is
+not a failed attempt).
 """
 
 from __future__ import annotations
@@ -83,6 +86,39 @@ def is_disruption(pod: Mapping[str, Any]) -> bool:
     return _condition(pod, "DisruptionTarget") is not None
 
 
+def _counts_as_failure(pod: Mapping[str, Any], job_suspended: bool) -> bool:
+    """A failed pod that counts against backoffLimit. Not a disruption, and not a pod the Job controller is
+    deleting because the Job was suspended (a kubelet marks a killed pod Failed before it goes; the Job
+    controller drops its tracking finalizer first, so the Job does not count it either)."""
+    if (pod.get("status") or {}).get("phase") != "Failed" or is_disruption(pod):
+        return False
+    return not (job_suspended and (pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
+WORKLOAD_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+"""Label Kueue puts on the Workload it creates for a Job."""
+
+
+def workload_message(workload: Mapping[str, Any]) -> str:
+    """Kueue's word on why a Workload (a queued stage) is not running: the QuotaReserved=False or
+    Admitted=False message (e.g. "couldn't assign flavors to pod set main: insufficient unused quota for
+    nvidia.com/gpu in flavor gpu, 1 more needed"), after the eviction that sent it back to the queue, if any."""
+    conds = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or []}
+    parts = []
+    evicted = conds.get("Evicted")
+    if evicted and evicted.get("status") == "True":
+        parts.append(f"evicted ({evicted.get('reason') or 'Evicted'}): {evicted.get('message') or ''}".rstrip(": "))
+    for type_ in ("QuotaReserved", "Admitted"):
+        cond = conds.get(type_)
+        if cond and cond.get("status") == "False" and cond.get("message"):
+            parts.append(cond["message"])
+            break
+    else:
+        if not parts:
+            parts.append("no quota reserved yet" if not conds.get("QuotaReserved") else "admitted; starting")
+    return clip("; ".join(parts), 512)
+
+
 def pod_gpu_seconds(pods: Iterable[Mapping[str, Any]], now: datetime) -> float:
     total = 0.0
     for pod in pods:
@@ -146,11 +182,13 @@ def _stage_key(labels: Mapping[str, Any]) -> str:
     return labels.get(LABEL_STAGE_KEY) or f"i{labels.get(LABEL_ITERATION)}-{labels.get(LABEL_STAGE)}"
 
 
-def job_record(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], now: datetime) -> StageRecord:
-    """A stage's record from its Job and the Job's pods (API JSON).
+def job_record(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], now: datetime,
+               workload: Mapping[str, Any] | None = None) -> StageRecord:
+    """A stage's record from its Job, the Job's pods and its Kueue Workload if known (API JSON).
 
     Complete → Succeeded (summary from the pods' termination messages); Failed → Failed with the Job's
-    reason, the last failed pod's exit code and termination message; anything else → Running."""
+    reason, the last failed pod's exit code and termination message; anything else → Running, queued while
+    the Job is suspended (message: the Workload's)."""
     meta = job.get("metadata") or {}
     labels = meta.get("labels") or {}
     key = _stage_key(labels)
@@ -158,7 +196,7 @@ def job_record(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], now: d
     spec = job.get("spec") or {}
     uid = meta.get("uid")
     own = [p for p in pods if owned_by(p, uid)]
-    failed_pods = [p for p in own if (p.get("status") or {}).get("phase") == "Failed" and not is_disruption(p)]
+    failed_pods = [p for p in own if _counts_as_failure(p, bool(spec.get("suspend")))]
     gpu_seconds = pod_gpu_seconds(own, now)
     if not own and status.get("startTime"):
         # pods gone (garbage-collected): estimate from the Job's own times
@@ -191,8 +229,9 @@ def job_record(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], now: d
         return StageRecord(state=StageState(StagePhase.FAILED, attempt, message),
                            completion_time=failed.get("lastTransitionTime") or rfc3339(now), **common)
 
-    return StageRecord(state=StageState(StagePhase.RUNNING, attempt),
-                       queued=bool(spec.get("suspend")), **common)
+    queued = bool(spec.get("suspend"))
+    message = workload_message(workload) if queued and workload else ""
+    return StageRecord(state=StageState(StagePhase.RUNNING, attempt, message), queued=queued, **common)
 
 
 def jobset_record(jobset: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], now: datetime) -> StageRecord:

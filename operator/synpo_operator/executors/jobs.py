@@ -24,7 +24,7 @@ from ..modelinfo import model_problems
 from ..plan.executor import StageRecord
 from ..plan.graph import stage_graph
 from ..plan.planner import Start
-from .job_status import job_record, jobset_record, owned_by, pods_lag
+from .job_status import WORKLOAD_JOB_UID_LABEL, job_record, jobset_record, owned_by, pods_lag
 from .jobset_manifest import COMPLETION_INDEX_ANNOTATION, LABEL_JOBSET_NAME
 from .manifests import (
     ANNOTATION_STUCK_FAILED_AT,
@@ -44,6 +44,8 @@ FAILED_CREATE_SELECTOR = f"involvedObject.kind=Job,reason={FAILED_CREATE}"
 """The Events the operator reads (and, with informers, watches): the Job controller's refused pod creations."""
 EVENTS_AFTER_SECONDS = 5.0
 """Without an Events informer, a Job's Events are listed only once it has had this long to make a pod."""
+
+WORKLOADS = "/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads"
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -242,11 +244,30 @@ class JobExecutor:
                 return by_name(self._list_pods())
         return found
 
+    def _workloads(self, jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Kueue's Workloads of the suspended Jobs, by Job uid (one LIST, only while a stage waits in a queue):
+        they say why a stage is not admitted. Without Kueue's API (or the RBAC to read it): none."""
+        uids = [j["metadata"]["uid"] for j in jobs
+                if (j.get("spec") or {}).get("suspend") and (j.get("metadata") or {}).get("uid")]
+        if not uids:
+            return {}
+        try:
+            items = (self._request("GET", WORKLOADS.format(namespace=self.namespace), query={
+                "labelSelector": f"{WORKLOAD_JOB_UID_LABEL} in ({','.join(sorted(uids))})"}) or {}).get("items")
+        except KubeError as err:
+            if err.status not in (403, 404):
+                raise
+            log.debug("%s/%s: cannot read Kueue Workloads (%s)", self.namespace, self.name, err.status)
+            return {}
+        return {((w.get("metadata") or {}).get("labels") or {}).get(WORKLOAD_JOB_UID_LABEL): w
+                for w in items or []}
+
     def records(self) -> dict[str, StageRecord]:
         jobs = self.jobs()
         jobsets = self.jobsets()
         if not jobs and not jobsets:
             return {}
+        workloads = self._workloads(jobs) if self.run is not None and self.run.spec.queue_name else {}
         pods = self._pods_for(jobs) if jobs else []
         if jobsets and not pods:
             pods = (self._cache("pods").by_label(self.namespace, self.name) if self._cache("pods") is not None
@@ -259,8 +280,9 @@ class JobExecutor:
         now = self._clock()
         out: dict[str, StageRecord] = {}
         for job in jobs:
-            own = by_job.get((job.get("metadata") or {}).get("uid"), [])
-            rec = job_record(job, own, now)
+            uid = (job.get("metadata") or {}).get("uid")
+            own = by_job.get(uid, [])
+            rec = job_record(job, own, now, workloads.get(uid))
             if not rec.finished:
                 events = self._failed_create_events(job, now) if awaits_pods(job, own) else []
                 stuck = stage_stuck(job, own, events)

@@ -18,7 +18,8 @@ Choices (see docs/operator.md):
   that text.
 - Kueue: with `spec.queueName` the Job is created with `suspend: true` and the queue-name label, as Kueue
   expects (it unsuspends the Job on admission); without a queue `suspend` is left unset. The operator
-  never changes `spec.suspend` of an existing Job.
+  never changes `spec.suspend` of an existing Job. `spec.workloadPriorityClassName` becomes the
+  `kueue.x-k8s.io/priority-class` label (Kueue reads it from the Job when it creates the Workload).
 - Pods run with the restricted Pod Security profile; nothing a user sets can add a hostPath, privileges
   or capabilities.
 """
@@ -46,6 +47,7 @@ LABEL_STAGE_KEY = "synpo.dev/stage-key"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "synpo-operator"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+LABEL_PRIORITY_CLASS = "kueue.x-k8s.io/priority-class"
 ANNOTATION_ATTEMPT = "synpo.dev/attempt"
 ANNOTATION_GPUS = "synpo.dev/gpus-per-pod"
 ANNOTATION_CONFIG_HASH = "synpo.dev/config-sha256"
@@ -246,6 +248,8 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
     job_labels = dict(labels)
     if spec.queue_name:
         job_labels[LABEL_QUEUE] = spec.queue_name
+    if spec.workload_priority_class_name:
+        job_labels[LABEL_PRIORITY_CLASS] = spec.workload_priority_class_name
     config_text = stage_config_text(run, node)
 
     volumes: list[dict[str, Any]] = [
@@ -388,8 +392,8 @@ def render_run_manifests(run: SynPORun, *, all_stages: bool = False) -> list[dic
 
 
 __all__ = [
-    "ANNOTATION_STAGE_CONFIG", "LABEL_ITERATION", "LABEL_MANAGED_BY", "LABEL_QUEUE", "LABEL_RUN", "LABEL_STAGE",
-    "LABEL_STAGE_KEY", "MAX_STAGE_CONFIG_BYTES", "STAGES", "TEST_POD_ANNOTATIONS", "StageConfigTooLarge",
+    "ANNOTATION_STAGE_CONFIG", "LABEL_ITERATION", "LABEL_MANAGED_BY", "LABEL_PRIORITY_CLASS", "LABEL_QUEUE",
+    "LABEL_RUN", "LABEL_STAGE", "LABEL_STAGE_KEY", "MAX_STAGE_CONFIG_BYTES", "STAGES", "TEST_POD_ANNOTATIONS", "StageConfigTooLarge",
     "gpus_for", "job_name", "render_job", "render_run_manifests", "render_stage",
     "stage_config_problems", "stage_config_text", "storage_root", "uses_jobset",
 ]
