@@ -21,11 +21,24 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=120)
 
 
-@pytest.mark.parametrize("example", ["quickstart.yaml", "cluster-llama3.yaml"])
+@pytest.mark.parametrize("example", ["quickstart.yaml", "cluster-llama3.yaml", "cluster-llama3-70b.yaml"])
 def test_examples_plan(example):
     done = run_cli("plan", f"examples/{example}")
     assert done.returncode == 0, done.stderr
     assert "valid" in done.stdout and "i1-train" in done.stdout and "writes: <run>/iter-1/pairs" in done.stdout
+
+
+def test_manifests_are_jobsets_only_for_training_on_several_nodes():
+    """The 4-node example's training stages print as JobSets, everything else as Jobs; one node: only Jobs."""
+    kinds = {}
+    for example in ("cluster-llama3.yaml", "cluster-llama3-70b.yaml"):
+        done = run_cli("plan", f"examples/{example}", "--manifests", "--all")
+        assert done.returncode == 0, done.stderr
+        docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+        kinds[example] = {(d["kind"], d["metadata"]["labels"]["synpo.dev/stage"]) for d in docs}
+    assert {k for k, _ in kinds["cluster-llama3.yaml"]} == {"Job"}
+    assert {s for k, s in kinds["cluster-llama3-70b.yaml"] if k == "JobSet"} == {"prompt-generator", "improver", "train"}
+    assert {s for k, s in kinds["cluster-llama3-70b.yaml"] if k == "Job"} >= {"keywords", "prompts", "evaluate"}
 
 
 def test_crds_command_equals_committed_files():
