@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -225,17 +224,6 @@ def _config(health: int, webhook: int, cert_dir: Path) -> dict:
     }
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _start(info: _cluster.ClusterInfo) -> KueueInfo:
     import yaml
 
@@ -251,7 +239,7 @@ def _start(info: _cluster.ClusterInfo) -> KueueInfo:
         kube.post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
     _apply_crds(info)
     _certs(info, state / "webhook-certs")
-    health, webhook = _free_ports(2)
+    health, webhook = _cluster._free_ports(2)
     (state / "config.yaml").write_text(yaml.safe_dump(_config(health, webhook, state / "webhook-certs")))
     logs = Path(info.state_dir) / "logs"
     log_path = logs / "kueue.log"
