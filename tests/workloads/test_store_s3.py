@@ -109,3 +109,42 @@ def test_writer_killed_between_objects_is_discarded_and_redone(bucket, s3_env, t
     assert not fs.exists(prefix) or fs.find(prefix) == []
     manifest = _model_writer(out).finish({"rows": 2})
     assert store.stage_done(out) and json.loads(fs.cat_file(f"{prefix}/manifest.json")) == manifest
+
+
+_RESOLVE = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+from synpo_workloads import models
+print(models.resolve(sys.argv[1]))
+"""
+
+
+def test_stages_sharing_a_cache_fetch_a_model_once(bucket, s3_env, tmp_path):
+    """Three stage processes resolve one s3:// model at the same time into one cache (a shared volume in a
+    cluster): one fetch, one published directory; a model rewritten at the same URI is fetched again."""
+    fs = s3_env.filesystem()
+    ref = f"s3://{bucket}/models/tiny"
+    fs.pipe_file(f"{bucket}/models/tiny/config.json", b'{"model_type": "llama"}')
+    fs.pipe_file(f"{bucket}/models/tiny/model.safetensors", os.urandom(2_000_000))
+    env = {**os.environ, **s3_env.env(), "SYNPO_CACHE": str(tmp_path / "cache")}
+
+    def resolve_all(n: int) -> tuple[set[str], str]:
+        procs = [subprocess.Popen([sys.executable, "-c", _RESOLVE, ref], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(n)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs
+        return {o.strip() for o, _ in outs}, "".join(e for _, e in outs)
+
+    paths, logs = resolve_all(3)
+    assert len(paths) == 1 and logs.count("fetched 2 files") == 1, logs
+    local = paths.pop()
+    assert open(os.path.join(local, "config.json")).read() == '{"model_type": "llama"}'
+    assert [p.name for p in (tmp_path / "cache" / "models").iterdir() if not p.name.startswith(".")] == \
+        [os.path.basename(local)]  # no temporary directory left behind
+
+    again, logs = resolve_all(1)  # a later stage: read from the cache
+    assert again == {local} and "fetched" not in logs
+
+    fs.pipe_file(f"{bucket}/models/tiny/model.safetensors", os.urandom(2_000_000))  # same URI, new weights
+    newer, logs = resolve_all(1)
+    assert newer != {local} and logs.count("fetched 2 files") == 1
