@@ -29,7 +29,6 @@ from typing import Any
 from . import store
 from .errors import ModelError
 
-
 log = logging.getLogger("synpo_workloads.models")
 
 
