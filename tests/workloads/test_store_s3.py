@@ -148,3 +148,15 @@ def test_stages_sharing_a_cache_fetch_a_model_once(bucket, s3_env, tmp_path):
     fs.pipe_file(f"{bucket}/models/tiny/model.safetensors", os.urandom(2_000_000))  # same URI, new weights
     newer, logs = resolve_all(1)
     assert newer != {local} and logs.count("fetched 2 files") == 1
+
+
+def test_a_stage_model_is_fetched_as_its_manifest_lists_it(bucket, s3_env, tmp_path, monkeypatch):
+    """An object under a finished stage's model/ that its manifest does not list is never fetched."""
+    from synpo_workloads import models
+
+    out = f"s3://{bucket}/runs/default/r/iter-1/train"
+    _model_writer(out).finish({"rows": 2})
+    s3_env.filesystem().pipe_file(f"{bucket}/runs/default/r/iter-1/train/model/stray.bin", b"not listed")
+    monkeypatch.setenv("SYNPO_CACHE", str(tmp_path))
+    local = models.resolve(f"{out}/model")
+    assert sorted(os.listdir(local)) == ["config.json", "model.safetensors", "tokenizer.json"]

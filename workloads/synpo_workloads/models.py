@@ -80,11 +80,17 @@ def _fetch(ref: str) -> Path:
     fs, inner = store._fs(ref)
     fs.invalidate_cache()
     inner = inner.rstrip("/")
-    listing = fs.find(inner, detail=True) if fs.exists(inner) else {}
+    listing = {posixpath.relpath(k, inner): info
+               for k, info in (fs.find(inner, detail=True) if fs.exists(inner) else {}).items()}
+    # A stage's model (<stage output>/model): only the files its stage's manifest lists are trusted.
+    parent, leaf = posixpath.split(ref.rstrip("/"))
+    manifest = store.load_manifest(parent)
+    if manifest is not None:
+        listing = {rel: info for rel, info in listing.items() if f"{leaf}/{rel}" in manifest.get("files", {})}
     if not listing:
         raise ModelError(f"model {ref}: not found")
-    stamp = sorted((posixpath.relpath(k, inner), info.get("size"), str(info.get("ETag") or info.get("mtime") or ""))
-                   for k, info in listing.items())
+    stamp = sorted((rel, info.get("size"), str(info.get("ETag") or info.get("mtime") or ""))
+                   for rel, info in listing.items())
     target = cache_root() / f"{_safe_name(ref)}-{hashlib.sha256(repr(stamp).encode()).hexdigest()[:12]}"
     if target.is_dir():
         return target
@@ -93,7 +99,9 @@ def _fetch(ref: str) -> Path:
             return target
         tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=target.parent))
         try:
-            fs.get(inner + "/", str(tmp) + "/", recursive=True)
+            for rel, _size, _tag in stamp:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(f"{inner}/{rel}", str(tmp / rel))
             _publish(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
