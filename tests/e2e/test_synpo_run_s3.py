@@ -31,20 +31,19 @@ def test_run_on_s3_survives_a_kill_mid_upload(tiny_model: str, s3, tmp_path: Pat
     for role in ("seed", "corpus", "eval"):
         data = (resources.files("synpo_workloads") / "data" / f"{role}.jsonl").read_bytes()
         fs.pipe_file(f"{bucket}/data/{role}.jsonl", data)
-    spec = tiny_spec(f"s3://{bucket}/models/tiny", f"s3://{bucket}/runs", iterations=1, promptsPerIteration=4,
-                     pairsPerIteration=2,
-                     generation={"maxNewTokens": 8},
-                     promptGenerator={"epochs": 1, "maxSeedExamples": 8},
-                     improver={"maxSeedExamples": 4},
-                     training={"batchSize": 2},
-                     evaluation={"judges": [{"type": "similarity"}], "maxPrompts": 2, "baseline": False})
+    spec = tiny_spec(f"s3://{bucket}/models/tiny", f"s3://{bucket}/runs", iterations=1,
+                     evaluation={"judges": [{"type": "similarity"}], "maxPrompts": 4, "baseline": False})
     spec["data"] = {role: f"s3://{bucket}/data/{role}.jsonl" for role in ("seed", "corpus", "eval")}
     name = f"s3-{uuid.uuid4().hex[:8]}"
     run_file = write_run(tmp_path / "run.yaml", name, spec)
     prefix = f"{bucket}/runs/default/{name}"
     state = Path.home() / ".cache" / "synpo" / "runs" / "default" / name  # logs of runs on object storage
     for key, value in {**s3.env(), "SYNPO_CACHE": str(tmp_path / "cache")}.items():
-        monkeypatch.setitem(ENV, key, value)
+        monkeypatch.setitem(ENV, key, value)  # the stage processes'
+        monkeypatch.setenv(key, value)  # this process's store checks
+    import fsspec
+
+    fsspec.filesystem("s3").clear_instance_cache()
     try:
         # 1. Pause the prompt generator after its first object; SIGKILL synpo run and the stage right then.
         monkeypatch.setitem(ENV, "SYNPO_TEST_PAUSE_AFTER_PUT", "prompt-generator:600")
