@@ -7,7 +7,9 @@
 #   bash scripts/build-images.sh workloads
 #
 # Runs as uid/gid 1000. Stage pods mount the run's storage at /workspace and a cache at /cache
-# (HF_HOME=/cache/huggingface is set by the operator); nothing is written into the image at run time.
+# (HF_HOME=/cache/huggingface and SYNPO_CACHE=/cache/synpo are set by the operator; the cache is the shared
+# spec.storage.modelCache PVC when the run has one); nothing is written into the image at run time.
+# Object storage: s3fs, gcsfs and adlfs come with the workloads extra (s3://, gs://, az:// URIs).
 
 ARG CUDA_IMAGE=nvidia/cuda:12.9.1-cudnn-runtime-ubuntu24.04
 
@@ -26,7 +28,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/synpo PATH=/opt/synpo/bin:$PATH \
-    HF_HOME=/cache/huggingface HF_HUB_DISABLE_TELEMETRY=1 \
+    HF_HOME=/cache/huggingface SYNPO_CACHE=/cache/synpo HF_HUB_DISABLE_TELEMETRY=1 \
     TOKENIZERS_PARALLELISM=false
 
 # Ubuntu 24.04: python3.12; the image's own `ubuntu` user holds uid 1000, replace it with `synpo`.
@@ -48,7 +50,7 @@ COPY operator ./operator
 COPY workloads ./workloads
 # `python -c` keeps torch as vLLM installed it: the workloads extra's torch range must contain it.
 RUN pip install ".[workloads,vllm]" \
- && python -c "import torch, vllm, trl, transformers, synpo_workloads; print('torch', torch.__version__, 'vllm', vllm.__version__, 'trl', trl.__version__)" \
+ && python -c "import torch, vllm, trl, transformers, s3fs, gcsfs, adlfs, synpo_workloads; print('torch', torch.__version__, 'vllm', vllm.__version__, 'trl', trl.__version__)" \
  && rm -rf /src /root/.cache
 
 USER 1000:1000

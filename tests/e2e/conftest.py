@@ -26,3 +26,13 @@ def write_run(path: Path, name: str, spec: dict, namespace: str | None = None) -
     path.write_text(yaml.safe_dump({"apiVersion": "synpo.dev/v1alpha1", "kind": "SynPORun", "metadata": meta,
                                     "spec": spec}))
     return path
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 server on 127.0.0.1 (SeaweedFS when built, else moto's server: synpo_devcluster.s3)."""
+    pytest.importorskip("s3fs")
+    from synpo_devcluster.s3 import s3_server
+
+    with s3_server() as server:
+        yield server

@@ -74,4 +74,9 @@ def test_workloads_image_runs_the_stage_programs_as_the_operator_starts_them():
     env = " ".join(rest for op, rest in ins if op == "ENV")
     assert "PATH=/opt/synpo/bin:" in env  # `python` in the Job's command is the venv's
     assert f"HF_HOME={manifests.CACHE_DIR}/huggingface" in env
+    assert f"SYNPO_CACHE={manifests.CACHE_DIR}/synpo" in env  # fetched models: on the shared cache volume
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    workloads = {re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0] for r in project["optional-dependencies"]["workloads"]}
+    assert {"s3fs", "gcsfs", "adlfs"} <= workloads  # s3://, gs://, az:// storage, data and models
+    assert "s3fs, gcsfs, adlfs" in text  # and the image build imports them
     assert manifests.UID == 1000

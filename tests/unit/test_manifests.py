@@ -183,11 +183,12 @@ def test_resources_gpu_only_on_gpu_stages():
     run = run_of()
     train = container(render_job(run, node_of(run, "i1-train")))["resources"]
     assert train["limits"] == {"cpu": "32", "memory": "512Gi", "nvidia.com/gpu": "8"}
-    assert train["requests"] == {"cpu": "32", "memory": "512Gi"}
+    assert train["requests"] == {"cpu": "32", "memory": "512Gi", "ephemeral-storage": "17Gi"}  # plan/cache.py
     keywords = container(render_job(run, node_of(run, "i0-keywords")))["resources"]
     assert "nvidia.com/gpu" not in keywords["limits"]
     cpu_only = run_of(resources={"gpusPerPod": 0})
-    assert "resources" not in container(render_job(cpu_only, node_of(cpu_only, "i1-train")))
+    assert container(render_job(cpu_only, node_of(cpu_only, "i1-train")))["resources"] == {
+        "requests": {"ephemeral-storage": "17Gi"}}  # the model cache only
     # /dev/shm in memory only where GPUs are
     mounts = {m["mountPath"] for m in container(render_job(run, node_of(run, "i1-train")))["volumeMounts"]}
     assert "/dev/shm" in mounts

@@ -20,3 +20,24 @@ def tiny_model(tmp_path_factory) -> str:
 
     torch.set_num_threads(1)  # tiny models are overhead-bound; one thread avoids contention on shared cores
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny-llama")))
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 server on 127.0.0.1 (SeaweedFS when built, else moto's server: synpo_devcluster.s3)."""
+    pytest.importorskip("s3fs")
+    from synpo_devcluster.s3 import s3_server
+
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch):
+    """The server's endpoint and credentials in the environment, as spec.env / Secret refs give stage pods."""
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    import fsspec
+
+    fsspec.filesystem("s3").clear_instance_cache()  # a cached client would keep an earlier endpoint
+    return s3

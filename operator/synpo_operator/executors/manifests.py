@@ -33,6 +33,7 @@ from typing import Any
 from ..api.common import API_VERSION, STAGE_CONFIG_ANNOTATION
 from ..api.results import BAD_INPUT_EXIT_CODE
 from ..api.run import SynPORun, SynPORunSpec
+from ..plan.cache import cache_plan
 from ..plan.graph import STAGES, StageNode, stage_graph
 from ..plan.launch import launch_command
 from ..plan.planner import Start, plan
@@ -145,6 +146,7 @@ def _container_env(spec: SynPORunSpec, node: StageNode) -> list[dict[str, Any]]:
         {"name": "HOME", "value": "/tmp"},
         {"name": "XDG_CACHE_HOME", "value": CACHE_DIR},
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+        {"name": "SYNPO_CACHE", "value": f"{CACHE_DIR}/synpo"},  # fetched models (synpo_workloads.models)
         {"name": "SYNPO_STAGE_CONFIG", "value": f"{CONFIG_MOUNT}/{CONFIG_FILE}"},
     ]
     user_names = {e.name for e in spec.env}
@@ -179,6 +181,9 @@ def _resources(spec: SynPORunSpec, node: StageNode) -> dict[str, Any]:
         requests["memory"] = limits["memory"] = shape.memory
     if shape.gpus:
         limits[spec.resources.gpu_resource_name] = str(shape.gpus)
+    disk = cache_plan(spec, node).ephemeral_request
+    if disk:
+        requests["ephemeral-storage"] = disk
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
@@ -195,6 +200,14 @@ def _compact(value: Any) -> Any:
     if isinstance(value, list):
         return [_compact(v) for v in value]
     return value
+
+
+def _cache_volume(spec: SynPORunSpec, node: StageNode) -> dict[str, Any]:
+    """/cache: the shared model-cache PVC (storage.modelCache), else an emptyDir with its size limit."""
+    cache = cache_plan(spec, node)
+    if cache.claim_name:
+        return {"name": "cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}
+    return {"name": "cache", "emptyDir": {"sizeLimit": cache.size_limit} if cache.size_limit else {}}
 
 
 class StageConfigTooLarge(ValueError):
@@ -251,18 +264,19 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
     if spec.workload_priority_class_name:
         job_labels[LABEL_PRIORITY_CLASS] = spec.workload_priority_class_name
     config_text = stage_config_text(run, node)
+    cache = cache_plan(spec, node)
 
     volumes: list[dict[str, Any]] = [
         {"name": "stage-config", "downwardAPI": {"defaultMode": 0o444, "items": [
             {"path": CONFIG_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_STAGE_CONFIG}']"}},
         ]}},
         {"name": "tmp", "emptyDir": {}},
-        {"name": "cache", "emptyDir": {}},
+        _cache_volume(spec, node),
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "stage-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "cache", "mountPath": CACHE_DIR},
+        {"name": "cache", "mountPath": CACHE_DIR, **({"subPath": cache.sub_path} if cache.sub_path else {})},
     ]
     if gpus_for(spec, node):
         # torch / vLLM workers share tensors through /dev/shm; the default 64 MiB is far too small.
