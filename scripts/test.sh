@@ -11,6 +11,7 @@ export SYNPO_REQUIRE_DEV_CLUSTER="${SYNPO_REQUIRE_DEV_CLUSTER:-1}"
 .venv/bin/ruff check operator workloads tests
 bash scripts/install-kube-tools.sh >/dev/null
 .venv/bin/synpo dev-cluster build --addons jobset,kueue   # cold: ~10 min + add-ons ~20 min of CPU on 2 cores; cached
+.venv/bin/python -m synpo_devcluster.s3 build   # SeaweedFS (the S3 tests' server); cold: the longest build, cached
 .venv/bin/pytest --ignore=tests/vllm_tests "$@"
 if [ $# -eq 0 ] || [ "${SYNPO_VLLM_TESTS:-0}" = 1 ]; then
   bash scripts/setup-vllm.sh
