@@ -30,7 +30,8 @@ _SIZE = re.compile(r"(?:^|[-_./])(?:(\d+)x)?(\d+(?:\.\d+)?)([bBmM])(?=$|[-_./])"
 
 def model_bytes(ref: str) -> int | None:
     """Bytes of a model's bf16 weights when its name states the parameter count (Meta-Llama-3-8B-SFT → 16e9,
-    Mixtral-8x7B → 112e9, SmolLM2-135M → 2.7e8); None when it does not."""
+    SmolLM2-135M → 2.7e8; Mixtral-8x7B → 112e9, an upper bound: its experts share attention, 47B in all);
+    None when it does not."""
     name = ref.rstrip("/").rsplit("/", 1)[-1]
     matches = list(_SIZE.finditer(name))
     if not matches:
