@@ -492,3 +492,13 @@ def test_run_cache_drops_kubectls_last_applied_copy():
     assert slim(run) == {"metadata": {"name": "r", "annotations": {TEST_POD_ANNOTATIONS: "{}"}},
                          "spec": {"iterations": 1}}
     assert slim({"metadata": {"name": "r"}}) == {"metadata": {"name": "r"}}
+
+
+def test_toleration_key_and_value_have_the_label_syntax_the_api_server_enforces():
+    """Found by the bad-input test: a key the models took made every Job create a 422, retried forever."""
+    with pytest.raises(ValueError, match=r"spec\.resources\.tolerations\[0\]\.key: must be a Kubernetes label key"):
+        run_of(resources={"tolerations": [{"key": "nvidia.com/gpu/../x", "operator": "Exists"}]})
+    with pytest.raises(ValueError, match=r"spec\.resources\.tolerations\[0\]\.value"):
+        run_of(resources={"tolerations": [{"key": "gpu", "value": "a b"}]})
+    ok = run_of(resources={"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}, {"operator": "Exists"}]})
+    assert len(ok.spec.resources.tolerations) == 2

@@ -142,12 +142,13 @@ class EnvVar(ApiModel):
 class Toleration(ApiModel):
     """A pod toleration (same meaning as in a Pod spec)."""
 
-    key: str | None = Field(default=None, max_length=253)
-    """Taint key; empty with operator Exists matches all taints."""
+    key: LabelKey | None = None
+    """Taint key (label-key syntax: the API server refuses a Job with any other); unset with operator Exists
+    matches all taints."""
     operator: Literal["Exists", "Equal"] = "Equal"
     """Exists or Equal."""
-    value: str | None = Field(default=None, max_length=63)
-    """Taint value for operator Equal."""
+    value: LabelValue | None = None
+    """Taint value for operator Equal (label-value syntax)."""
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to match; empty matches all effects."""
     toleration_seconds: int | None = Field(default=None, ge=0)
