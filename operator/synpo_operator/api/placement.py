@@ -27,6 +27,14 @@ _SET_RULES = [
 """The same rules as the models' validators, at apply time."""
 
 
+def _check_set_values(operator: str, values: list[str]) -> None:
+    """The rule node and label selector requirements share: In/NotIn need values, Exists/DoesNotExist take none."""
+    if operator in ("In", "NotIn") and not values:
+        raise ValueError(f"operator {operator} needs at least one value")
+    if operator in ("Exists", "DoesNotExist") and values:
+        raise ValueError(f"operator {operator} takes no values")
+
+
 class NodeSelectorRequirement(ApiModel):
     """A node label (or field) and the values it must (not) have."""
 
@@ -43,10 +51,7 @@ class NodeSelectorRequirement(ApiModel):
 
     @model_validator(mode="after")
     def _values_fit_operator(self) -> NodeSelectorRequirement:
-        if self.operator in ("In", "NotIn") and not self.values:
-            raise ValueError(f"operator {self.operator} needs at least one value")
-        if self.operator in ("Exists", "DoesNotExist") and self.values:
-            raise ValueError(f"operator {self.operator} takes no values")
+        _check_set_values(self.operator, self.values)
         if self.operator in ("Gt", "Lt") and (len(self.values) != 1 or not self.values[0].lstrip("-").isdigit()):
             raise ValueError(f"operator {self.operator} needs exactly one integer value")
         return self
@@ -101,10 +106,7 @@ class LabelSelectorRequirement(ApiModel):
 
     @model_validator(mode="after")
     def _values_fit_operator(self) -> LabelSelectorRequirement:
-        if self.operator in ("In", "NotIn") and not self.values:
-            raise ValueError(f"operator {self.operator} needs at least one value")
-        if self.operator in ("Exists", "DoesNotExist") and self.values:
-            raise ValueError(f"operator {self.operator} takes no values")
+        _check_set_values(self.operator, self.values)
         return self
 
 
