@@ -24,7 +24,7 @@ from .api.loader import SpecError, parse_resource
 from .api.results import LC_WIN_RATE, MODEL, PAIRS_KEPT, PAIRS_TOTAL, SCORE, WIN_RATE, number
 from .api.run import IterationSummary, StageStatus, SynPORun, SynPORunStatus
 from .clock import parse_time, rfc3339
-from .plan.executor import Executor, StageRecord
+from .plan.executor import Executor, StageRecord, StageRefused
 from .plan.graph import STAGES, StageId, model_artifact
 from .plan.planner import Decision, StagePhase, StageState, plan
 from .plan.resources import global_batch_problems
@@ -202,6 +202,25 @@ def _events_for(transitions: list[Transition], started: list[str], names: Mappin
     return events
 
 
+def _refused(previous: dict[str, Any], generation: Any, reason: str, message: str, executor: Executor | None,
+             now: datetime) -> Outcome:
+    """The run Failed for a reason retrying cannot fix (a bad spec, a Job the cluster refuses): unfinished
+    stages stopped, finished ones kept in the status, one Warning Event per generation."""
+    message = clip(message, 4096)
+    stopped = executor.stop() if executor is not None else []
+    status = dict(previous)
+    status.update({
+        "observedGeneration": generation,
+        "phase": "Failed",
+        "conditions": run_conditions("Failed", reason, message, generation, previous.get("conditions") or [], now),
+    })
+    status.setdefault("completionTime", rfc3339(now))
+    repeated = previous.get("phase") == "Failed" and previous.get("observedGeneration") == generation \
+        and ready_reason(previous) == reason
+    events = [] if repeated else [Event("Warning", reason, message)]
+    return Outcome(status=_normalise(status), phase="Failed", events=events, stopped=stopped)
+
+
 def _stages(n: int) -> str:
     return "stage" if n == 1 else "stages"
 
@@ -232,21 +251,13 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
         if problems:
             raise SpecError(f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}", problems)
     except SpecError as err:
-        message = clip("invalid spec: " + "; ".join(err.problems), 4096)
-        stopped = executor.stop() if executor is not None else []
-        status = dict(previous)
-        status.update({
-            "observedGeneration": generation,
-            "phase": "Failed",
-            "conditions": run_conditions("Failed", reasons.INVALID_SPEC, message, generation,
-                                         previous.get("conditions") or [], now),
-        })
-        status.setdefault("completionTime", rfc3339(now))
-        events = [] if (prev_phase == "Failed" and previous.get("observedGeneration") == generation) else [
-            Event("Warning", reasons.INVALID_SPEC, message)]
-        return Outcome(status=_normalise(status), phase="Failed", events=events, stopped=stopped)
+        return _refused(previous, generation, reasons.INVALID_SPEC, "invalid spec: " + "; ".join(err.problems),
+                        executor, now)
 
     assert executor is not None
+    if ready_reason(previous) == reasons.JOB_REFUSED and previous.get("observedGeneration") == generation:
+        # refused for good: only a new generation (a fixed spec) tries again
+        return Outcome(status=_normalise(previous), phase="Failed")
     records = executor.records()
     elapsed = active_seconds(previous, now)
     observed = observed_for_plan(records, prev_stages.values())
@@ -266,7 +277,11 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
     if decision.phase == "Running":
         if max_starts is not None:
             decision = replace(decision, start=decision.start[:max_starts])
-        created = executor.start(decision.start) if decision.start else []
+        try:
+            created = executor.start(decision.start) if decision.start else []
+        except StageRefused as err:
+            return _refused(previous, generation, reasons.JOB_REFUSED, f"stage {err.key}: {err.message}",
+                            executor, now)
         started = [start.stage.key for start, ok in zip(decision.start, created, strict=True) if ok]
         if decision.start:
             records = executor.records()

@@ -26,6 +26,7 @@ from .test_operator import (  # noqa: F401 - fixtures
     apply,
     conditions,
     crds,
+    events,
     get_run,
     jobs,
     run_doc,
@@ -166,3 +167,72 @@ def test_image_pull_failures(kube, operator, namespace):  # noqa: F811
     assert time.monotonic() - start < 60
     fails_with(kube, namespace, "nopull", backoff)
     assert get_run(kube, namespace, "nopull")["status"]["phase"] == "Failed"
+
+
+VAP = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies"
+VAP_BINDINGS = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings"
+FORBIDDEN = "example.com/forbidden"
+
+
+def test_a_job_a_cluster_policy_refuses_fails_the_run_once(kube, operator, namespace):  # noqa: F811
+    """A cluster policy (a real ValidatingAdmissionPolicy, in the API server) refuses a stage's Job with 422: the
+    run fails with JobRefused naming the stage and the policy's words, once, instead of
+    retrying the create forever; a new generation tries again."""
+    from synpo_devcluster.client import ApiError
+
+    name = f"synpo-test-{uuid.uuid4().hex[:8]}"
+    kube.post(VAP, {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+                    "metadata": {"name": name}, "spec": {
+                        "failurePolicy": "Fail",
+                        "matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
+                                                                "operations": ["CREATE"], "resources": ["jobs"]}]},
+                        "validations": [{
+                            "expression": "!has(object.spec.template.spec.tolerations) || "
+                                          f"object.spec.template.spec.tolerations.all(t, !has(t.key) || t.key != '{FORBIDDEN}')",
+                            "message": f"tolerations of {FORBIDDEN} are not allowed here"}]}})
+    kube.post(VAP_BINDINGS, {"apiVersion": "admissionregistration.k8s.io/v1",
+                             "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": name}, "spec": {
+                                 "policyName": name, "validationActions": ["Deny"],
+                                 "matchResources": {"namespaceSelector": {"matchLabels": {
+                                     "kubernetes.io/metadata.name": namespace}}}}})
+    try:
+        probe = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "probe"}, "spec": {"template": {
+            "spec": {"restartPolicy": "Never", "tolerations": [{"key": FORBIDDEN, "operator": "Exists"}],
+                     "containers": [{"name": "c", "image": "x"}]}}}}
+
+        def in_force() -> bool:  # the API server's policy informer takes a moment
+            try:
+                kube.post(f"/apis/batch/v1/namespaces/{namespace}/jobs", probe, dryRun="All")
+            except ApiError as err:
+                return err.status == 422
+            return False
+
+        wait_until("the policy in force", in_force, timeout=30)
+        doc = run_doc("refused", resources={"image": "synpo-workloads:test", "gpusPerPod": 1, "cpu": "1",
+                                            "memory": "1Gi", "tolerations": [
+                                                {"key": FORBIDDEN, "operator": "Exists", "effect": "NoSchedule"}]})
+        apply(kube, namespace, doc)
+        status = wait_run(kube, namespace, "refused", lambda s: s.get("phase") == "Failed", timeout=60)["status"]
+        failed = conditions(status)["Failed"]
+        assert failed["reason"] == "JobRefused", failed
+        assert re.match(r"stage i0-[a-z-]+: the API server refused its Job \(HTTP 422 Invalid\): ", failed["message"])
+        assert f"tolerations of {FORBIDDEN} are not allowed here" in failed["message"]
+        # a policy's words name no Job field (the API server's own validation does: tests/unit/test_reconcile.py)
+        assert failed["message"].endswith("it names no field the run sets: see docs/troubleshooting.md, "
+                                          "'A stage's Job is refused'"), failed["message"]
+        wait_for_event(kube, namespace, "refused", "JobRefused", "not allowed here")
+        assert jobs(kube, namespace, "refused") == {}
+        # nothing retried: the status stays as it is and no second Event comes
+        version = get_run(kube, namespace, "refused")["metadata"]["resourceVersion"]
+        time.sleep(5)
+        assert get_run(kube, namespace, "refused")["metadata"]["resourceVersion"] == version
+        assert sum(e.get("count") or 1 for e in events(kube, namespace, "refused") if e["reason"] == "JobRefused") == 1
+        # the cluster's policy goes; a new generation (any spec change) starts the run
+        kube.delete(f"{VAP_BINDINGS}/{name}")
+        wait_until("the policy lifted", lambda: not in_force(), timeout=30)
+        kube.patch(f"/apis/synpo.dev/v1alpha1/namespaces/{namespace}/synporuns/refused",
+                   {"spec": {"promptsPerIteration": 21}})
+        wait_until("the run's first Jobs", lambda: jobs(kube, namespace, "refused"), timeout=60)
+    finally:
+        kube.delete_if_exists(f"{VAP_BINDINGS}/{name}")
+        kube.delete_if_exists(f"{VAP}/{name}")

@@ -736,3 +736,49 @@ def test_examples_reconcile_first_step():
     out = reconcile(doc, JobExecutor("alignment", "llama3-synpo", run=run, uid="u", request=kube), T0)
     assert out.phase == "Pending"  # Jobs created suspended for Kueue
     assert sorted(out.started) == ["i0-evaluate", "i0-keywords", "i1-improver"]
+
+
+def test_a_job_the_api_server_refuses_fails_the_run_once_naming_the_run_field():
+    """A 422 on a Job create (a field the API server or a cluster policy refuses) is not retried forever: the run
+    fails with JobRefused, naming the stage and the run field behind the Job field; a new generation retries."""
+    h = Harness()
+    refuse = {"demo-i0-keywords"}
+    kube = h.kube
+
+    def refusing(method, path, body=None, **kw):
+        if method == "POST" and body and body["metadata"]["name"] in refuse:
+            raise KubeError(method, path, 422, {"reason": "Invalid", "message": (
+                'Job.batch "demo-i0-keywords" is invalid: spec.template.spec.tolerations[0].key: '
+                'Invalid value: "x/../y": a qualified name must consist of alphanumeric characters')})
+        return kube(method, path, body, **kw)
+
+    h.kube = refusing  # type: ignore[assignment]
+    h.job_names = lambda: sorted(kube.jobs())  # type: ignore[method-assign]
+    out = h.step()
+    st = h.status
+    assert out.phase == "Failed" and st["phase"] == "Failed"
+    failed = {c["type"]: c for c in st["conditions"]}["Failed"]
+    assert failed["reason"] == "JobRefused"
+    assert failed["message"].startswith("stage i0-keywords: the API server refused its Job (HTTP 422 Invalid)")
+    assert "set by spec.resources.tolerations" in failed["message"]
+    assert [e.reason for e in out.events] == ["JobRefused"]
+    assert h.job_names() == []  # the stages started beside it are stopped
+    writes, creates = h.writes, list(kube.creates)
+    again = h.step()
+    assert again.phase == "Failed" and not again.events and h.writes == writes and kube.creates == creates
+    refuse.clear()
+    h.body["metadata"]["generation"] = 2
+    out = h.step()
+    assert out.phase == "Running" and "i0-keywords" in out.started
+
+
+def test_refusals_name_the_run_fields_behind_the_job_fields():
+    from synpo_operator.executors.manifests import run_fields_in
+
+    assert run_fields_in("spec.template.spec.nodeSelector: Invalid value; "
+                         "spec.template.spec.containers[0].resources.limits: Invalid") == [
+        "spec.resources.nodeSelector", "spec.resources (cpu, memory, GPUs)"]
+    assert run_fields_in("spec.replicatedJobs[0].template.spec.template.spec.affinity.nodeAffinity: x") == [
+        "spec.resources.affinity"]
+    assert run_fields_in("metadata.labels: Invalid value: \"kueue.x-k8s.io/queue-name\"") == ["spec.queueName"]
+    assert run_fields_in("denied by policy require-team-label") == []

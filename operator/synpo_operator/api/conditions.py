@@ -17,6 +17,7 @@ MAX_MESSAGE = 1024
 
 # Reasons (CamelCase, machine-readable): one spelling each.
 INVALID_SPEC = "InvalidSpec"
+JOB_REFUSED = "JobRefused"  # the API server or a cluster policy refused a stage's Job: not retried
 WAITING_FOR_CAPACITY = "WaitingForCapacity"
 QUEUED = "Queued"
 STAGE_RUNNING = "StageRunning"

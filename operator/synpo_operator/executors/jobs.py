@@ -21,7 +21,7 @@ from ..api.run import SynPORun
 from ..clock import parse_time
 from ..kube import KubeError, WatchCache, informer, request
 from ..modelinfo import model_problems
-from ..plan.executor import StageRecord
+from ..plan.executor import StageRecord, StageRefused
 from ..plan.graph import stage_graph
 from ..plan.planner import Start
 from .job_status import WORKLOAD_JOB_UID_LABEL, job_record, jobset_record, owned_by, pods_lag
@@ -32,6 +32,7 @@ from .manifests import (
     LABEL_RUN,
     LABEL_STAGE_KEY,
     render_stage,
+    run_fields_in,
     stage_config_problems,
     uses_jobset,
 )
@@ -49,6 +50,18 @@ WORKLOADS = "/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads"
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+
+
+def refusal_message(kind: str, err: KubeError) -> str:
+    """What a user reads when the API server refuses a stage's Job: its own words, and the run's fields behind
+    the Job fields it names."""
+    body = err.body if isinstance(err.body, dict) else {}
+    said = str(body.get("message") or err.body)
+    causes = [str(c.get("field")) for c in (body.get("details") or {}).get("causes") or [] if isinstance(c, dict)]
+    fields = run_fields_in(" ".join([said, *causes]))  # a policy's fieldPath comes only as a cause
+    where = ("; set by " + ", ".join(fields)) if fields else \
+        "; it names no field the run sets: see docs/troubleshooting.md, 'A stage's Job is refused'"
+    return f"the API server refused its {kind} (HTTP {err.status} {err.reason or 'Invalid'}): {said}{where}"
 
 
 def _start_pool() -> ThreadPoolExecutor:
@@ -363,6 +376,8 @@ class JobExecutor:
         except KubeError as err:
             if err.conflict:
                 return False
+            if err.status in (400, 422):  # invalid, or denied by a policy: the same Job would be refused again
+                raise StageRefused(start.stage.key, refusal_message(job["kind"], err)) from err
             raise
         self.created.append(job["metadata"]["name"])
         cache = self._cache("jobsets" if is_jobset else "jobs") if isinstance(created, dict) else None

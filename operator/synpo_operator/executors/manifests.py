@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from ..api.common import API_VERSION, STAGE_CONFIG_ANNOTATION
@@ -250,6 +251,35 @@ def stage_config_problems(run: SynPORun) -> list[str]:
         except StageConfigTooLarge as err:
             problems.append(str(err))
     return problems
+
+
+# Where the run's fields land in a stage's Job (render_job): read back to name the run field behind a Job field
+# the API server or a cluster policy refused. Patterns match inside a JobSet's nested template too.
+_RUN_FIELD_OF_JOB_FIELD = (
+    (re.compile(r"template\.spec\.nodeSelector"), "spec.resources.nodeSelector"),
+    (re.compile(r"template\.spec\.tolerations"), "spec.resources.tolerations"),
+    (re.compile(r"template\.spec\.affinity"), "spec.resources.affinity"),
+    (re.compile(r"template\.spec\.imagePullSecrets"), "spec.resources.imagePullSecrets"),
+    (re.compile(r"template\.spec\.priorityClassName"), "spec.resources.priorityClassName"),
+    (re.compile(r"template\.spec\.serviceAccountName"), "spec.resources.serviceAccountName"),
+    (re.compile(r"containers\[\d+\]\.image"), "spec.resources.image"),
+    (re.compile(r"containers\[\d+\]\.resources"), "spec.resources (cpu, memory, GPUs)"),
+    (re.compile(r"containers\[\d+\]\.env"), "spec.env"),
+    (re.compile(r"volumes\[\d+\]\.persistentVolumeClaim|volumes\[\d+\]\.emptyDir"),
+     "spec.storage (volume, modelCache) / spec.resources.ephemeralStorage"),
+    (re.compile(re.escape(LABEL_QUEUE)), "spec.queueName"),
+    (re.compile(re.escape(LABEL_PRIORITY_CLASS)), "spec.workloadPriorityClassName"),
+)
+
+
+def run_fields_in(message: str) -> list[str]:
+    """The run's fields behind the Job fields an API server message names (in message order, once each)."""
+    found: list[tuple[int, str]] = []
+    for pattern, field in _RUN_FIELD_OF_JOB_FIELD:
+        match = pattern.search(message)
+        if match and field not in (f for _, f in found):
+            found.append((match.start(), field))
+    return [field for _, field in sorted(found)]
 
 
 def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | None = None) -> dict[str, Any]:

@@ -14,6 +14,17 @@ from typing import Any, Protocol
 from .planner import StagePhase, StageState, Start
 
 
+class StageRefused(Exception):
+    """The backend refused to start a stage for good: the API server found its Job invalid, or a cluster policy
+    (an admission webhook, a ValidatingAdmissionPolicy) denied it. The same spec would be refused again, so the
+    run fails with the refusal instead of retrying it."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
 @dataclass(frozen=True)
 class Stuck:
     """Why a running stage's pods cannot start (a Job the API server refuses pods, an unschedulable pod, an
