@@ -196,10 +196,15 @@ def get_schedule(namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
-def patch_schedule_status(namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
-    """Merge-patch the schedule's status subresource (never the spec)."""
+def patch_schedule_status(namespace: str, name: str, patch: dict[str, Any],
+                          resource_version: str | None = None) -> dict[str, Any] | None:
+    """Merge-patch the schedule's status subresource (never the spec); with `resource_version`, only if the
+    schedule is still at that version (409 Conflict otherwise), as `patch_run_status`."""
+    doc: dict[str, Any] = {"status": patch}
+    if resource_version:
+        doc["metadata"] = {"resourceVersion": resource_version}
     try:
-        return request("PATCH", schedule_path(namespace, name) + "/status", {"status": patch},
+        return request("PATCH", schedule_path(namespace, name) + "/status", doc,
                        content_type="application/merge-patch+json")
     except KubeError as err:
         if err.not_found:

@@ -159,8 +159,24 @@ class ScheduleController:
             return
         status = {**old, "observedGeneration": meta.get("generation"), "conditions": invalid_spec_conditions(
             message, meta.get("generation"), old.get("conditions"), clock.now())}
-        kube.patch_schedule_status(meta["namespace"], meta["name"], status_patch(old, _normalise(status)))
-        self.events.post(body, "Warning", INVALID_SPEC, message)
+        if self._write_status(body, status_patch(old, _normalise(status))):
+            self.events.post(body, "Warning", INVALID_SPEC, message)
+
+    def _write_status(self, body: Body, patch: Body) -> bool:
+        """Write a status computed from `body`, guarded by its resourceVersion: a step that read an older
+        schedule (a replica that has just lost the lease, Kopf's own annotation write in between) never
+        overwrites a newer status. False on a conflict: the step runs again from a fresh read."""
+        meta = body["metadata"]
+        try:
+            kube.patch_schedule_status(meta["namespace"], meta["name"], patch,
+                                       resource_version=meta.get("resourceVersion"))
+            return True
+        except kube.KubeError as err:
+            if not err.conflict:
+                raise
+        log.info("%s/%s: schedule status write conflicted; stepping again", meta["namespace"], meta["name"])
+        self.trigger(meta["namespace"], meta["name"], "status write conflicted")
+        return False
 
     def reconcile_now(self, namespace: str, name: str, why: str = "") -> ScheduleOutcome | None:
         body = kube.get_schedule(namespace, name)
@@ -195,8 +211,8 @@ class ScheduleController:
         # 3. status (the promotion is recorded here, before the runs are marked as judged)
         old = body.get("status") or {}
         new = _normalise(outcome.status)
-        if status_differs(old, new, normalise=_normalise):
-            kube.patch_schedule_status(namespace, name, status_patch(old, new))
+        if status_differs(old, new, normalise=_normalise) and not self._write_status(body, status_patch(old, new)):
+            return None  # judged runs, pruning and Events wait for the step that writes its status
         # 4. mark each judged run, so it is judged once
         for run, verdict in outcome.annotate.items():
             kube.annotate_run(namespace, run, {PROMOTION_ANNOTATION: verdict})
