@@ -20,6 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from .api.conditions import STAGE_STUCK
 from .api.run import IterationSummary, SynPORunStatus, WinRateFigure
 from .clock import parse_time
 from .plan.graph import StageId
@@ -38,6 +39,9 @@ class Metrics:
         self.runs = Gauge("synpo_runs", "SynPORuns by phase", ["phase"], registry=r)
         self.run_iteration = Gauge("synpo_run_iteration", "Iteration in progress per run",
                                    ["namespace", "run"], registry=r)
+        self.run_stuck = Gauge("synpo_run_stuck", "1 while a stage of the run cannot start (the StageStuck "
+                               "condition), with its reason; absent otherwise", ["namespace", "run", "reason"],
+                               registry=r)
         self.stage_duration = Histogram("synpo_stage_duration_seconds", "Run time of finished stages",
                                         ["stage", "outcome"], buckets=STAGE_BUCKETS, registry=r)
         self.stage_failures = Counter("synpo_stage_failures", "Stages that failed (after their retries)",
@@ -83,6 +87,7 @@ class Metrics:
                                        ["namespace", "schedule"], registry=r)
         self._lock = threading.Lock()
         self._phases: dict[tuple[str, str], str] = {}
+        self._stuck: dict[tuple[str, str], str] = {}
         self._series: dict[tuple[str, str], set[tuple[Any, tuple[str, ...]]]] = {}
         self.last_reconcile = time.monotonic()
         for phase in PHASES:
@@ -112,10 +117,18 @@ class Metrics:
         self.set_phase(namespace, run, outcome.phase)
         key = (namespace, run)
         status = SynPORunStatus.model_validate(outcome.status or {})
+        stuck = next((c.reason for c in status.conditions if c.type == STAGE_STUCK and c.status == "True"), None)
         with self._lock:
             if status.iteration is not None:
                 self.run_iteration.labels(namespace, run).set(status.iteration)
                 self._track(key, self.run_iteration, (namespace, run))
+            before = self._stuck.pop(key, None)
+            if before is not None and before != stuck:
+                self.run_stuck.remove(namespace, run, before)
+            if stuck is not None:
+                self._stuck[key] = stuck
+                self.run_stuck.labels(namespace, run, stuck).set(1)
+                self._track(key, self.run_stuck, (namespace, run, stuck))
             for summary in status.iterations:
                 t = str(summary.index)
                 for metric, value in ((self.pairs_kept, summary.pairs_kept), (self.judge_errors, summary.judge_errors),
@@ -183,6 +196,7 @@ class Metrics:
         """Drop every per-run series (the run was deleted)."""
         self.set_phase(namespace, run, None)
         with self._lock:
+            self._stuck.pop((namespace, run), None)
             for metric, labels in self._series.pop((namespace, run), set()):
                 try:
                     metric.remove(*labels)

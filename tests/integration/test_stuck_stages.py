@@ -83,6 +83,8 @@ def test_refused_pods_missing_priority_class(kube, operator, namespace):  # noqa
     assert re.search(r"stage (i\d-[a-z-]+) is stuck \(PodCreationRefused\): Job later-\1 cannot create pods: "
                      r"Error creating: pods \"later-\1-[-0-9a-z]*\" is forbidden: no PriorityClass", cond["message"]), cond
     wait_for_event(kube, namespace, "later", "PodCreationRefused", needle)
+    series = f'synpo_run_stuck{{namespace="{namespace}",reason="PodCreationRefused",run="later"}} 1.0'
+    wait_until("the stuck metric", lambda: series in operator.metrics(), timeout=15)
     # the cause goes away: the Job controller's next try creates the pods and the condition clears
     kube.post("/apis/scheduling.k8s.io/v1/priorityclasses",
               {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": fixed},
@@ -91,6 +93,8 @@ def test_refused_pods_missing_priority_class(kube, operator, namespace):  # noqa
         status = wait_run(kube, namespace, "later", lambda s: conditions(s).get("StageStuck", {}).get("status")
                           == "False", timeout=60)["status"]
         assert conditions(status)["StageStuck"]["reason"] == "NotStuck" and status["phase"] != "Failed"
+        wait_until("the stuck metric gone", lambda: 'run="later"' not in "".join(
+            line for line in operator.metrics().splitlines() if line.startswith("synpo_run_stuck{")), timeout=15)
     finally:
         kube.delete_if_exists(f"/apis/scheduling.k8s.io/v1/priorityclasses/{fixed}")
     # the other run's cause stays: it fails after its stuckPodTimeoutSeconds, its Jobs kept (Failed)

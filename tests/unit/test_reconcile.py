@@ -782,3 +782,23 @@ def test_refusals_name_the_run_fields_behind_the_job_fields():
         "spec.resources.affinity"]
     assert run_fields_in("metadata.labels: Invalid value: \"kueue.x-k8s.io/queue-name\"") == ["spec.queueName"]
     assert run_fields_in("denied by policy require-team-label") == []
+
+
+def test_stuck_metric_follows_the_stagestuck_condition():
+    from types import SimpleNamespace
+
+    metrics = Metrics()
+
+    def observe(stuck_reason):
+        conds = [] if stuck_reason is None else [{"type": "StageStuck", "status": "True", "reason": stuck_reason,
+                                                  "message": "m", "lastTransitionTime": ts(T0)}]
+        metrics.observe("ns", "r", SimpleNamespace(phase="Running", status={"phase": "Running", "conditions": conds},
+                                                   started=[], retries={}, transitions=[]))
+        return [line for line in metrics.render().decode().splitlines() if line.startswith("synpo_run_stuck{")]
+
+    assert observe("Unschedulable") == ['synpo_run_stuck{namespace="ns",reason="Unschedulable",run="r"} 1.0']
+    assert observe("ImagePullFailed") == ['synpo_run_stuck{namespace="ns",reason="ImagePullFailed",run="r"} 1.0']
+    assert observe(None) == []
+    observe("Unschedulable")
+    metrics.forget("ns", "r")
+    assert 'synpo_run_stuck{' not in metrics.render().decode()
