@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from .api.common import GROUP, JOBSET_API_VERSION, STAGE_CONFIG_ANNOTATION, VERSION
+from .api.common import GROUP, JOBSET_API_VERSION, KUEUE_API_VERSION, STAGE_CONFIG_ANNOTATION, VERSION
 from .ratelimit import TokenBucket
 
 RUN_PLURAL = "synporuns"
@@ -518,7 +518,7 @@ _informers: dict[str, list[tuple[str | None, WatchCache]]] = {}
 
 def collection_path(kind: str, namespace: str | None) -> str:
     base = {"runs": f"/apis/{GROUP}/{VERSION}", "jobs": "/apis/batch/v1", "pods": "/api/v1", "events": "/api/v1",
-            "jobsets": f"/apis/{JOBSET_API_VERSION}"}[kind]
+            "jobsets": f"/apis/{JOBSET_API_VERSION}", "workloads": f"/apis/{KUEUE_API_VERSION}"}[kind]
     plural = RUN_PLURAL if kind == "runs" else kind
     return f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
 

@@ -379,10 +379,8 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
             outcome.delete_run = True
         else:
             outcome.requeue_after = left
-    elif queued:
-        # the deadline clock stands still; Kueue's message (not watched) is read again a little later
-        outcome.requeue_after = QUEUED_RECHECK_SECONDS
-    elif not decision.finished and run.spec.active_deadline_seconds is not None and status.start_time:
+    elif (not queued  # while queued the deadline clock stands still (Kueue's Workloads are watched)
+          and not decision.finished and run.spec.active_deadline_seconds is not None and status.start_time):
         active_for = active_seconds(status.to_api(), now) or 0.0
         outcome.requeue_after = max(0.0, run.spec.active_deadline_seconds - active_for) + 0.5
     # a stuck stage fails stuckPodTimeoutSeconds after it got stuck, whether or not anything else happens
@@ -395,9 +393,6 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
     return outcome
 
 
-QUEUED_RECHECK_SECONDS = 15.0
-"""How often a run whose every unfinished stage waits in a Kueue queue is reconciled (Workloads are not
-watched: this refreshes the queue's message in the status)."""
 
 
 def queue_clock(previous: Mapping[str, Any], queued: bool, now: datetime) -> dict[str, Any]:
@@ -458,7 +453,7 @@ def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[
 
 
 __all__ = [
-    "QUEUED_RECHECK_SECONDS", "Event", "Outcome", "Transition", "active_seconds", "iteration_summaries",
+    "Event", "Outcome", "Transition", "active_seconds", "iteration_summaries",
     "merge_events", "observed_for_plan", "queue_clock", "reconcile", "run_from_body", "status_differs",
     "status_patch",
 ]

@@ -243,7 +243,7 @@ def test_rbac_is_least_privilege(rendered, name):
     # never update a Job; patch only fails a stuck stage's Job (annotation + activeDeadlineSeconds)
     assert grants[("batch", "jobs")] == {"get", "list", "watch", "create", "delete", "patch"}
     assert {"list", "watch"} <= grants[("", "events")]  # FailedCreate Events: why a stage has no pods
-    assert grants[("kueue.x-k8s.io", "workloads")] == {"list"}  # why a queued stage waits; never written
+    assert grants[("kueue.x-k8s.io", "workloads")] == {"list", "watch"}  # why a queued stage waits; never written
     assert ("", "nodes") not in grants and ("", "pods/exec") not in grants
     assert ("", "configmaps") not in grants  # stage configs travel in their Jobs
     assert grants[("apiextensions.k8s.io", "customresourcedefinitions")] == {"get", "list", "watch"}

@@ -18,7 +18,6 @@ from synpo_operator.kube import KubeError
 from synpo_operator.metrics import Metrics
 from synpo_operator.plan.planner import StagePhase
 from synpo_operator.reconcile import (
-    QUEUED_RECHECK_SECONDS,
     active_seconds,
     reconcile,
     run_from_body,
@@ -551,7 +550,7 @@ def test_queued_run_shows_kueues_message():
     assert ready["message"].count("2 more needed") == 3  # one per queued Job
     stage = {s["name"]: s for s in h.status["stages"]}["i1-improver"]
     assert stage["phase"] == "Running" and stage["message"] == NO_QUOTA
-    assert out.requeue_after == QUEUED_RECHECK_SECONDS  # Workloads are not watched: read again soon
+    assert out.requeue_after is None  # Workloads are watched (controller/runs.py): no polling
 
 
 def test_queued_without_kueue_api_still_says_queued():
@@ -610,7 +609,7 @@ def test_run_deadline_does_not_count_time_queued():
     h = Harness(queueName="team-a", activeDeadlineSeconds=600)
     out = h.step()  # Jobs created suspended at T0: the run starts queued, its deadline clock stands still
     assert out.phase == "Pending" and h.status["startTime"] == h.status["queuedSince"] == ts(T0)
-    assert out.requeue_after == QUEUED_RECHECK_SECONDS
+    assert out.requeue_after is None  # nothing due while queued
     h.now += timedelta(seconds=5000)  # long past the deadline in wall-clock time, all of it queued
     assert h.step().phase == "Pending"
     assert active_seconds(h.status, h.now) == 0

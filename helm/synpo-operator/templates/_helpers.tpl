@@ -101,10 +101,11 @@ each Role in namespaced scope). Least privilege:
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
-# Kueue's Workloads of queued stage Jobs: their message says why a stage waits (read-only; absent API: ignored)
+# Kueue's Workloads of queued stage Jobs: their message says why a stage waits (read-only, watched; absent API:
+# ignored)
 - apiGroups: ["kueue.x-k8s.io"]
   resources: ["workloads"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 - apiGroups: [""]
   resources: ["events"]
   # list/watch: the Job controller's FailedCreate Events say why a stage has no pods (a stuck stage)

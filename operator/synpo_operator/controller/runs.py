@@ -29,6 +29,7 @@ from .. import clock, kube
 from ..api.loader import SpecError
 from ..clock import parse_time
 from ..events import EventPoster
+from ..executors.job_status import WORKLOAD_JOB_UID_LABEL
 from ..executors.jobs import FAILED_CREATE_SELECTOR, JobExecutor
 from ..executors.manifests import LABEL_RUN, RUN_KIND
 from ..executors.stuck import pod_stuck
@@ -113,6 +114,10 @@ class RunController:
             # later, the executor LISTs them and the full resync notices their changes
             **({"jobsets": (LABEL_RUN, kube.slim_job, self.on_job)}
                if all(kube.can_list("jobsets", ns) for ns in self.settings.scopes) else {}),
+            # Kueue's Workloads (why a queued stage waits) likewise; without them the queued message is
+            # Kueue-free and nothing needs re-reading
+            **({"workloads": (WORKLOAD_JOB_UID_LABEL, kube.slim, self.on_workload)}
+               if all(kube.can_list("workloads", ns) for ns in self.settings.scopes) else {}),
         }, index={"runs": SCHEDULE_LABEL}, fields={"events": FAILED_CREATE_SELECTOR})
 
     @property
@@ -255,6 +260,20 @@ class RunController:
                       if r.get("kind") == RUN_KIND and r.get("controller")), None)
         if owner:
             self.trigger(meta.get("namespace", ""), owner, f"job {type_.lower()}")
+
+    def on_workload(self, type_: str, old: Body | None, new: Body) -> None:
+        """Kueue changed its word on a Job of ours (admitted, evicted, the queue's message): reconcile its run."""
+        meta = new.get("metadata") or {}
+        namespace = meta.get("namespace", "")
+        if type_ == "DELETED" or not self.settings.watched(namespace) or (
+                old is not None and old.get("status") == new.get("status")):
+            return
+        jobs = kube.informer("jobs", namespace)
+        for ref in meta.get("ownerReferences") or []:
+            job = jobs.get(namespace, ref.get("name", "")) if jobs is not None and ref.get("kind") == "Job" else None
+            run = ((job or {}).get("metadata") or {}).get("labels", {}).get(LABEL_RUN)
+            if run:
+                self.trigger(namespace, run, f"workload {meta.get('name')} {type_.lower()}")
 
     def on_pod(self, type_: str, old: Body | None, new: Body) -> None:
         """A pod's change matters to its run only when it gets stuck, changes why, or gets going again (the

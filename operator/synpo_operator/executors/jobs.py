@@ -19,7 +19,7 @@ from .. import clock as _clock
 from ..api.common import JOBSET_API_VERSION
 from ..api.run import SynPORun
 from ..clock import parse_time
-from ..kube import KubeError, WatchCache, informer, request
+from ..kube import KubeError, WatchCache, collection_path, informer, request
 from ..modelinfo import model_problems
 from ..plan.executor import StageRecord, StageRefused
 from ..plan.graph import stage_graph
@@ -46,7 +46,6 @@ FAILED_CREATE_SELECTOR = f"involvedObject.kind=Job,reason={FAILED_CREATE}"
 EVENTS_AFTER_SECONDS = 5.0
 """Without an Events informer, a Job's Events are listed only once it has had this long to make a pod."""
 
-WORKLOADS = "/apis/kueue.x-k8s.io/v1beta2/namespaces/{namespace}/workloads"
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -258,14 +257,20 @@ class JobExecutor:
         return found
 
     def _workloads(self, jobs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Kueue's Workloads of the suspended Jobs, by Job uid (one LIST, only while a stage waits in a queue):
-        they say why a stage is not admitted. Without Kueue's API (or the RBAC to read it): none."""
+        """Kueue's Workloads of the suspended Jobs, by Job uid: they say why a stage is not admitted. From the
+        operator's Workloads informer; without one, a LIST (`synpo plan`, tests) unless the operator's other
+        informers run (then it found Kueue's API unreadable at start). Without Kueue's API or RBAC: none."""
         uids = [j["metadata"]["uid"] for j in jobs
                 if (j.get("spec") or {}).get("suspend") and (j.get("metadata") or {}).get("uid")]
         if not uids:
             return {}
+        cache = self._cache("workloads")
+        if cache is not None:
+            return {uid: w for uid in uids for w in cache.by_label(self.namespace, uid)[:1]}
+        if self._cache("jobs") is not None:
+            return {}
         try:
-            items = (self._request("GET", WORKLOADS.format(namespace=self.namespace), query={
+            items = (self._request("GET", collection_path("workloads", self.namespace), query={
                 "labelSelector": f"{WORKLOAD_JOB_UID_LABEL} in ({','.join(sorted(uids))})"}) or {}).get("items")
         except KubeError as err:
             if err.status not in (403, 404):
