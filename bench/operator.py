@@ -277,20 +277,7 @@ def install_crds(kube: KubeClient) -> None:
     import yaml
 
     for path in sorted((ROOT / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        name = crd["metadata"]["name"]
-        base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-        try:
-            kube.post(base, crd)
-        except ApiError as err:
-            if err.status != 409:
-                raise
-            current = kube.get(f"{base}/{name}")
-            crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-            kube.put(f"{base}/{name}", crd)
-        kube.wait_for(f"{base}/{name}", lambda o: any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in (o.get("status") or {}).get("conditions") or []), timeout=60)
+        kube.apply_crd(yaml.safe_load(path.read_text()))
 
 
 class Bench:

@@ -33,7 +33,7 @@ from typing import Any
 
 from . import build as _build
 from . import cluster as _cluster
-from .client import ApiError, KubeClient
+from .client import CRD_PATH, ApiError, KubeClient
 
 NAME = "jobset"
 JOBSET_VERSION = "v0.11.1"
@@ -150,35 +150,9 @@ def _install_crd(admin: KubeClient, version: str) -> None:
         crd = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         cached.write_text(json.dumps(crd))
     crd["metadata"].setdefault("annotations", {})[CRD_HASH] = digest
-    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    try:
-        admin.post(path, crd)
-    except ApiError as e:
-        if e.status != 409:
-            raise
-        current = admin.get(f"{path}/{CRD_NAME}")
-        # the same CRD is not written again: an update of this large schema costs the API server seconds
-        if (current["metadata"].get("annotations") or {}).get(CRD_HASH) != digest:
-            crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-            admin.put(f"{path}/{CRD_NAME}", crd)
-    admin.wait_for(f"{path}/{CRD_NAME}", lambda o: any(
-        c.get("type") == "Established" and c.get("status") == "True"
-        for c in (o.get("status") or {}).get("conditions") or []), timeout=30)
-
-
-def _serving_cert(certs: Path) -> bytes:
-    """A self-signed CA and a serving certificate for 127.0.0.1 (tls.crt/tls.key, the manager's names)."""
-    certs.mkdir(parents=True, exist_ok=True)
-    os.chmod(certs, 0o700)
-    _cluster._openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-                      "-days", "3650", "-subj", "/CN=synpo-dev-jobset-webhook-ca", cwd=certs)
-    (certs / "tls.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
-                                   "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _cluster._openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key", "-out", "tls.csr",
-                      "-subj", "/CN=127.0.0.1", cwd=certs)
-    _cluster._openssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                      "-out", "tls.crt", "-days", "3650", "-extfile", "tls.ext", cwd=certs)
-    return (certs / "ca.crt").read_bytes()
+    # the same CRD is not written again: an update of this large schema costs the API server seconds
+    admin.apply_crd(crd, unchanged=lambda current: (current["metadata"].get("annotations") or {}).get(CRD_HASH)
+                    == digest, timeout=30)
 
 
 def _webhooks(port: int, ca: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -211,19 +185,6 @@ def _webhooks(port: int, ca: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     return mutating, validating
 
 
-def _apply(admin: KubeClient, path: str, obj: dict[str, Any]) -> None:
-    name = obj["metadata"]["name"]
-    try:
-        current = admin.get(f"{path}/{name}")
-    except ApiError as e:
-        if e.status != 404:
-            raise
-        admin.post(path, obj)
-        return
-    obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-    admin.put(f"{path}/{name}", obj)
-
-
 def up(info: _cluster.ClusterInfo, build_if_needed: bool = True) -> None:
     """Install JobSet's CRD and webhook configurations, and start its controller unless it runs (idempotent:
     also puts back a CRD that was removed)."""
@@ -236,7 +197,7 @@ def up(info: _cluster.ClusterInfo, build_if_needed: bool = True) -> None:
     admin = info.client()
     _install_crd(admin, JOBSET_VERSION)
     if not running(info):
-        _serving_cert(sd / "jobset-certs")
+        _cluster.sign_serving_cert(Path(info.ca_file).parent, sd / "jobset-certs", "127.0.0.1")
         port, health = _cluster._free_ports(2)
         config = sd / "jobset-config.yaml"
         config.write_text(json.dumps({  # YAML is a superset of JSON
@@ -255,9 +216,9 @@ def up(info: _cluster.ClusterInfo, build_if_needed: bool = True) -> None:
         _state_file(info).write_text(json.dumps({"pid": procs[NAME].pid, "webhook": port, "health": health,
                                                  "version": JOBSET_VERSION}))
     port = json.loads(_state_file(info).read_text())["webhook"]
-    mutating, validating = _webhooks(port, (sd / "jobset-certs" / "ca.crt").read_bytes())
-    _apply(admin, "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", mutating)
-    _apply(admin, "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations", validating)
+    mutating, validating = _webhooks(port, Path(info.ca_file).read_bytes())
+    admin.apply("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", mutating)
+    admin.apply("/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations", validating)
     _wait_admission(admin)
     _cluster._log(f"jobset {JOBSET_VERSION} ready in {time.monotonic() - t0:.1f}s (webhooks at https://127.0.0.1:{port})")
 
@@ -297,8 +258,8 @@ def remove(admin: KubeClient) -> None:
     for path in ("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
                  "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"):
         admin.delete_if_exists(f"{path}/{WEBHOOK_CONFIG}")
-    admin.delete_if_exists(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}")
-    admin.wait_gone(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}")
+    admin.delete_if_exists(f"{CRD_PATH}/{CRD_NAME}")
+    admin.wait_gone(f"{CRD_PATH}/{CRD_NAME}")
 
 
 __all__ = ["JOBSET_VERSION", "build", "installed", "is_built", "remove", "running", "up"]

@@ -42,7 +42,6 @@ from pathlib import Path
 
 from . import build as _build
 from . import cluster as _cluster
-from .client import ApiError
 
 VERSION = "v0.17.0"
 MODULE = "sigs.k8s.io/kueue"
@@ -50,7 +49,6 @@ RECIPE = 1
 NAMESPACE = "kueue-system"
 API = "kueue.x-k8s.io/v1beta2"
 METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")  # hard-coded in Kueue's cmd/kueue/main.go
-CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 START_TIMEOUT = float(os.environ.get("SYNPO_DEVCLUSTER_START_TIMEOUT", "120"))
 
 
@@ -166,34 +164,12 @@ def _apply_crds(info: _cluster.ClusterInfo) -> None:
     import yaml
 
     kube = info.client()
-    names = []
     for path in sorted(crd_dir().glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        name = crd["metadata"]["name"]
-        names.append(name)
-        try:
-            kube.post(CRD_PATH, crd)
-        except ApiError as err:
-            if err.status != 409:
-                raise
-            crd["metadata"]["resourceVersion"] = kube.get(f"{CRD_PATH}/{name}")["metadata"]["resourceVersion"]
-            kube.put(f"{CRD_PATH}/{name}", crd)
-    for name in names:
-        kube.wait_for(f"{CRD_PATH}/{name}", lambda o: any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in (o.get("status") or {}).get("conditions") or []), timeout=60)
+        kube.apply_crd(yaml.safe_load(path.read_text()))
 
 
 def _certs(info: _cluster.ClusterInfo, webhook_dir: Path) -> None:
-    pki = Path(info.ca_file).parent
-    webhook_dir.mkdir(parents=True, exist_ok=True)
-    (webhook_dir / "san.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
-                                         "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _cluster._openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key", "-out", "tls.csr",
-                      "-subj", "/CN=kueue-webhook", cwd=webhook_dir)
-    _cluster._openssl("x509", "-req", "-in", "tls.csr", "-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"),
-                      "-CAcreateserial", "-CAserial", str(webhook_dir / "ca.srl"), "-out", "tls.crt",
-                      "-days", "3650", "-extfile", "san.ext", cwd=webhook_dir)
+    _cluster.sign_serving_cert(Path(info.ca_file).parent, webhook_dir, "kueue-webhook")
     if (METRICS_CERT_DIR / "tls.crt").exists() and (METRICS_CERT_DIR / "tls.key").exists():
         return
     try:

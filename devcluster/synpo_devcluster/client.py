@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 PATCH_TYPES = {
     "merge": "application/merge-patch+json",
     "strategic": "application/strategic-merge-patch+json",
@@ -159,6 +160,29 @@ class KubeClient:
             if e.status == 404:
                 return False
             raise
+
+    def apply(self, collection: str, obj: dict, *, unchanged: Callable[[dict], bool] | None = None) -> None:
+        """Create the object in `collection`, or replace the one there unless `unchanged(current)` says it is
+        the same."""
+        try:
+            self.post(collection, obj)
+            return
+        except ApiError as e:
+            if e.status != 409:
+                raise
+        path = f"{collection}/{obj['metadata']['name']}"
+        current = self.get(path)
+        if unchanged is None or not unchanged(current):
+            self.put(path, {**obj, "metadata": {**obj["metadata"],
+                                                "resourceVersion": current["metadata"]["resourceVersion"]}})
+
+    def apply_crd(self, crd: dict, *, unchanged: Callable[[dict], bool] | None = None,
+                  timeout: float = 60.0) -> None:
+        """`apply` a CustomResourceDefinition, then wait until it is Established."""
+        self.apply(CRD_PATH, crd, unchanged=unchanged)
+        self.wait_for(f"{CRD_PATH}/{crd['metadata']['name']}", lambda o: any(
+            c.get("type") == "Established" and c.get("status") == "True"
+            for c in (o.get("status") or {}).get("conditions") or []), timeout=timeout)
 
     def wait_for(
         self,

@@ -187,6 +187,21 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise ClusterError(f"openssl {args[0]} failed: {proc.stderr.strip().splitlines()[-1:]}")
 
 
+def sign_serving_cert(pki: Path, out: Path, cn: str, sans: str = "IP:127.0.0.1,DNS:localhost",
+                      name: str = "tls") -> None:
+    """`name`.crt and `name`.key in `out`: a serving certificate for `sans`, signed by the dev cluster's CA in
+    `pki` (the API server trusts it for webhooks by URL: their caBundle is the cluster's ca.crt)."""
+    out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o700)  # keys
+    (out / f"{name}.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+                                     f"extendedKeyUsage=serverAuth\nsubjectAltName={sans}\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+             "-subj", f"/CN={cn}", cwd=out)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"),
+             "-CAcreateserial", "-CAserial", str(out / "ca.srl"), "-out", f"{name}.crt", "-days", "3650",
+             "-extfile", f"{name}.ext", cwd=out)
+
+
 def _make_pki(pki: Path) -> dict[str, str]:
     pki.mkdir(parents=True, exist_ok=True)
     os.chmod(pki, 0o700)
@@ -206,44 +221,9 @@ def _make_pki(pki: Path) -> dict[str, str]:
         "/CN=synpo-dev-cluster-ca",
         cwd=pki,
     )
-    (pki / "apiserver.ext").write_text(
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
-        "subjectAltName=IP:127.0.0.1,IP:"
-        + SERVICE_IP
-        + ",DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
-    )
-    _openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "apiserver.key",
-        "-out",
-        "apiserver.csr",
-        "-subj",
-        "/CN=kube-apiserver",
-        cwd=pki,
-    )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        "apiserver.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "apiserver.crt",
-        "-days",
-        "3650",
-        "-extfile",
-        "apiserver.ext",
-        cwd=pki,
-    )
+    sign_serving_cert(pki, pki, "kube-apiserver", "IP:127.0.0.1,IP:" + SERVICE_IP + ",DNS:localhost,DNS:kubernetes,"
+                      "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local",
+                      name="apiserver")
     _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key", cwd=pki)
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
     tokens = {

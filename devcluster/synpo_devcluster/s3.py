@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -121,6 +122,15 @@ def _wait_http(url: str, proc: subprocess.Popen | None, timeout: float, log: Pat
     raise RuntimeError(f"S3 server at {url} did not answer within {timeout:.0f}s")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the process that started it dies (a killed test session must not
+    leave its S3 server running; the server's data is a temp dir of that session anyway). Linux only."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 @contextmanager
 def _seaweedfs(weed: Path, workdir: Path) -> Iterator[S3Server]:
     config = workdir / "s3.json"
@@ -138,7 +148,8 @@ def _seaweedfs(weed: Path, workdir: Path) -> Iterator[S3Server]:
     args += [f"-{k}={v}" for k, v in {**ports, **grpc}.items()]
     log = workdir / "weed.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True,
+                                preexec_fn=_die_with_parent)
     try:
         endpoint = f"http://127.0.0.1:{s3_port}"
         _wait_http(endpoint, proc, 90, log)
@@ -156,7 +167,8 @@ def _seaweedfs(weed: Path, workdir: Path) -> Iterator[S3Server]:
 def _moto() -> Iterator[S3Server]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=_die_with_parent)
     try:
         endpoint = f"http://127.0.0.1:{port}"
         _wait_http(endpoint, proc, 60)

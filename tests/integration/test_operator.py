@@ -140,19 +140,7 @@ class Operator:
 def crds(dev_cluster) -> None:
     kube = dev_cluster.client()
     for path in sorted(CRD_DIR.glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        name = crd["metadata"]["name"]
-        try:
-            kube.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
-        except ApiError as err:
-            if err.status != 409:
-                raise
-            current = kube.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-            crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-            kube.put(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}", crd)
-        kube.wait_for(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
-                      lambda o: any(c["type"] == "Established" and c["status"] == "True"
-                                    for c in (o.get("status") or {}).get("conditions") or []), timeout=60)
+        kube.apply_crd(yaml.safe_load(path.read_text()))
 
 
 @pytest.fixture
