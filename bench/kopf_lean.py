@@ -8,7 +8,8 @@ instead of our informers (`kube.WatchCache`), work queue and resync. The step it
 (`reconcile.reconcile` with the Jobs executor, the same status patch), so the benchmark compares drivers.
 
 - `@kopf.on.event` for SynPORuns, and for Jobs labelled `synpo.dev/run` (their owning run is reconciled);
-- `@kopf.index` for the runs, and for the Jobs and pods of each run (keyed by namespace and run name); the
+- `@kopf.index` for the runs, for the Jobs and pods of each run (keyed by namespace and run name) and for
+  Kueue's Workloads (by Job uid: the operator watches them too); the
   Jobs executor reads them through its injected `request` (a GET of a run's Jobs or pods is answered from
   the index; everything else goes to the API server);
 - no finalizers (only event and index handlers: Kopf adds none), no progress or diff-base annotations (event
@@ -42,7 +43,7 @@ import kopf  # noqa: E402
 from synpo_operator import clock, kube  # noqa: E402
 from synpo_operator.api.common import GROUP, VERSION  # noqa: E402
 from synpo_operator.api.loader import SpecError  # noqa: E402
-from synpo_operator.executors.job_status import pods_lag  # noqa: E402
+from synpo_operator.executors.job_status import WORKLOAD_JOB_UID_LABEL, pods_lag  # noqa: E402
 from synpo_operator.executors.jobs import JobExecutor, jobs_spec_problems  # noqa: E402
 from synpo_operator.executors.manifests import LABEL_RUN, RUN_KIND  # noqa: E402
 from synpo_operator.metrics import METRICS, serve  # noqa: E402
@@ -68,6 +69,12 @@ def job_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) ->
 @kopf.index("", "v1", "pods", labels={LABEL_RUN: kopf.PRESENT})
 def pod_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(namespace, labels[LABEL_RUN]): kube.slim_pod(dict(body))}
+
+
+@kopf.index("kueue.x-k8s.io", "v1beta2", "workloads", labels={WORKLOAD_JOB_UID_LABEL: kopf.PRESENT})
+def workload_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Kueue's Workloads by Job uid, as the operator's Workloads informer (empty without Kueue's API)."""
+    return {(namespace, labels[WORKLOAD_JOB_UID_LABEL]): kube.slim(dict(body))}
 
 
 class _State:
@@ -130,6 +137,10 @@ def indexed_request(method: str, path: str, body: Any = None, *, query: dict[str
         pods = _values("pod_index", key)
         if not pods_lag(jobs, pods):
             return {"items": pods}
+    if method == "GET" and parts[-1] == "workloads" and selector.startswith(WORKLOAD_JOB_UID_LABEL + " in ("):
+        namespace = parts[parts.index("namespaces") + 1]
+        uids = selector[len(WORKLOAD_JOB_UID_LABEL + " in ("):-1].split(",")
+        return {"items": [w for uid in uids for w in _values("workload_index", (namespace, uid))]}
     S.requests[f"{method} {parts[-1] if 'namespaces' in parts else path}"] += 1
     return kube.request(method, path, body, query=query, **kwargs)
 
@@ -224,7 +235,7 @@ def _later(key: tuple[str, str], seconds: float) -> None:
 
 def _capture(kwargs: dict[str, Any]) -> None:
     if not S.indexes:
-        S.indexes.update({k: kwargs[k] for k in ("run_index", "job_index", "pod_index")})
+        S.indexes.update({k: kwargs[k] for k in ("run_index", "job_index", "pod_index", "workload_index")})
 
 
 @kopf.on.event(GROUP, VERSION, RUNS)
