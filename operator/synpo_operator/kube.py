@@ -131,16 +131,19 @@ def get_run(namespace: str, name: str) -> dict[str, Any] | None:
     return copy.deepcopy(cached) if cached is not None else refresh_run(namespace, name)
 
 
+def _status_patch(patch: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
+    """A merge patch of the status subresource; with a resourceVersion, the API server applies it only to that
+    version of the object (409 Conflict otherwise)."""
+    return {"status": patch, **({"metadata": {"resourceVersion": resource_version}} if resource_version else {})}
+
+
 def patch_run_status(namespace: str, name: str, patch: dict[str, Any],
                      resource_version: str | None = None) -> dict[str, Any] | None:
     """Merge-patch the status subresource (never the spec). With `resource_version`, only if the run is still
     at that version (409 Conflict otherwise): a status computed from an older view never overwrites a newer
     one (another replica's write, a write whose watch event has not arrived)."""
-    doc: dict[str, Any] = {"status": patch}
-    if resource_version:
-        doc["metadata"] = {"resourceVersion": resource_version}
     try:
-        body = request("PATCH", run_path(namespace, name) + "/status", doc,
+        body = request("PATCH", run_path(namespace, name) + "/status", _status_patch(patch, resource_version),
                        content_type="application/merge-patch+json")
     except KubeError as err:
         if err.not_found:
@@ -200,11 +203,8 @@ def patch_schedule_status(namespace: str, name: str, patch: dict[str, Any],
                           resource_version: str | None = None) -> dict[str, Any] | None:
     """Merge-patch the schedule's status subresource (never the spec); with `resource_version`, only if the
     schedule is still at that version (409 Conflict otherwise), as `patch_run_status`."""
-    doc: dict[str, Any] = {"status": patch}
-    if resource_version:
-        doc["metadata"] = {"resourceVersion": resource_version}
     try:
-        return request("PATCH", schedule_path(namespace, name) + "/status", doc,
+        return request("PATCH", schedule_path(namespace, name) + "/status", _status_patch(patch, resource_version),
                        content_type="application/merge-patch+json")
     except KubeError as err:
         if err.not_found:

@@ -393,8 +393,6 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
     return outcome
 
 
-
-
 def queue_clock(previous: Mapping[str, Any], queued: bool, now: datetime) -> dict[str, Any]:
     """The status fields that take queued time out of the run's deadline: `queuedSince` (set while every
     unfinished stage waits for admission) and `queuedSeconds` (earlier such intervals, summed)."""
