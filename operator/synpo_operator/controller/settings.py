@@ -9,6 +9,7 @@ import socket
 from dataclasses import dataclass, field
 
 from ..capacity import Caps
+from ..kube import DEFAULT_BURST, DEFAULT_QPS
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,9 @@ class Settings:
     """A standby takes over this long after the leader's last renewal."""
     renew_seconds: float = 5.0
     """The leader renews this often (and gives up leading when it could not renew for `lease_seconds`)."""
-    kube_qps: float = 200.0
+    kube_qps: float = DEFAULT_QPS
     """Client-side limit of the operator's API requests per second (0: none), after a burst of `kube_burst`."""
-    kube_burst: int = 400
+    kube_burst: int = DEFAULT_BURST
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
     @property
