@@ -131,7 +131,7 @@ def get_run(namespace: str, name: str) -> dict[str, Any] | None:
     return copy.deepcopy(cached) if cached is not None else refresh_run(namespace, name)
 
 
-def _status_patch(patch: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
+def _guarded_status(patch: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
     """A merge patch of the status subresource; with a resourceVersion, the API server applies it only to that
     version of the object (409 Conflict otherwise)."""
     return {"status": patch, **({"metadata": {"resourceVersion": resource_version}} if resource_version else {})}
@@ -143,7 +143,7 @@ def patch_run_status(namespace: str, name: str, patch: dict[str, Any],
     at that version (409 Conflict otherwise): a status computed from an older view never overwrites a newer
     one (another replica's write, a write whose watch event has not arrived)."""
     try:
-        body = request("PATCH", run_path(namespace, name) + "/status", _status_patch(patch, resource_version),
+        body = request("PATCH", run_path(namespace, name) + "/status", _guarded_status(patch, resource_version),
                        content_type="application/merge-patch+json")
     except KubeError as err:
         if err.not_found:
@@ -204,7 +204,7 @@ def patch_schedule_status(namespace: str, name: str, patch: dict[str, Any],
     """Merge-patch the schedule's status subresource (never the spec); with `resource_version`, only if the
     schedule is still at that version (409 Conflict otherwise), as `patch_run_status`."""
     try:
-        return request("PATCH", schedule_path(namespace, name) + "/status", _status_patch(patch, resource_version),
+        return request("PATCH", schedule_path(namespace, name) + "/status", _guarded_status(patch, resource_version),
                        content_type="application/merge-patch+json")
     except KubeError as err:
         if err.not_found:

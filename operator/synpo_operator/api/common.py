@@ -12,8 +12,9 @@ GROUP = "synpo.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 JOBSET_API_VERSION = "jobset.x-k8s.io/v1alpha2"
-KUEUE_API_VERSION = "kueue.x-k8s.io/v1beta2"  # Workloads: why a queued stage waits
 """The JobSet API (sigs.k8s.io/jobset) the operator creates for training on several nodes."""
+KUEUE_API_VERSION = "kueue.x-k8s.io/v1beta2"
+"""Kueue's API: the operator reads (watches) its Workloads to say why a queued stage waits."""
 STAGE_CONFIG_ANNOTATION = f"{GROUP}/stage-config"
 """Pod-template annotation of a stage Job holding the stage config (projected into the pod as `stage.json`)."""
 

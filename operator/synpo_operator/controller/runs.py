@@ -268,10 +268,8 @@ class RunController:
         if type_ == "DELETED" or not self.settings.watched(namespace) or (
                 old is not None and old.get("status") == new.get("status")):
             return
-        jobs = kube.informer("jobs", namespace)
         for ref in meta.get("ownerReferences") or []:
-            job = jobs.get(namespace, ref.get("name", "")) if jobs is not None and ref.get("kind") == "Job" else None
-            run = ((job or {}).get("metadata") or {}).get("labels", {}).get(LABEL_RUN)
+            run = _run_of_job(namespace, ref.get("name", "")) if ref.get("kind") == "Job" else None
             if run:
                 self.trigger(namespace, run, f"workload {meta.get('name')} {type_.lower()}")
 
@@ -293,9 +291,7 @@ class RunController:
         namespace = involved.get("namespace") or (new.get("metadata") or {}).get("namespace", "")
         if type_ == "DELETED" or not self.settings.watched(namespace):
             return
-        jobs = kube.informer("jobs", namespace)
-        job = jobs.get(namespace, involved.get("name", "")) if jobs is not None else None
-        run = ((job or {}).get("metadata") or {}).get("labels", {}).get(LABEL_RUN)
+        run = _run_of_job(namespace, involved.get("name", ""))
         if run:
             self.trigger(namespace, run, f"FailedCreate on Job {involved.get('name')}")
 
@@ -380,6 +376,13 @@ class RunController:
             self.events.post(body, "Normal", "TTLExpired", "ttlSecondsAfterFinished passed: deleting the run")
             kube.delete_run(namespace, name)
         return outcome
+
+
+def _run_of_job(namespace: str, job_name: str) -> str | None:
+    """The run a Job of ours belongs to, from the Jobs informer (None: not one of ours, or not seen yet)."""
+    jobs = kube.informer("jobs", namespace)
+    job = jobs.get(namespace, job_name) if jobs is not None else None
+    return ((job or {}).get("metadata") or {}).get("labels", {}).get(LABEL_RUN)
 
 
 def ttl_expired(body: Body) -> bool:
