@@ -346,6 +346,9 @@ def test_concurrency_cap_holds_across_schedules_and_hand_made_runs(kube, namespa
     clock.set(clock.hour(1) + timedelta(seconds=5))
     # one schedule gets the slot; the other waits for it (ConcurrencyCap)
     first = wait_until("a first run", lambda: next(iter(runs(kube, namespace)), None))
+    # ...and holds the slot (started) before the hand-made run arrives: otherwise that run may see it still
+    # waiting ("0/1 active, 1 waiting run(s) ahead"; seen once under CI load)
+    wait_until("the first run started", lambda: (runs(kube, namespace)[first].get("status") or {}).get("startTime"))
     # a run applied by hand meanwhile waits too, Pending with WaitingForCapacity
     manual = run_doc("manual", pods={**FAST, **FAIL_FAST})
     kube.post(RUNS.format(ns=namespace), manual)
