@@ -220,7 +220,8 @@ RESULTS = {
                     "vsM0N": 16, "vsM0WinRate": 0.625, "vsM0WinRateLow": 0.386, "vsM0WinRateHigh": 0.815,
                     "vsM0LcWinRate": 0.6, "vsReferencesN": 16, "vsReferencesWinRate": 0.25,
                     "vsReferencesWinRateLow": 0.102, "vsReferencesWinRateHigh": 0.495,
-                    "vsReferencesLcWinRateReason": "length alone separates the verdicts"},
+                    "vsReferencesLcWinRateReason": "length alone separates the verdicts",
+                    "positionBiased": True, "vsM0PositionBiased": True, "vsM0PositionConsistency": 0.5},
 }
 
 
@@ -326,6 +327,7 @@ def test_run_to_success_with_results_and_summaries():
                              "winRateHigh": 0.815, "lcWinRate": 0.6}
     assert figures["references"]["winRate"] == 0.25 and "lcWinRate" not in figures["references"]
     assert figures["references"]["lcWinRateReason"].startswith("length alone")
+    assert stages["i1-evaluate"]["result"]["vsM0PositionBiased"] is True  # the judge's bias, in the status
     assert one["model"] == "s3://b/runs/ns/demo/iter-1/train/model"
     assert one["gpuSeconds"] > 0
     assert st["latestWinRate"] == 0.625

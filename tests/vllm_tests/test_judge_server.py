@@ -70,11 +70,11 @@ def test_evaluate_with_an_openai_judge_on_vllm_serve(judge_server, llama3_like, 
     (result,) = run_in_process(node, config)
     assert result["judge"] == "openai" and result["against"] == "references"
     # every comparison answered with a verdict (a real server, the judge's own parsing and logprobs)
-    assert result["n"] == 6 and result["judgeCalls"] == 6 and result["judgeErrors"] == 0
+    assert result["n"] == 6 and result["judgeCalls"] == 12 and result["judgeErrors"] == 0  # both orders
     assert 0.0 <= result["winRateLow"] <= result["winRate"] <= result["winRateHigh"] <= 1.0
     metrics = json.loads((Path(config["output"]) / "metrics.json").read_text())
     (judge,) = metrics["judges"]
     assert judge["judge"] == "openai" and metrics["prompts"] == 6
     # every comparison went to the server and was answered
     answered = re.findall(r'"POST /v1/chat/completions HTTP/1\.1" 200', log_path.read_text())
-    assert len(answered) >= 6
+    assert len(answered) >= 12

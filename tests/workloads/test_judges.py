@@ -53,11 +53,63 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
+def _top(*alternatives) -> list[dict]:
+    return [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in alternatives]
+
+
+def _tokens(tokens: list[str], at: int, verdict: str, other: str, first: list[tuple[str, float]] | None = None,
+            p_verdict: float = 0.8) -> list[dict]:
+    """Logprobs content of a reply spelt by `tokens`: the verdict letter's token at index `at` with
+    P(verdict) = p_verdict against the other letter; `first`: the first position's alternatives (where an
+    article "A" or a bare-letter reply shows up)."""
+    out = []
+    for i, token in enumerate(tokens):
+        if i == at:
+            lead = token[: len(token) - len(token.lstrip())]
+            top = _top((token, p_verdict), (lead + other, 1 - p_verdict))
+        elif i == 0 and first:
+            top = _top(*first)
+        else:
+            top = _top((token, 0.99))
+        out.append({"token": token, "logprob": top[0]["logprob"], "bytes": None, "top_logprobs": top})
+    return out
+
+
+def _reply(mode: str, verdict: str) -> tuple[str, list[dict] | None]:
+    """A judge's reply in `mode` naming `verdict`: its text and, for the logprob modes, its logprobs content as a
+    real server sends them (one entry per generated token, the top alternatives of each)."""
+    other = "B" if verdict == "A" else "A"
+    if mode in ("plain", "first"):
+        return verdict, None
+    if mode == "prose":
+        return f"I think a better answer is {verdict}.", None
+    if mode == "garbage":
+        return "a tie, I cannot decide", None
+    if mode == "logprobs":
+        return verdict, _tokens([verdict], 0, verdict, other)
+    if mode == "disagree":  # a sampling or quantised server: the text names one letter, its probabilities the other
+        return verdict, _tokens([verdict], 0, verdict, other, p_verdict=0.4)
+    tokens, at, first = {
+        # the first token's alternatives hold the article "A": read there, every verdict would be A
+        "sentence": (["The", " better", " answer", " is", f" {verdict}", "."], 4,
+                     [("The", 0.9), ("A", 0.06), ("B", 0.04)]),
+        "bold": (["**", verdict, "**"], 1, [("**", 0.7), (other, 0.2), (verdict, 0.1)]),
+        "answer": (["Answer", ":", f" {verdict}", " —", " because", " it", " is", " correct", "."], 2,
+                   [("Answer", 0.85), (other, 0.15)]),
+        # a refusal whose first token had bare-letter replies among its alternatives
+        "refusal": (["I", "'m", " sorry", ",", " I", " can", "'t", " judge", " these", "."], -1,
+                    [("I", 0.5), ("A", 0.3), ("B", 0.2)]),
+    }[mode]
+    return "".join(tokens), _tokens(tokens, at, verdict, other, first)
+
+
 class _Judge(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint over real HTTP that prefers the answer mentioning 'good'; records the
-    Authorization header. `mode` injects faults: 401, garbage replies, or logprobs on the verdict token."""
+    """An OpenAI-compatible endpoint over real HTTP that prefers the answer mentioning 'good', else the longer
+    (mode "first": always the first position); records the Authorization header and the prompts. `mode` picks the reply's
+    shape (`_reply`) or injects faults: 401, garbage replies."""
 
     seen: list = []
+    contents: list = []
     mode = "plain"
 
     def do_POST(self):  # noqa: N802
@@ -66,17 +118,16 @@ class _Judge(BaseHTTPRequestHandler):
         if _Judge.mode == "401":
             return self._send(401, {"error": {"message": "invalid api key", "type": "auth"}})
         content = body["messages"][-1]["content"]
-        a = content.split("### Answer A:")[1].split("### Answer B:")[0]
-        verdict = "A" if "good" in a else "B"
-        message = {"plain": verdict, "prose": f"I think a better answer is {verdict}.",
-                   "garbage": "a tie, I cannot decide", "logprobs": verdict}[_Judge.mode]
+        _Judge.contents.append(content)
+        a, b = content.split("### Answer A:")[1].split("### Answer B:")
+        b = b.split("Reply with")[0]
+        # position-free ('good' first, then the longer answer, then the text) unless the answers are the same
+        rank = {x: ("good" in x, len(x), x) for x in (a, b)}
+        verdict = "A" if _Judge.mode == "first" or rank[a] >= rank[b] else "B"
+        message, logprobs = _reply(_Judge.mode, verdict)
         choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": message}}
-        if _Judge.mode == "logprobs" and body.get("logprobs"):
-            other = "B" if verdict == "A" else "A"
-            top = [{"token": verdict, "logprob": math.log(0.8), "bytes": None},
-                   {"token": other, "logprob": math.log(0.2), "bytes": None}]
-            choice["logprobs"] = {"content": [{"token": verdict, "logprob": math.log(0.8), "bytes": None,
-                                               "top_logprobs": top}]}
+        if logprobs and body.get("logprobs"):
+            choice["logprobs"] = {"content": logprobs}
         self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                          "choices": [choice]})
 
@@ -106,7 +157,7 @@ def judge_server():
 def test_openai_pairwise_judge(judge_server, monkeypatch, mode):
     monkeypatch.setenv("SYNPO_JUDGE_API_KEY", "sekret")
     _Judge.mode = mode
-    judge = OpenAIJudge(judge_server, "judge-model", seed=1)
+    judge = OpenAIJudge(judge_server, "judge-model")
     v = judge.prefer(["p"] * 6, ["good"] * 3 + ["meh"] * 3, ["meh"] * 3 + ["good"] * 3)
     assert v.preferences == [1.0] * 3 + [0.0] * 3 and v.failed == 0
     assert _Judge.seen[-1][:3] == ("/v1/chat/completions", "Bearer sekret", "judge-model")
@@ -122,16 +173,76 @@ def test_parse_verdict_is_case_sensitive():
 
 def test_logprobs_give_the_winning_letters_probability(judge_server):
     _Judge.mode = "logprobs"
-    v = OpenAIJudge(judge_server, "m", seed=3).prefer(["p"] * 4, ["good", "good", "meh", "meh"],
-                                                      ["meh", "meh", "good", "good"])
-    assert v.preferences == pytest.approx([0.8, 0.8, 0.2, 0.2]) and v.weighted == 4
+    v = OpenAIJudge(judge_server, "m").prefer(["p"] * 4, ["good", "good", "meh", "meh"],
+                                              ["meh", "meh", "good", "good"])
+    assert v.preferences == pytest.approx([0.8, 0.8, 0.2, 0.2]) and v.weighted == v.calls == 8
     assert _Judge.seen[-1][3] is True
+
+
+@pytest.mark.parametrize("mode", ["sentence", "bold", "answer"])
+def test_verdict_is_read_where_the_text_names_it(judge_server, mode):
+    """Realistic replies ("The better answer is B.", "**B**", "Answer: A — because…"), whose first token's
+    alternatives hold a letter (the article "A", a bare-letter reply): the probability is read at the verdict
+    letter's own token, never at the first position that offers a letter."""
+    _Judge.mode = mode
+    v = OpenAIJudge(judge_server, "m").prefer(["p"] * 4, ["good", "good", "meh", "meh"],
+                                              ["meh", "meh", "good", "good"])
+    assert v.preferences == pytest.approx([0.8, 0.8, 0.2, 0.2]) and v.weighted == 8 and v.failed == 0
+
+
+def test_refusals_are_judge_errors_even_with_letters_among_the_logprobs(judge_server):
+    _Judge.mode = "refusal"
+    v = OpenAIJudge(judge_server, "m").prefer(["p"] * 3, ["good"] * 3, ["meh"] * 3)
+    assert v.preferences == [None] * 3 and v.unparsed == 6 and v.weighted == 0
+
+
+def test_text_and_probabilities_that_disagree_are_judge_errors(judge_server):
+    _Judge.mode = "disagree"
+    v = OpenAIJudge(judge_server, "m").prefer(["p"] * 3, ["good"] * 3, ["meh"] * 3)
+    assert v.preferences == [None] * 3 and v.disagreed == v.failed == 6
+    assert "names A but its log-probabilities give P(A) = 0.40" in v.messages[0]
+
+
+def test_read_reply_on_token_splits():
+    from synpo_workloads.judges.openai_judge import Position, read_reply, verdict_position
+
+    assert verdict_position(["The", " better", " answer", " is", " B", "."], "B") == 4
+    assert verdict_position(["**", "B", "**"], "B") == 1
+    assert verdict_position(["Answer", ":", " A", " —", " because", " B", " is", " vague"], "A") == 2
+    assert verdict_position(["B"], "A") is None  # the tokens spell another verdict than the text: not used
+    pos = [Position("**", math.log(0.7), [("**", math.log(0.7)), ("A", math.log(0.3))]),
+           Position("B", math.log(0.9), [("B", math.log(0.9)), ("A", math.log(0.1))]),
+           Position("**", 0.0, [])]
+    call = read_reply("**B**", pos, model_is="A")
+    assert call.outcome == "weighted" and call.preference == pytest.approx(0.1) and call.named_first is False
+    assert read_reply("**B**", None, model_is="B").preference == 1.0  # no logprobs: the text alone
+    assert read_reply("I'm sorry, I can't help with that.", pos, "A").outcome == "unparsed"
+
+
+def test_every_pair_is_judged_in_both_orders(judge_server):
+    _Judge.contents = []
+    v = OpenAIJudge(judge_server, "m").prefer(["p1", "p2"], ["good one", "meh one"], ["meh two", "good two"])
+    shown = sorted((c.split("### Answer A:\n")[1].split("\n")[0], c.split("### Answer B:\n")[1].split("\n")[0])
+                   for c in _Judge.contents)
+    assert shown == sorted([("good one", "meh two"), ("meh two", "good one"), ("meh one", "good two"),
+                            ("good two", "meh one")])
+    assert v.preferences == [1.0, 0.0] and v.calls == 4
+    assert v.position_figures() == {"positionConsistency": 1.0, "ties": 0, "firstPositionRate": 0.5,
+                                    "positionBiased": False}
+
+
+def test_a_judge_that_follows_the_position_gives_ties_and_is_flagged(judge_server):
+    _Judge.mode = "first"
+    v = OpenAIJudge(judge_server, "m").prefer(["p"] * 4, ["good"] * 4, ["meh"] * 4)
+    assert v.preferences == [0.5] * 4
+    assert v.position_figures() == {"positionConsistency": 0.0, "ties": 4, "firstPositionRate": 1.0,
+                                    "positionBiased": True}
 
 
 def test_unparseable_replies_are_counted_not_ties(judge_server):
     _Judge.mode = "garbage"
     v = OpenAIJudge(judge_server, "m").prefer(["p"] * 3, ["a"] * 3, ["b"] * 3)
-    assert v.preferences == [None] * 3 and v.unparsed == 3
+    assert v.preferences == [None] * 3 and v.unparsed == 6
 
 
 def test_dead_or_unauthorised_endpoint_fails_fast(judge_server):
@@ -158,7 +269,9 @@ def test_evaluate_with_openai_judge(tiny_model, tmp_path, judge_server):
     judges = [{"type": "openai", "endpoint": judge_server, "model": "judge"}, {"type": "similarity"}]
     result = _evaluate(tiny_model, tmp_path, judges)()
     assert result["judge"] == "openai" and result["against"] == "references"
-    assert result["n"] == 12 and result["judgeErrors"] == 0 and result["judgeCalls"] == 12
+    assert result["n"] == 12 and result["judgeErrors"] == 0 and result["judgeCalls"] == 24
+    assert result["positionConsistency"] == result["vsReferencesPositionConsistency"] == 1.0
+    assert result["ties"] == 0 and result["positionBiased"] is False
     assert result["winRateLow"] <= result["winRate"] <= result["winRateHigh"]
     assert ("lcWinRate" in result) != ("lcWinRateReason" in result)
     assert result["vsReferencesWinRate"] == result["winRate"]
@@ -170,10 +283,23 @@ def test_evaluate_with_openai_judge(tiny_model, tmp_path, judge_server):
 def test_evaluate_fails_on_judge_errors_above_the_limit(tiny_model, tmp_path, judge_server):
     judges = [{"type": "openai", "endpoint": judge_server, "model": "judge"}]
     _Judge.mode = "garbage"
-    with pytest.raises(JudgeError, match=r"12 of 12 comparisons failed .*maxJudgeErrorRate 0.05"):
+    with pytest.raises(JudgeError, match=r"24 of 24 comparisons failed .*maxJudgeErrorRate 0.05"):
         _evaluate(tiny_model, tmp_path / "a", judges)()
     result = _evaluate(tiny_model, tmp_path / "b", judges, maxJudgeErrorRate=1.0)()
-    assert result["judgeErrors"] == 12 and result["n"] == 0 and "winRate" not in result
+    assert result["judgeErrors"] == 24 and result["n"] == 0 and "winRate" not in result
+
+
+def test_evaluate_fails_loudly_when_text_and_probabilities_disagree(tiny_model, tmp_path, judge_server):
+    _Judge.mode = "disagree"
+    with pytest.raises(JudgeError, match=r"24 of 24 comparisons failed .*names [AB] but its log-probabilities"):
+        _evaluate(tiny_model, tmp_path, [{"type": "openai", "endpoint": judge_server, "model": "judge"}])()
+
+
+def test_evaluate_flags_a_position_biased_judge(tiny_model, tmp_path, judge_server):
+    _Judge.mode = "first"
+    result = _evaluate(tiny_model, tmp_path, [{"type": "openai", "endpoint": judge_server, "model": "judge"}])()
+    assert result["winRate"] == 0.5 and result["ties"] == 12 and result["positionConsistency"] == 0.0
+    assert result["positionBiased"] is True and result["vsReferencesFirstPositionRate"] == 1.0
 
 
 def test_evaluate_with_a_closed_port_fails_quickly_naming_the_endpoint(tiny_model, tmp_path):
@@ -201,7 +327,9 @@ def test_every_opponent_is_judged_separately_and_reported(tiny_model, tmp_path, 
     config = {**config, "models": {**config["models"], "policy": tiny_model}}  # M_1 stands in: same weights
     result = run_in_process(node, config)[0]
     assert result["against"] == "M0" and result["n"] == result["vsM0N"] == 12
-    assert result["vsReferencesN"] == 12 and result["judgeCalls"] == 24 and result["judgeErrors"] == 0
+    assert result["vsReferencesN"] == 12 and result["judgeCalls"] == 48 and result["judgeErrors"] == 0
+    assert result["vsReferencesPositionConsistency"] == 1.0
+    assert result["vsM0Ties"] == 12 and result["vsM0WinRate"] == 0.5  # M_1 = M0 here: identical answers
     for opponent in ("M0", "References"):
         assert result[f"vs{opponent}WinRateLow"] <= result[f"vs{opponent}WinRate"] <= result[f"vs{opponent}WinRateHigh"]
     rows = [json.loads(line) for line in (tmp_path / "default" / "test" / "iter-1" / "evaluate" / "outputs.jsonl")

@@ -3,7 +3,9 @@
 
 The stage result is one flat JSON object (a container's termination message), so each opponent's figures are
 prefixed: `vsReferencesWinRate`, `vsM0N`, …; the headline figure (the opponent named by `against`) also appears
-unprefixed (`winRate`, `n`, `winRateLow`, …) for readers that want one number.
+unprefixed (`winRate`, `n`, `winRateLow`, …) for readers that want one number. The LLM judge's position figures
+(positionConsistency, ties, firstPositionRate, positionBiased) travel the same way; they stay in the stage
+results of the status (IterationSummary's figures are the win rates).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from .results import number
 
 OPPONENTS = ("references", "M0")
 FIGURE_KEYS = ("n", "winRate", "winRateLow", "winRateHigh", "lcWinRate", "lcWinRateLow", "lcWinRateHigh",
-               "lcWinRateReason")
+               "lcWinRateReason", "positionConsistency", "ties", "firstPositionRate", "positionBiased")
 
 
 def _prefixed(opponent: str, key: str) -> str:
@@ -61,7 +63,7 @@ def evaluation_fields(result: Mapping[str, Any] | None) -> dict[str, Any]:
     if not result:
         return {}
     against = result.get("against")
-    figures = [WinRateFigure(against=opponent, **{_ATTRS[k]: _value(k, v) for k, v in fig.items()})
+    figures = [WinRateFigure(against=opponent, **{_ATTRS[k]: _value(k, v) for k, v in fig.items() if k in _ATTRS})
                for opponent, fig in unflatten(result).items() if number(fig["n"], integer=True) is not None]
     return {
         "against": against if against in OPPONENTS else None,

@@ -47,7 +47,15 @@ class StageResult(TypedDict, total=False):
     """evaluate: why lcWinRate is absent (not a measurement)."""
     judgeErrors: int
     judgeCalls: int
-    """evaluate: failed or unparseable judge comparisons, and all comparisons."""
+    """evaluate: failed LLM-judge calls (errors, no verdict, text and log-probabilities disagreeing), and all
+    calls (two per pair: both orders)."""
+    positionConsistency: float
+    ties: int
+    firstPositionRate: float
+    positionBiased: bool
+    """evaluate, LLM judge: share of pairs whose two orders named the same answer, pairs whose two verdicts named
+    the same position, share of verdicts naming the first position, and whether that share is beyond the bias
+    threshold (a judge to distrust)."""
     model: str
     """Model-producing stages: where the model was saved."""
     generatedPrompts: int

@@ -6,17 +6,22 @@ Opponents are never mixed: M_t is compared with each opponent separately, and ev
 Per judge and opponent: n, winRate with a 95% Wilson interval, lcWinRate (AlpacaEval 2.0's length-controlled
 win rate, winrate.lc_win_rate; lengths in characters) with a bootstrap interval, or lcWinRateReason when LC would
 not be a measurement. Pointwise judges prefer the higher reference-free score (similarity to the prompt,
-reward); the openai judge compares the two answers directly. score: the mean pointwise score of pointwise judges
-(similarity: cosine to the reference when the row has one, else to the prompt; rewardModel: the reward); an openai
-judge has none (its preferences belong to one opponent each).
-An openai judge's failed comparisons (errors after retries, replies without a verdict) are left out of its win
-rates and counted (judgeErrors); more than spec.evaluation.maxJudgeErrorRate of them fails the stage.
+reward); the openai judge compares the two answers directly, in both orders (judges/openai_judge.py), and adds
+per opponent positionConsistency, ties, firstPositionRate and positionBiased (the first position named beyond
+openai_judge.POSITION_BIAS_THRESHOLD). score: the mean pointwise score of pointwise judges (similarity: cosine to
+the reference when the row has one, else to the prompt; rewardModel: the reward); an openai judge has none (its
+preferences belong to one opponent each).
+An openai judge's failed calls (errors after retries, replies without a verdict, text and log-probabilities that
+disagree) leave their pair out of its win rates and are counted (judgeErrors of judgeCalls, two calls per pair);
+more than spec.evaluation.maxJudgeErrorRate of them fails the stage.
 Outputs: outputs.jsonl (per prompt: output, scores and preferences per judge and opponent), metrics.json.
 The result carries the first judge's figures: the headline (`against`: M0 when there is a baseline, else
 references) as winRate, lcWinRate, n, …, and every opponent's as vs<Opponent><Key> (vsM0WinRate, vsReferencesN, …).
 """
 
 from __future__ import annotations
+
+import logging
 
 from synpo_operator.api.evaluation import flatten
 
@@ -25,6 +30,8 @@ from ..judges import make_scorer
 from ..judges.openai_judge import JudgeError
 from ..winrate import figure, preference_from_scores
 from ._common import engine, rows_or_fail, sampling
+
+log = logging.getLogger(__name__)
 
 
 def judge_names(judges: list[dict]) -> list[str]:
@@ -45,16 +52,20 @@ def _pairwise(name, judge, spec, prompts, outputs, refs, opponents, per_row) -> 
     from ..judges.openai_judge import OpenAIJudge
 
     m: dict = {"judge": name, "type": judge.get("type"), "comparisons": {}, "errors": 0, "calls": 0}
-    j = OpenAIJudge(judge["endpoint"], judge["model"], seed=spec.random_seed)
+    j = OpenAIJudge(judge["endpoint"], judge["model"])
     for opponent, others in opponents.items():
         pick = [i for i, o in enumerate(others) if o]
         v = j.prefer([prompts[i] for i in pick], [outputs[i] for i in pick], [others[i] for i in pick])
         m["errors"] += v.failed
-        m["calls"] += len(pick)
+        m["calls"] += v.calls
         m["comparisons"][opponent] = {
             **figure(v.preferences, [len(outputs[i]) for i in pick], [len(others[i]) for i in pick],
-                     seed=spec.random_seed),
-            "errors": v.errors, "unparsed": v.unparsed, "weighted": v.weighted, "calls": len(pick)}
+                     seed=spec.random_seed), **v.position_figures(),
+            "errors": v.errors, "unparsed": v.unparsed, "disagreed": v.disagreed, "weighted": v.weighted,
+            "calls": v.calls}
+        if v.position_figures().get("positionBiased"):
+            log.warning("openai judge %s vs %s: position-biased (names the first answer in %.0f%% of its verdicts)",
+                        name, opponent, 100 * v.position_figures()["firstPositionRate"])
         for i, p in zip(pick, v.preferences, strict=True):
             per_row[i]["preferences"].setdefault(name, {})[opponent] = p
         m.setdefault("errorSamples", []).extend(v.messages)
