@@ -67,6 +67,7 @@ def test_artifact_contents_and_accumulation(e2e):
     assert result["pairsTotal"] == len(d2) and result["pairsAdded"] == len(added2)
     train = store.stage_result(str(run / "iter-2" / "train"))
     assert train["rows"] == len(d2) and train["model"].endswith("iter-2/train/model")
+    assert 0 <= train["rewardAccuracy"] <= 1 and isinstance(train["rewardMargin"], float)
     metrics = json.loads((run / "iter-2" / "evaluate" / "metrics.json").read_text())
     assert metrics["headline"] == "M0" and metrics["prompts"] == 6
     assert set(metrics["judges"][0]["comparisons"]) == {"references", "M0"}  # each opponent on its own
@@ -83,6 +84,7 @@ def test_report(e2e, tmp_path):
     text = Path(path).read_text()
     assert "| 0 |" in text and "| 2 |" in text and (run / "report.png").stat().st_size > 1000
     assert "| 2 | M0 | 6 |" in text and "| 2 | references | 6 |" in text and "| 0 | M0 |" not in text
+    assert "rewardAccuracy" in text
 
 
 def test_done_stage_is_not_redone_and_cli_reemits_result(e2e, tmp_path):
@@ -158,6 +160,7 @@ def test_dpo_training(e2e, tmp_path):
     config["spec"] = {**config["spec"], "training": {**config["spec"]["training"], "loss": "dpo", "beta": 0.1}}
     result = run_in_process(node, config)[0]
     assert result["lossType"] == "dpo" and (tmp_path / "dpo" / "model" / "model.safetensors").exists()
+    assert 0 <= result["rewardAccuracy"] <= 1 and "rewardMargin" in result
 
 
 BAD_FILES = {

@@ -68,3 +68,36 @@ def test_wilson_interval_and_figure():
     assert low == pytest.approx(0.2800, abs=1e-3) and high == pytest.approx(0.7200, abs=1e-3)
     fig = figure([1.0, None, 0.0, 1.0], [10, 20, 30, 40], [20, 20, 20, 20])
     assert fig["n"] == 3 and fig["winRate"] == pytest.approx(2 / 3) and "too few" in fig["lcWinRateReason"]
+
+
+def test_a_fit_with_every_weight_zero_is_no_measurement():
+    """Cross-validation at the smallest C zeroes every weight: LC would be sigmoid(0) = 0.5 whatever the
+    verdicts (alpaca_eval reports that 0.5); here it is None with the reason."""
+    prefs, ml, ol, _ = synthetic(5, 60, 0.0, 0.3)
+    lc = lc_win_rate(prefs, ml, ol)
+    assert lc.value is None and "every weight to zero" in lc.reason
+    ties = lc_win_rate([0.5] * 12, list(range(12)), [5] * 12)  # a judge that calls every pair a tie
+    assert ties.value is None and "every weight to zero" in ties.reason
+    assert "lcWinRate" not in figure([0.5] * 12, list(range(12)), [5] * 12)
+
+
+def test_weights_that_grow_beyond_the_grid_are_no_measurement():
+    import numpy as np
+
+    from synpo_workloads.winrate import C_GRID, _degenerate, _fit
+
+    feature = np.linspace(-1, 1, 20)
+    x = np.column_stack([feature, np.ones(20)])
+    separable = (feature > 0).astype(float)  # length alone decides: the unpenalised weights diverge
+    assert "still grow" in _degenerate(x, separable, C_GRID[-1], _fit(x, separable, C_GRID[-1]))
+    prefs, ml, ol, _ = synthetic(1, 80, 2.0, -0.5)  # C at the upper edge, but the fit has converged there
+    assert lc_win_rate(prefs, ml, ol).value == pytest.approx(0.3062, abs=1e-4)
+
+
+def test_the_interval_bootstraps_the_same_estimator():
+    """The interval is centred on the CV-chosen (penalised) fit it brackets, not on another, unpenalised one
+    (which put this 0.555 near the low end of [0.529, 0.847])."""
+    prefs, ml, ol, _ = synthetic(7, 40, 0.3, 0.3)
+    lc = lc_win_rate(prefs, ml, ol)
+    assert lc.value == pytest.approx(0.5554, abs=1e-4)
+    assert abs((lc.low + lc.high) / 2 - lc.value) < 0.05 and lc.high < 0.75

@@ -17,8 +17,11 @@ from synpo_operator.api.evaluation import OPPONENTS, unflatten
 from . import store
 
 _ITER = re.compile(r"^iter-(\d+)$")
-COLUMNS = ("iteration", "score", "judgeErrors", "pairsKept", "pairsAdded", "pairsTotal", "trainLoss", "seconds")
-WIN_COLUMNS = ("iteration", "against", "n", "win rate [95% CI]", "LC win rate [95% CI]")
+COLUMNS = ("iteration", "score", "judgeErrors", "pairsKept", "pairsAdded", "pairsTotal", "trainLoss",
+           "rewardAccuracy", "rewardMargin", "heldOutRewardAccuracy", "heldOutRewardMargin", "seconds")
+TRAIN_KEYS = ("rewardAccuracy", "rewardMargin", "heldOutRewardAccuracy", "heldOutRewardMargin")
+WIN_COLUMNS = ("iteration", "against", "n", "win rate [95% CI]", "LC win rate [95% CI]", "position consistency",
+               "ties", "position bias")
 
 
 def _result(stage_dir: str) -> dict[str, Any] | None:
@@ -61,6 +64,7 @@ def collect(run_dir: str) -> list[dict[str, Any]]:
             elif stage == "train":
                 row["trainLoss"] = res.get("loss")
                 row["model"] = res.get("model")
+                row.update({k: res[k] for k in TRAIN_KEYS if k in res})
         row["seconds"] = round(seconds, 1)
         rows.append(row)
     return rows
@@ -83,19 +87,33 @@ def _interval(fig: dict[str, Any], key: str) -> str:
     return f"{fig[key]:.3f}{bounds}"
 
 
+def _bias(fig: dict[str, Any]) -> str:
+    """The LLM judge's share of verdicts naming the first position, flagged when beyond the threshold."""
+    rate = fig.get("firstPositionRate")
+    if rate is None:
+        return "–"
+    return f"{'BIASED: ' if fig.get('positionBiased') else ''}{rate:.0%} first"
+
+
 def markdown(rows: list[dict[str, Any]], title: str) -> str:
     lines = [f"# {title}", "", "Iteration 0 is the initial model M0; iteration t is M_t (trained on all pairs so "
              "far).", "", "## Win rates (first judge), one opponent per row", "",
              "Compare iterations only within one opponent; intervals are 95% (Wilson for the win rate, bootstrap "
-             "for LC). An interval that contains 0.5 is no evidence either way.", "",
+             "for LC). An interval that contains 0.5 is no evidence either way. An LLM judge sees every pair in both "
+             "orders: position consistency is the share of pairs whose two verdicts agree, ties the pairs whose "
+             "two verdicts named the same position; BIASED marks a judge naming one position beyond the threshold.",
+             "",
              "| " + " | ".join(WIN_COLUMNS) + " |", "|" + "---|" * len(WIN_COLUMNS)]
     for opponent in OPPONENTS:
         for row in rows:
             fig = (row.get("comparisons") or {}).get(opponent)
             if fig:
                 lines.append(f"| {row['iteration']} | {opponent} | {fig.get('n')} | {_interval(fig, 'winRate')} | "
-                             f"{_interval(fig, 'lcWinRate')} |")
-    lines += ["", "## Per iteration", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+                             f"{_interval(fig, 'lcWinRate')} | {_fmt(fig.get('positionConsistency'))} | "
+                             f"{_fmt(fig.get('ties'))} | {_bias(fig)} |")
+    lines += ["", "## Per iteration", "", "rewardAccuracy / rewardMargin: M_t's reward accuracy and mean margin "
+              "(chosen − rejected implicit reward, as TRL logs them) on its training pairs (heldOut…: on held-out "
+              "pairs).", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row.get(c)) for c in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
@@ -111,19 +129,15 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     ax = axes[0]
     for opponent, colour in zip(OPPONENTS, ("tab:blue", "tab:orange"), strict=True):
-        pts = [(r["iteration"], f) for r in rows if (f := (r.get("comparisons") or {}).get(opponent))
-               and f.get("winRate") is not None]
-        if not pts:
+        figs = [(r["iteration"], (r.get("comparisons") or {}).get(opponent) or {}) for r in rows]
+        if not any(f.get("winRate") is not None for _, f in figs):
             continue
-        x = [t for t, _ in pts]
-        y = [f["winRate"] for _, f in pts]
-        err = [[f["winRate"] - f.get("winRateLow", f["winRate"]) for _, f in pts],
-               [f.get("winRateHigh", f["winRate"]) - f["winRate"] for _, f in pts]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colour, label=f"vs {opponent} (95% CI)")
-        lc = [(t, f["lcWinRate"]) for t, f in pts if f.get("lcWinRate") is not None]
-        if lc:
-            ax.plot([t for t, _ in lc], [v for _, v in lc], marker="x", linestyle=":", color=colour,
-                    label=f"LC vs {opponent}")
+        for key, marker, style, offset, label in (("winRate", "o", "-", 0.0, f"vs {opponent} (95% CI)"),
+                                                  ("lcWinRate", "x", ":", 0.08, f"LC vs {opponent} (95% CI)")):
+            x, y, err = _series(figs, key)
+            if any(not math.isnan(v) for v in y):
+                ax.errorbar([t + offset for t in x], y, yerr=err, marker=marker, linestyle=style, capsize=3,
+                            color=colour, label=label)
     ax.axhline(0.5, color="grey", linewidth=0.8)
     ax.set_ylim(0, 1)
     ax.set_title("win rate (first judge), by opponent")
@@ -145,6 +159,19 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _series(figs: list[tuple[int, dict[str, Any]]], key: str):
+    """x, y and error bars of one figure over the iterations; NaN where it is null (no evaluation, or LC with a
+    reason), so the line breaks there instead of joining its neighbours across it."""
+    x, y, low, high = [], [], [], []
+    for t, f in figs:
+        value = f.get(key)
+        x.append(t)
+        y.append(float(value) if value is not None else math.nan)
+        low.append(value - f.get(key + "Low", value) if value is not None else math.nan)
+        high.append(f.get(key + "High", value) - value if value is not None else math.nan)
+    return x, y, [low, high]
 
 
 def write_report(run_dir: str) -> str:

@@ -251,11 +251,44 @@ def sft(base_ref: str, examples: list[dict], section, *, model_dir: str, checkpo
 
 
 def preference(base_ref: str, pairs: list[dict], section, *, model_dir: str, checkpoints: str, seed: int,
-               dtype: str = "auto") -> dict[str, Any]:
+               dtype: str = "auto", held_out: list[dict] | None = None) -> dict[str, Any]:
     """SimPO (TRL's CPOTrainer, loss_type=simpo, cpo_alpha=0, its forward on packed rows) or DPO (explicit
-    frozen reference copy)."""
+    frozen reference copy). The result adds the trained model's reward accuracy and margin on the training pairs
+    (and on `held_out` pairs when given): `reward_figures`."""
     trainer, tokenizer = preference_trainer(base_ref, pairs, section, checkpoints=checkpoints, seed=seed, dtype=dtype)
-    return _finish(trainer, model_dir, tokenizer, checkpoints)
+    stats = _finish(trainer, model_dir, tokenizer, checkpoints)
+    trainer.args.train_sampling_strategy = "random"  # training is done; evaluation reads in order, no lengths
+    stats.update(reward_figures(trainer, trainer.train_dataset, "reward"))
+    if held_out:
+        stats.update(reward_figures(trainer, _eval_dataset(trainer, held_out), "heldOutReward"))
+    return stats
+
+
+def _eval_dataset(trainer, pairs: list[dict]):
+    """Pairs as the trainer's evaluate takes them: DPOTrainer tokenises a raw dataset itself, CPOTrainer only
+    in its __init__ (the same three maps here)."""
+    from datasets import Dataset
+    from trl.data_utils import maybe_apply_chat_template, maybe_extract_prompt
+
+    dataset = Dataset.from_list(pairs)
+    if not hasattr(trainer, "tokenize_row"):
+        return dataset
+    dataset = dataset.map(maybe_extract_prompt).map(maybe_apply_chat_template,
+                                                    fn_kwargs={"processing_class": trainer.processing_class})
+    return dataset.map(trainer.tokenize_row)
+
+
+def reward_figures(trainer, dataset, prefix: str) -> dict[str, float]:
+    """<prefix>Accuracy and <prefix>Margin of the trained model on `dataset`, as TRL logs them (its eval pass:
+    rewards/accuracies, the share of pairs whose chosen answer gets the higher implicit reward — β × mean log-prob
+    for SimPO, β × log-ratio to the reference for DPO — and rewards/margins, the mean chosen − rejected reward;
+    per-batch means averaged; SimPO's loss is −log σ(margin − γ), so a margin below γ is still being pushed up)."""
+    metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="eval")
+    out = {}
+    for key, name in (("eval_rewards/accuracies", "Accuracy"), ("eval_rewards/margins", "Margin")):
+        if metrics.get(key) is not None:
+            out[prefix + name] = round(float(metrics[key]), 5)
+    return out
 
 
 def preference_trainer(base_ref: str, pairs: list[dict], section, *, checkpoints: str, seed: int,

@@ -16,9 +16,11 @@ What differs, and why:
   AlpacaEval's own annotations of length-gamed models on its instructions, which do not exist for a custom set.
 - Where AlpacaEval only logs a warning (LC far from raw), or would extrapolate (no length variation, length alone
   separating the verdicts, too few comparisons for 5 folds, all verdicts one way), LC is None with the reason.
-- The interval is a percentile bootstrap over prompts of the nearly unpenalised fit, widened to contain the
-  estimate (AlpacaEval's lc_standard_error is the standard error of the per-prompt predictions, 0 without the
-  instruction term).
+- A degenerate fit gives None with the reason (`_degenerate`): every weight zero (LC = sigmoid(0) = 0.5 by
+  construction) or the chosen C at the grid's edge with the optimum possibly beyond it.
+- The interval is a percentile bootstrap over prompts of the same estimator (the fit at the CV-chosen C),
+  widened to contain the estimate (AlpacaEval's lc_standard_error is the standard error of the per-prompt
+  predictions, 0 without the instruction term).
 Pure numpy/scikit-learn; no I/O.
 """
 
@@ -169,14 +171,16 @@ def lc_win_rate(preferences: Sequence[float], model_lengths: Sequence[int], othe
     c = _choose_c(x, p)
     fit = _fit(x, p, c)
     length_w, model_w = (float(w) for w in fit.coef_[0])
+    degenerate = _degenerate(x, p, c, fit)
+    if degenerate:
+        return LengthControlled(None, degenerate, length_weight=length_w)
     value = 1.0 / (1.0 + math.exp(-model_w))
     raw = float(p.mean())
     if is_extreme_change(raw, value):
         return LengthControlled(None, f"LC {value:.3f} is far from the raw win rate {raw:.3f} (AlpacaEval's "
                                       "warning threshold): the length model does not fit", length_weight=length_w)
-    # The interval: a percentile bootstrap of the nearly unpenalised fit (largest C). At the CV-chosen C, often
-    # small, L1 pins every resample to the same value and fakes certainty; redoing the CV per resample is honest
-    # too but costs ~30 s per comparison on 2 cores.
+    # The interval: a percentile bootstrap over prompts of the same estimator, the fit at the CV-chosen C
+    # (redoing the CV per resample would add the choice of C's variance, at ~30 s per comparison on 2 cores).
     rng = random.Random(seed)
     samples = []
     for _ in range(BOOTSTRAP):
@@ -185,11 +189,32 @@ def lc_win_rate(preferences: Sequence[float], model_lengths: Sequence[int], othe
         if np.all(pb >= 1.0) or np.all(pb <= 0.0):
             samples.append(float(pb.mean()))
             continue
-        wb = _fit(np.column_stack([fb, np.ones(n)]), pb, C_GRID[-1]).coef_[0][1]
+        wb = _fit(np.column_stack([fb, np.ones(n)]), pb, c).coef_[0][1]
         samples.append(1.0 / (1.0 + math.exp(-float(wb))))
     samples.sort()
     low, high = samples[int(0.025 * len(samples))], samples[min(len(samples) - 1, int(0.975 * len(samples)))]
     return LengthControlled(value, None, min(low, value), max(high, value), length_w)
+
+
+def _degenerate(x, p, c: float, fit) -> str | None:
+    """Why the CV-chosen fit is no measurement, or None: every weight zero (the LC win rate would be sigmoid(0)
+    = 0.5 by construction, whatever the verdicts), or C at an edge of the grid with the optimum possibly beyond
+    it — at the lower edge always; at the upper edge when a still weaker penalty still moves the fit (the
+    weights diverge: near-separable verdicts)."""
+    import numpy as np
+
+    weights = fit.coef_[0]
+    if np.all(weights == 0.0):
+        return (f"cross-validation chose C = {c:.3g}, where the L1 penalty sets every weight to zero: the LC win "
+                "rate would be 0.5 by construction, not a measurement")
+    if c == C_GRID[0]:
+        return f"cross-validation chose the smallest C on the grid ({c:.3g}): the penalty's optimum is not inside it"
+    if c == C_GRID[-1]:
+        beyond = _fit(x, p, c * 100).coef_[0]
+        if np.max(np.abs(beyond - weights)) > 1e-2 * max(1.0, float(np.max(np.abs(weights)))):
+            return (f"cross-validation chose the largest C on the grid ({c:.3g}) and the weights still grow "
+                    "beyond it: the verdicts are near-separable, the fit has no optimum")
+    return None
 
 
 def figure(preferences: Sequence[float | None], model_lengths: Sequence[int], other_lengths: Sequence[int],

@@ -56,6 +56,13 @@ class StageResult(TypedDict, total=False):
     """evaluate, LLM judge: share of pairs whose two orders named the same answer, pairs whose two verdicts named
     the same position, share of verdicts naming the first position, and whether that share is beyond the bias
     threshold (a judge to distrust)."""
+    rewardAccuracy: float
+    rewardMargin: float
+    """train: the trained model's reward accuracy (share of pairs whose chosen answer gets the higher implicit
+    reward) and mean reward margin (chosen − rejected) on its training pairs, as TRL logs them."""
+    heldOutRewardAccuracy: float
+    heldOutRewardMargin: float
+    """train: the same on held-out pairs, when there are any."""
     model: str
     """Model-producing stages: where the model was saved."""
     generatedPrompts: int

@@ -3,7 +3,9 @@
 SimPO by default (TRL CPOTrainer, loss_type=simpo, cpo_alpha=0, simpo_gamma=γ, β; its forward on packed rows,
 `training.packed_cpo_trainer`), DPO on request.
 Checkpoints in <output>/checkpoints; a rerun after a kill resumes from the last one. The model is saved to
-<output>/model with its tokenizer.
+<output>/model with its tokenizer. The result carries the trained model's rewardAccuracy and rewardMargin on the
+training pairs (training.reward_figures: did training learn its pairs?); the run has no held-out pairs yet, so the
+heldOut figures training.preference can give are absent.
 """
 
 from __future__ import annotations
