@@ -58,14 +58,15 @@ def _pairwise(name, judge, spec, prompts, outputs, refs, opponents, per_row) -> 
         v = j.prefer([prompts[i] for i in pick], [outputs[i] for i in pick], [others[i] for i in pick])
         m["errors"] += v.failed
         m["calls"] += v.calls
+        position = v.position_figures()
         m["comparisons"][opponent] = {
             **figure(v.preferences, [len(outputs[i]) for i in pick], [len(others[i]) for i in pick],
-                     seed=spec.random_seed), **v.position_figures(),
+                     seed=spec.random_seed), **position,
             "errors": v.errors, "unparsed": v.unparsed, "disagreed": v.disagreed, "weighted": v.weighted,
             "calls": v.calls}
-        if v.position_figures().get("positionBiased"):
+        if position.get("positionBiased"):
             log.warning("openai judge %s vs %s: position-biased (names the first answer in %.0f%% of its verdicts)",
-                        name, opponent, 100 * v.position_figures()["firstPositionRate"])
+                        name, opponent, 100 * position["firstPositionRate"])
         for i, p in zip(pick, v.preferences, strict=True):
             per_row[i]["preferences"].setdefault(name, {})[opponent] = p
         m.setdefault("errorSamples", []).extend(v.messages)
