@@ -60,22 +60,35 @@ def test_shared_model_cache_pvc_is_mounted_by_every_stage():
     assert "ephemeral-storage" not in container(prompts)["resources"].get("requests", {})
 
 
-def test_without_a_shared_cache_the_emptydir_is_sized_from_the_model():
-    run = run_of(storage=S3)  # Llama-3-Base-8B-SFT: 16e9 bytes of bf16 weights
+def _gib(nbytes):
+    return f"{-(-nbytes // GIB)}Gi"
+
+
+W = 16_000_000_000  # Llama-3-Base-8B-SFT and ArmoRM-Llama3-8B: 16e9 bytes of bf16 weights each (name estimate)
+
+
+def test_without_a_shared_cache_the_emptydir_holds_every_model_the_stage_loads():
+    run = run_of(storage=S3)
+    # i1-prompts loads only the prompt generator, fetched from the bucket
     prompts = render_stage(run, node_of(run, "i1-prompts"))
-    # base model + the stage's input model fetched from the bucket + 2 GiB
-    expected = -(-(2 * GIB + 2 * 16_000_000_000) // GIB)
-    assert volume(prompts) == {"name": "cache", "emptyDir": {"sizeLimit": f"{expected}Gi"}}
-    assert container(prompts)["resources"]["requests"]["ephemeral-storage"] == f"{expected}Gi"
+    assert volume(prompts) == {"name": "cache", "emptyDir": {"sizeLimit": _gib(2 * GIB + W)}}
+    assert container(prompts)["resources"]["requests"]["ephemeral-storage"] == _gib(2 * GIB + W)
+    # i0-evaluate loads the policy AND the ArmoRM judge: both in /cache (the base model alone was 17Gi)
+    evaluate = render_stage(run, node_of(run, "i0-evaluate"))
+    assert volume(evaluate)["emptyDir"]["sizeLimit"] == _gib(2 * GIB + 2 * W) == "32Gi"
+    # i2-improver: M0 to train, M1 to answer the seed prompts, the ArmoRM scorer, + resume checkpoints (9x)
+    improver = render_stage(run, node_of(run, "i2-improver"))
+    assert volume(improver)["emptyDir"]["sizeLimit"] == _gib(2 * GIB + 3 * W + 9 * W)
     train = render_stage(run, node_of(run, "i1-train"))
-    limit = -(-(2 * GIB + 6 * 16_000_000_000) // GIB)  # + resume checkpoints (4x)
-    assert volume(train)["emptyDir"]["sizeLimit"] == f"{limit}Gi"
-    assert container(train)["resources"]["requests"]["ephemeral-storage"] == \
-        f"{-(-(2 * GIB + 7 * 16_000_000_000) // GIB)}Gi"  # + the saved model under /tmp
-    # On a PVC the stage's input model is read in place: only the base model is cached.
+    limit = 2 * GIB + W + 9 * W
+    assert volume(train)["emptyDir"]["sizeLimit"] == _gib(limit)
+    assert container(train)["resources"]["requests"]["ephemeral-storage"] == _gib(limit + W)  # + /tmp model
+    # On a PVC the run's own models are read in place: only what a hub serves is cached.
     on_pvc = run_of()
-    job = render_stage(on_pvc, node_of(on_pvc, "i1-prompts"))
-    assert volume(job)["emptyDir"]["sizeLimit"] == f"{-(-(2 * GIB + 16_000_000_000) // GIB)}Gi"
+    assert volume(render_stage(on_pvc, node_of(on_pvc, "i1-prompts")))["emptyDir"]["sizeLimit"] == "2Gi"
+    assert volume(render_stage(on_pvc, node_of(on_pvc, "i1-refine")))["emptyDir"]["sizeLimit"] == "2Gi"
+    job = render_stage(on_pvc, node_of(on_pvc, "i0-evaluate"))
+    assert volume(job)["emptyDir"]["sizeLimit"] == _gib(2 * GIB + 2 * W)
 
 
 def test_explicit_ephemeral_storage_wins_and_unknown_sizes_set_nothing():

