@@ -56,8 +56,9 @@ def _measure(ref: str):
         if configs:
             return _measure_dir(configs[0].parent)
         ggufs = sorted(f for f in files if f.suffix == ".gguf" and f.is_file())
-        if ggufs:  # converted into the cache at load time, dequantised: larger when the file is quantised
-            return ModelSize(ggufs[0].stat().st_size, False, f"its GGUF file {ggufs[0].name} (converted at load)")
+        if ggufs:  # dequantised to float32 into the cache at load time: up to 8x a 4-bit file
+            return ModelSize(8 * ggufs[0].stat().st_size, False,
+                             f"8 x its GGUF file {ggufs[0].name} (dequantised to float32 at load)")
         return None
     if "://" in ref and not ref.startswith("file://"):
         return None

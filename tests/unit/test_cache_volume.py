@@ -84,7 +84,7 @@ def test_without_a_shared_cache_the_emptydir_holds_every_model_the_stage_loads()
     assert volume(train)["emptyDir"]["sizeLimit"] == _gib(limit)
     assert container(train)["resources"]["requests"]["ephemeral-storage"] == _gib(limit + W)  # + /tmp model
     # On a PVC the run's own models are read in place: only what a hub serves is cached.
-    on_pvc = run_of()
+    on_pvc = run_of(storage={"volume": {"claimName": "synpo-workspace"}})
     assert volume(render_stage(on_pvc, node_of(on_pvc, "i1-prompts")))["emptyDir"]["sizeLimit"] == "2Gi"
     assert volume(render_stage(on_pvc, node_of(on_pvc, "i1-refine")))["emptyDir"]["sizeLimit"] == "2Gi"
     job = render_stage(on_pvc, node_of(on_pvc, "i0-evaluate"))

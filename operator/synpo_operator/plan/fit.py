@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..api.run import SynPORunSpec
+from .cache import cache_plan
 from .graph import StageNode, stage_graph
 from .resources import pod_shape, stage_kind
 from .sizing import (
@@ -70,13 +71,14 @@ def _bytes(quantity: str | None) -> int | None:
     return quantity_bytes(quantity) if quantity else None
 
 
-def _checks(spec: SynPORunSpec, node: StageNode, needs: StageNeeds) -> tuple[Check, ...]:
+def _checks(spec: SynPORunSpec, node: StageNode, needs: StageNeeds, sizer: Sizer) -> tuple[Check, ...]:
     shape = pod_shape(spec, node)
     checks = [Check("memory", needs.memory, _bytes(shape.memory), _memory_field(spec, shape.kind))]
     shared = spec.storage.model_cache
     local = None if needs.cache is None else needs.scratch + (0 if shared else needs.cache)
     explicit = spec.resources.ephemeral_storage
-    checks.append(Check("ephemeral-storage", local, _bytes(explicit) if explicit else local,
+    request = cache_plan(spec, node, sizer).ephemeral_request  # what the pod asks for (derived, or explicit)
+    checks.append(Check("ephemeral-storage", local, _bytes(request),
                         "spec.resources.ephemeralStorage" if explicit else "derived from the models"))
     if shared is not None:
         checks.append(Check("model cache", needs.cache, _bytes(shared.size), "spec.storage.modelCache.size"))
@@ -88,7 +90,7 @@ def stage_fits(spec: SynPORunSpec, sizer: Sizer) -> list[StageFit]:
     for node in stage_graph(spec):
         shape = pod_shape(spec, node)
         needs = stage_needs(spec, node, sizer)
-        fits.append(StageFit(node, stage_kind(node), shape.nodes, shape.gpus, needs, _checks(spec, node, needs)))
+        fits.append(StageFit(node, stage_kind(node), shape.nodes, shape.gpus, needs, _checks(spec, node, needs, sizer)))
     return fits
 
 
@@ -128,16 +130,19 @@ def _given(check: Check) -> str:
 def capacity_problems(spec: SynPORunSpec, sizer: Sizer) -> list[str]:
     """One message per resource that does not fit, naming the stages, the resource and both numbers."""
     fits = stage_fits(spec, sizer)
-    grouped: dict[tuple[str, int | None, int | None, str], list[str]] = {}
+    grouped: dict[tuple[str, int | None, str], list[tuple[str, int | None]]] = {}
     for f in fits:
         for c in f.checks:
             if not c.fits:
-                grouped.setdefault((c.resource, c.needed, c.given, c.field), []).append(f.node.key)
+                grouped.setdefault((c.resource, c.given, c.field), []).append((f.node.key, c.needed))
     problems = []
-    for (resource, needed, given, field), keys in grouped.items():
+    for (resource, given, field), failing in grouped.items():
+        keys = [k for k, _ in failing]
+        needed = [n or 0 for _, n in failing]
         named = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
         stages = "stage" if len(keys) == 1 else "stages"
-        problems.append(f"{field}: {stages} {named}: {resource} needs {_gib(needed)} per pod, more than the "
+        most = ("" if min(needed) == max(needed) else "up to ") + _gib(max(needed))
+        problems.append(f"{field}: {stages} {named}: {resource} needs {most} per pod, more than the "
                         f"{_gib(given)} it gives (docs/capacity.md)")
     for c in run_checks(spec, fits):
         if not c.fits:
@@ -152,34 +157,32 @@ def _size(size: ModelSize | None) -> str:
     return f"{_gib(size.bytes)} {'measured' if size.measured else 'estimated'}: {size.source}"
 
 
+def _check(c: Check) -> str:
+    mark = "" if c.fits else " DOES NOT FIT"
+    return f"{c.resource} {_gib(c.needed)} of {_given(c)}{mark}"
+
+
 def describe_capacity(spec: SynPORunSpec, sizer: Sizer) -> str:
-    """The capacity plan as text (`synpo plan FILE --capacity`)."""
+    """The capacity plan as text (`synpo plan FILE --capacity`): per stage, needed vs given per pod."""
     fits = stage_fits(spec, sizer)
-    lines = ["capacity plan (per pod; formulas in docs/capacity.md):"]
+    given = {c.field for f in fits for c in f.checks}
+    lines = ["capacity plan, per pod: needed of given (given by " + ", ".join(sorted(given))
+             + "; formulas in docs/capacity.md)"]
     for f in fits:
-        flag = "ok " if f.fits else "NO "
-        lines.append(f"{flag} {f.node.key} [{f.kind}] {f.nodes} node(s) x {f.gpus} GPU(s)"
-                     + (f", {f.node.shards} shards" if f.node.shards > 1 else ""))
+        shards = f", {f.node.shards} shards" if f.node.shards > 1 else ""
+        lines.append(f"{'ok' if f.fits else 'NO'} {f.node.key} [{f.kind}, {f.nodes} x {f.gpus} GPU{shards}]: "
+                     + "; ".join(_check(c) for c in f.checks))
         for m in f.needs.models:
             where = "fetched to /cache" if m.fetched else "read in place"
-            lines.append(f"      model {m.role}: {m.ref} ({_size(m.size)}; {where})")
+            lines.append(f"     {m.role}: {m.ref}: {_size(m.size)}; {where}")
         n = f.needs
-        if n.known:
-            parts = [f"cache {_gib(n.cache)}"]
-            if n.checkpoints:
-                parts.append(f"checkpoints {_gib(n.checkpoints)} "
-                             f"({'in /cache' if on_object_store(spec) else 'on the run storage'})")
-            if n.scratch:
-                parts.append(f"/tmp {_gib(n.scratch)}")
-            if n.output:
-                parts.append(f"output model {_gib(n.output)}")
-            lines.append("      disk: " + ", ".join(parts))
-        for c in f.checks:
-            mark = "" if c.fits else "   <-- DOES NOT FIT"
-            lines.append(f"      {c.resource}: needs {_gib(c.needed)}, gets {_given(c)} ({c.field}){mark}")
-    for c in run_checks(spec, fits):
-        mark = "" if c.fits else "   <-- DOES NOT FIT"
-        lines.append(f"run: {c.resource}: needs {_gib(c.needed)}, gets {_given(c)} ({c.field}){mark}")
-    bad = sum(1 for f in fits if not f.fits) + sum(1 for c in run_checks(spec, fits) if not c.fits)
-    lines.append("every stage fits" if not bad else f"{bad} stage(s) or volume(s) do not fit")
+        if n.known and (n.checkpoints or n.scratch):
+            where = "in /cache" if on_object_store(spec) else "on the run's storage"
+            lines.append(f"     disk: /cache {_gib(n.cache)}; checkpoints {_gib(n.checkpoints)} {where}; "
+                         f"/tmp {_gib(n.scratch)}; output model {_gib(n.output)}")
+    checks = run_checks(spec, fits)
+    for c in checks:
+        lines.append(f"{'ok' if c.fits else 'NO'} the whole run: {_check(c)}")
+    bad = [f.node.key for f in fits if not f.fits] + [c.resource for c in checks if not c.fits]
+    lines.append("every stage fits" if not bad else f"does not fit: {', '.join(bad)}")
     return "\n".join(lines)

@@ -20,7 +20,7 @@ Host memory (per pod; the formula of `stage_needs`):
 - training (FSDP, full sharding): the first rank of each pod loads the weights on the CPU and the others on the
   meta device, so loading takes ONE copy per pod (W), not one per process; a checkpoint save gathers the full
   state on rank 0's CPU: weights plus two Adam moments = 3·W, the peak. DPO's frozen reference adds W.
-  memory = 3·W (+ W with DPO) + processes × PROCESS_OVERHEAD;
+  memory = 3·W (+ W with DPO) + processes × PROCESS_OVERHEAD (3 GiB; CPU_PROCESS_OVERHEAD, 1 GiB, on a CPU pod);
 - inference (generation, scoring, evaluation): models are loaded one at a time (an engine is closed before the
   scorer loads), so memory = the largest model loaded + max(GPUs, 1) × PROCESS_OVERHEAD. On a CPU pod with
   dtype auto the weights load as float32: twice the bf16 bytes.
@@ -47,8 +47,10 @@ CHECKPOINT_FACTOR = 9
 SAVE_FACTOR = 3
 """Host memory of rank 0 at a checkpoint save, in multiples of the weights: the full weights and Adam moments."""
 PROCESS_OVERHEAD = 3 * GIB
-"""Host memory of one worker process besides model weights: CUDA context, torch and its kernels, tokenizer,
+"""Host memory of one GPU worker process besides model weights: CUDA context, torch and its kernels, tokenizer,
 data loader and pinned buffers."""
+CPU_PROCESS_OVERHEAD = GIB
+"""The same for a CPU pod's one process (no CUDA context)."""
 SIMILARITY_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _SIZE = re.compile(r"(?:^|[-_./])(?:(\d+)x)?(\d+(?:\.\d+)?)([bBmM])(?=$|[-_./])")
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
@@ -209,6 +211,7 @@ def stage_needs(spec: SynPORunSpec, node: StageNode, sizer: Sizer) -> StageNeeds
     output = w if (training and w is not None) else 0
     if any(m.size is None for m in models) or (training and w is None):
         return StageNeeds(models, None, checkpoints, scratch, output, None)
+    overhead = PROCESS_OVERHEAD if shape.gpus else CPU_PROCESS_OVERHEAD
     distinct: dict[tuple[str, int], int] = {}
     for m in models:
         if m.fetched:
@@ -221,8 +224,8 @@ def stage_needs(spec: SynPORunSpec, node: StageNode, sizer: Sizer) -> StageNeeds
         copies = SAVE_FACTOR + (1 if spec.training.loss == "dpo" and node.id.name == TRAIN else 0)
         inference = max((_weights(m, spec, shape.gpus) for m in models if m.role not in ("base", "reference")),
                         default=0)
-        memory = max(copies * weights, inference) + shape.processes_per_pod * PROCESS_OVERHEAD
+        memory = max(copies * weights, inference) + shape.processes_per_pod * overhead
     else:
         largest = max((_weights(m, spec, shape.gpus) for m in models), default=0)
-        memory = largest + max(shape.gpus, 1) * PROCESS_OVERHEAD
+        memory = largest + max(shape.gpus, 1) * overhead
     return StageNeeds(models, cache, checkpoints, scratch, output, memory)
