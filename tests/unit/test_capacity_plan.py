@@ -98,19 +98,26 @@ def test_each_stage_sizes_every_model_it_loads(tmp_path):
     assert all(m.size.measured for v in needs.values() for m in v.models)
     # local checkpoints are read in place; M1 (iter-1/train/model) comes from the bucket into /cache
     assert needs["i0-evaluate"].cache == 2 * GIB
-    assert needs["i2-improver"].cache == 2 * GIB + w + 9 * w  # M1 + resume checkpoints
-    # host memory of a training pod: 3 copies at rank 0's checkpoint save + 8 processes' overhead
-    assert needs["i1-train"].memory == 3 * w + 8 * PROCESS_OVERHEAD
+    # 8 GPU processes: FSDP upcasts the bf16 weights, so the run's own models and checkpoints are float32 (2w)
+    assert needs["i2-improver"].cache == 2 * GIB + 2 * w + 9 * 2 * w  # M1 + resume checkpoints
+    assert needs["i1-train"].output == 2 * w
+    # host memory of a training pod: float32 weights + 2 moments at rank 0's checkpoint save + 8 processes
+    assert needs["i1-train"].memory == 3 * 2 * w + 8 * PROCESS_OVERHEAD
     # an inference pod holds one model at a time: the largest (ArmoRM's config counts the 8B trunk)
     assert needs["i0-evaluate"].memory == max(w, 2 * config_parameters(ARMORM)) + 8 * PROCESS_OVERHEAD
+    assert needs["i1-evaluate"].memory == 2 * w + 8 * PROCESS_OVERHEAD  # M1, saved in float32
     dpo = run_of(EXAMPLE_8B, lambda s: (edit(s), s["training"].update(loss="dpo", beta=0.1)))
     train = stage_needs(dpo.spec, next(n for n in stage_graph(dpo.spec) if n.key == "i1-train"), model_size)
     assert {m.role for m in train.models} == {"base", "reference"}
-    assert train.memory == 4 * w + 8 * PROCESS_OVERHEAD and train.cache == 2 * GIB + 9 * w  # base files once
+    assert train.memory == 4 * 2 * w + 8 * PROCESS_OVERHEAD and train.cache == 2 * GIB + 9 * 2 * w  # no files
+    one_gpu = run_of(EXAMPLE_8B, lambda s: (edit(s), s["resources"].update(gpusPerPod=1, training={"nodes": 1},
+                                                                            generation={"gpusPerPod": 1})))
+    train = stage_needs(one_gpu.spec, next(n for n in stage_graph(one_gpu.spec) if n.key == "i1-train"), model_size)
+    assert train.memory == 3 * w + PROCESS_OVERHEAD and train.output == w  # one bf16 process: no upcast
 
 
-@pytest.mark.parametrize("example, memory", [("cluster-llama3.yaml", "69 GiB of 512 GiB"),
-                                             ("cluster-llama3-70b.yaml", "415 GiB of 1000 GiB")])
+@pytest.mark.parametrize("example, memory", [("cluster-llama3.yaml", "113 GiB of 512 GiB"),
+                                             ("cluster-llama3-70b.yaml", "806 GiB of 1000 GiB")])
 def test_the_cluster_examples_fit(example, memory):
     done = run_cli("plan", f"examples/{example}", "--capacity")
     assert done.returncode == 0, done.stderr
@@ -138,12 +145,13 @@ def test_a_model_cache_too_small_is_refused_naming_stage_and_resource(tmp_path):
 def test_too_little_memory_for_the_70b_is_refused_at_plan_time_and_by_the_operator(tmp_path):
     run = run_of(EXAMPLE_70B, lambda s: s["resources"].update(memory="256Gi"))
     (problem,) = capacity_problems(run.spec)
-    assert problem.startswith("spec.resources.memory: stages i0-prompt-generator, i1-improver, i1-train")
-    assert "memory needs 415 GiB per pod, more than the 256 GiB it gives" in problem
+    assert problem.startswith("spec.resources.memory: stages i0-prompt-generator, i1-prompts, i1-improver, i1-refine "
+                              "and 20 more: memory needs up to 806 GiB per pod, more than the 256 GiB it gives")
     assert problem in jobs_spec_problems(run)  # the operator: InvalidSpec before any Job (test_reconcile)
     text = describe_capacity(run.spec, model_size)
-    assert "NO i0-prompt-generator [training, 4 x 8 GPU]: memory 415 GiB of 256 GiB DOES NOT FIT" in text
-    assert "ok i1-base-responses" in text  # 131 GiB of weights + 8 x 3 GiB fit in 256Gi
+    assert "NO i0-prompt-generator [training, 4 x 8 GPU]: memory 806 GiB of 256 GiB DOES NOT FIT" in text
+    assert "ok i1-base-responses" in text  # 131 GiB of bf16 weights + 8 x 3 GiB fit in 256Gi
+    assert "NO i2-responses" in text  # M1 is float32: 261 GiB + 8 x 3 GiB do not
 
 
 def test_explicit_ephemeral_storage_too_small_is_refused():
@@ -153,7 +161,7 @@ def test_explicit_ephemeral_storage_too_small_is_refused():
                                           s["resources"].update(ephemeralStorage="200Gi")))
     problems = capacity_problems(run.spec)
     assert any(p.startswith("spec.resources.ephemeralStorage: stages i0-prompt-generator") and
-               "ephemeral-storage needs up to 1582 GiB per pod, more than the 200 GiB it gives" in p
+               "ephemeral-storage needs up to 3016 GiB per pod, more than the 200 GiB it gives" in p
                for p in problems), problems
 
 

@@ -474,7 +474,7 @@ def test_ttl_after_finished():
     # a pod that cannot hold what its stage loads (plan/fit.py): refused, never OOM-killed an hour in
     ({"model": {"base": "org/Llama-3-8B"}, "resources": {"gpusPerPod": 2, "memory": "16Gi"}},
      "spec.resources.memory: stages i0-prompt-generator, i0-evaluate, i1-prompts, i1-base-responses and 4 more: "
-     "memory needs up to 51 GiB per pod, more than the 16 GiB it gives"),
+     "memory needs up to 95 GiB per pod, more than the 16 GiB it gives"),
 ])
 def test_invalid_spec_fails_once_without_jobs(change, field):
     h = Harness(**change)

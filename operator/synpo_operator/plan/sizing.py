@@ -11,16 +11,18 @@ Disk (per stage pod):
   checkpoint; the run's own models when storage is an object store; a local path or a model on the run's PVC
   is read in place), each distinct file set once, plus HEADROOM for tokenizers and compiler caches; for a
   training stage on an object store also its resume checkpoints (checkpoints_dir: SYNPO_CACHE/checkpoints);
-- checkpoints: weights plus AdamW's two moments, all in the weights' dtype (3× the weights: FULL_STATE_DICT,
-  rank 0 writes whole checkpoints); save_total_limit=2 keeps two, and the Trainer writes a new one before it
-  deletes the oldest: CHECKPOINT_FACTOR = 9× the weights at peak;
+- checkpoints: the trained weights plus AdamW's two moments (3·P, where P is the trained weights' bytes: FSDP
+  with mixed precision on several GPUs holds them in float32, as accelerate upcasts 16-bit parameters, so P = 2·W
+  for a bf16 checkpoint of W bytes; one process in bf16: P = W); FULL_STATE_DICT: rank 0 writes whole
+  checkpoints; save_total_limit=2 keeps two and the Trainer writes a new one before it deletes the oldest:
+  CHECKPOINT_FACTOR = 9·P at peak. The model a training stage saves (and every model this run trains) is P;
 - scratch (/tmp): a training stage on an object store saves its finished model there before the upload.
 
 Host memory (per pod; the formula of `stage_needs`):
 - training (FSDP, full sharding): the first rank of each pod loads the weights on the CPU and the others on the
   meta device, so loading takes ONE copy per pod (W), not one per process; a checkpoint save gathers the full
-  state on rank 0's CPU: weights plus two Adam moments = 3·W, the peak. DPO's frozen reference adds W.
-  memory = 3·W (+ W with DPO) + processes × PROCESS_OVERHEAD (3 GiB; CPU_PROCESS_OVERHEAD, 1 GiB, on a CPU pod);
+  state on rank 0's CPU: weights plus two Adam moments = 3·P, the peak. DPO's frozen reference adds P.
+  memory = 3·P (+ P with DPO) + processes × PROCESS_OVERHEAD (3 GiB; CPU_PROCESS_OVERHEAD, 1 GiB, on a CPU pod);
 - inference (generation, scoring, evaluation): models are loaded one at a time (an engine is closed before the
   scorer loads), so memory = the largest model loaded + max(GPUs, 1) × PROCESS_OVERHEAD. On a CPU pod with
   dtype auto the weights load as float32: twice the bf16 bytes.
@@ -33,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..api.run import SynPORunSpec
-from .graph import IMPROVER, PAIRS, TRAIN, Artifact, StageNode
+from .graph import IMPROVER, PAIRS, PROMPT_GENERATOR, TRAIN, Artifact, StageId, StageNode
 from .resources import pod_shape, stage_kind
 
 GIB = 1 << 30
@@ -42,10 +44,10 @@ HEADROOM = 2 * GIB
 BYTES_PER_PARAM = 2
 """bf16 weights, as checkpoints are shared (a name-based estimate; measured sizes use the checkpoint's own)."""
 CHECKPOINT_FACTOR = 9
-"""Resume checkpoints at peak, in multiples of the weights: 3 checkpoints (2 kept + 1 being written) × (weights +
-2 Adam moments)."""
+"""Resume checkpoints at peak, in multiples of the trained weights P: 3 checkpoints (2 kept + 1 being written) ×
+(weights + 2 Adam moments)."""
 SAVE_FACTOR = 3
-"""Host memory of rank 0 at a checkpoint save, in multiples of the weights: the full weights and Adam moments."""
+"""Host memory of rank 0 at a checkpoint save, in multiples of P: the full weights and Adam moments."""
 PROCESS_OVERHEAD = 3 * GIB
 """Host memory of one GPU worker process besides model weights: CUDA context, torch and its kernels, tokenizer,
 data loader and pinned buffers."""
@@ -135,7 +137,16 @@ class LoadedModel:
     size: ModelSize | None
     fetched: bool
     trained: bool = False
-    """Part of the base model's family (base, policy, generator, improver, reference): loaded in spec.model.dtype."""
+    """The base model's own files, loaded in spec.model.dtype (float32: twice a 16-bit checkpoint's bytes)."""
+
+
+def trained_factor(spec: SynPORunSpec) -> int:
+    """P / W: 2 when training holds float32 weights (FSDP with mixed precision on several GPUs upcasts 16-bit
+    parameters; dtype float32; auto on a CPU), else 1 (one GPU process in bf16/fp16)."""
+    shape = pod_shape(spec, StageNode(StageId(0, PROMPT_GENERATOR), ()))
+    if spec.model.dtype == "float32" or not shape.gpus:
+        return 2 if spec.model.dtype in ("float32", "auto") else 1
+    return 2 if shape.world_size > 1 else 1
 
 
 def _fetched(ref: str, spec: SynPORunSpec) -> bool:
@@ -153,9 +164,11 @@ def stage_models(spec: SynPORunSpec, node: StageNode, sizer: Sizer) -> list[Load
     similarity judges (evaluate), DPO's frozen reference (train)."""
     base = spec.model.base
     base_size = sizer(base)
-    trained = base_size and ModelSize(base_size.bytes, base_size.measured, f"the base model's, {base_size.source}")
-    loaded = [LoadedModel(role, ref, trained if isinstance(ref, Artifact) else sizer(ref), _fetched(ref, spec),
-                          trained=True)
+    factor = trained_factor(spec)
+    trained = base_size and ModelSize(base_size.bytes * factor, base_size.measured,
+                                      ("2 x " if factor == 2 else "") + f"the base model's, {base_size.source}")
+    loaded = [LoadedModel(role, ref, trained, _fetched(ref, spec)) if isinstance(ref, Artifact)
+              else LoadedModel(role, ref, sizer(ref), _fetched(ref, spec), trained=True)
               for role, ref in node.models.items()]
     scorers = []
     if node.id.name in (IMPROVER, PAIRS):
@@ -168,7 +181,7 @@ def stage_models(spec: SynPORunSpec, node: StageNode, sizer: Sizer) -> list[Load
         ref = scorer.model or SIMILARITY_MODEL
         loaded.append(LoadedModel(role, ref, sizer(ref), _fetched(ref, spec)))
     if node.id.name == TRAIN and spec.training.loss == "dpo":
-        loaded.append(LoadedModel("reference", base, base_size, _fetched(base, spec), trained=True))
+        loaded.append(LoadedModel("reference", base, trained, _fetched(base, spec)))
     return loaded
 
 
@@ -204,28 +217,26 @@ def stage_needs(spec: SynPORunSpec, node: StageNode, sizer: Sizer) -> StageNeeds
     shape = pod_shape(spec, node)
     training = stage_kind(node) == "training"
     base = sizer(spec.model.base)
-    w = base.bytes if base else None
-    checkpoints = CHECKPOINT_FACTOR * w if (training and w is not None) else 0
+    p = base.bytes * trained_factor(spec) if base else None  # the trained weights (module docstring)
+    checkpoints = CHECKPOINT_FACTOR * p if (training and p is not None) else 0
     object_store = on_object_store(spec)
-    scratch = w if (training and object_store and w is not None) else 0
-    output = w if (training and w is not None) else 0
-    if any(m.size is None for m in models) or (training and w is None):
+    scratch = p if (training and object_store and p is not None) else 0
+    output = p if (training and p is not None) else 0
+    if any(m.size is None for m in models) or (training and p is None):
         return StageNeeds(models, None, checkpoints, scratch, output, None)
     overhead = PROCESS_OVERHEAD if shape.gpus else CPU_PROCESS_OVERHEAD
-    distinct: dict[tuple[str, int], int] = {}
+    distinct: dict[str, int] = {}
     for m in models:
-        if m.fetched:
-            # the reference is the base model's files again; the run's models are distinct artifacts
-            distinct[(str(m.ref), m.size.bytes)] = m.size.bytes  # type: ignore[union-attr]
+        if m.fetched:  # each file set once: DPO's reference is the base model's files again
+            distinct.setdefault(str(m.ref), m.size.bytes)  # type: ignore[union-attr]
     cache = HEADROOM + sum(distinct.values()) + (checkpoints if object_store else 0)
+    inference = max((_weights(m, spec, shape.gpus) for m in models if m.role not in ("base", "reference")),
+                    default=0)
     if training:
-        trainee = next(m for m in models if m.role == "base")
-        weights = _weights(trainee, spec, shape.gpus)
-        copies = SAVE_FACTOR + (1 if spec.training.loss == "dpo" and node.id.name == TRAIN else 0)
-        inference = max((_weights(m, spec, shape.gpus) for m in models if m.role not in ("base", "reference")),
-                        default=0)
-        memory = max(copies * weights, inference) + shape.processes_per_pod * overhead
+        assert p is not None
+        copies = SAVE_FACTOR + (1 if any(m.role == "reference" for m in models) else 0)
+        memory = max(copies * p, inference) + shape.processes_per_pod * overhead
     else:
-        largest = max((_weights(m, spec, shape.gpus) for m in models), default=0)
-        memory = largest + max(shape.gpus, 1) * overhead
+        memory = max(inference, max((_weights(m, spec, shape.gpus) for m in models), default=0)) + \
+            max(shape.gpus, 1) * overhead
     return StageNeeds(models, cache, checkpoints, scratch, output, memory)
