@@ -22,7 +22,7 @@ Host memory (per pod; the formula of `stage_needs`):
 - training (FSDP, full sharding): the first rank of each pod loads the weights on the CPU and the others on the
   meta device, so loading takes ONE copy per pod (W), not one per process; a checkpoint save gathers the full
   state on rank 0's CPU: weights plus two Adam moments = 3·P, the peak. DPO's frozen reference adds P.
-  memory = 3·P (+ P with DPO) + processes × PROCESS_OVERHEAD (3 GiB; CPU_PROCESS_OVERHEAD, 1 GiB, on a CPU pod);
+  memory = 3·P (+ P with DPO) + processes × PROCESS_OVERHEAD (3 GiB; CPU_PROCESS_OVERHEAD, 0.5 GiB, on a CPU pod);
 - inference (generation, scoring, evaluation): models are loaded one at a time (an engine is closed before the
   scorer loads), so memory = the largest model loaded + max(GPUs, 1) × PROCESS_OVERHEAD. On a CPU pod with
   dtype auto the weights load as float32: twice the bf16 bytes.
@@ -51,8 +51,8 @@ SAVE_FACTOR = 3
 PROCESS_OVERHEAD = 3 * GIB
 """Host memory of one GPU worker process besides model weights: CUDA context, torch and its kernels, tokenizer,
 data loader and pinned buffers."""
-CPU_PROCESS_OVERHEAD = GIB
-"""The same for a CPU pod's one process (no CUDA context)."""
+CPU_PROCESS_OVERHEAD = GIB // 2
+"""The same for a CPU pod's one process (no CUDA context): the interpreter, torch (~0.35 GiB resident) and data."""
 SIMILARITY_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _SIZE = re.compile(r"(?:^|[-_./])(?:(\d+)x)?(\d+(?:\.\d+)?)([bBmM])(?=$|[-_./])")
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
