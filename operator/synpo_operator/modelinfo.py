@@ -8,6 +8,7 @@ mounts) gives None: the stage checks at start instead.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -26,7 +27,7 @@ def capacity_problems(spec) -> list[str]:
     """Plan-time capacity checks (plan/fit.py) with each model's measured size where readable."""
     from .plan.fit import capacity_problems as problems
 
-    return problems(spec, model_size)
+    return problems(spec, functools.lru_cache(maxsize=None)(model_size))  # each model read once per check
 
 
 def model_size(ref: str):
