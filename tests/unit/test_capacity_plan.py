@@ -173,3 +173,15 @@ def test_unknown_sizes_check_nothing():
     text = describe_capacity(run.spec, model_size)
     assert "base: s3://models/my-finetune/: size unknown" in text
     assert "ok i1-train [training, 1 x 8 GPU]: memory ? of 2.0 GiB; ephemeral-storage ? of unset" in text
+
+
+def test_rendered_cache_is_sized_from_a_measured_checkpoint(tmp_path):
+    from synpo_operator.executors.manifests import render_stage
+
+    base = checkpoint(tmp_path, "my-checkpoint", LLAMA3_8B, index_total=LLAMA3_8B_TOTAL)  # no size in its name
+    run = run_of(EXAMPLE_8B, lambda s: (s["model"].update(base=base), s["storage"].update(
+        {"uri": "s3://bucket/runs", "volume": None, "modelCache": None})))
+    job = render_stage(run, next(n for n in stage_graph(run.spec) if n.key == "i1-prompts"))
+    cache = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "cache")
+    # the prompt generator (float32 after 8-process FSDP) fetched from the bucket + 2 GiB
+    assert cache["emptyDir"]["sizeLimit"] == f"{-(-(2 * GIB + 2 * LLAMA3_8B_TOTAL) // GIB)}Gi" == "32Gi"
