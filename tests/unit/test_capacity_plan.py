@@ -185,3 +185,8 @@ def test_rendered_cache_is_sized_from_a_measured_checkpoint(tmp_path):
     cache = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "cache")
     # the prompt generator (float32 after 8-process FSDP) fetched from the bucket + 2 GiB
     assert cache["emptyDir"]["sizeLimit"] == f"{-(-(2 * GIB + 2 * LLAMA3_8B_TOTAL) // GIB)}Gi" == "32Gi"
+
+
+def test_capacity_needs_a_run():
+    done = run_cli("plan", "examples/schedule-weekly.yaml", "--capacity")
+    assert done.returncode == 2 and "kind: --capacity needs a SynPORun" in done.stderr
