@@ -109,8 +109,10 @@ def run_checks(spec: SynPORunSpec, fits: list[StageFit]) -> list[Check]:
     shared = spec.storage.model_cache
     if shared is not None:
         # nothing evicts cache entries: every distinct model fetched during the run stays
-        fetched = {(str(m.ref), m.size.bytes) for f in fits for m in f.needs.models if m.fetched and m.size}
-        total = HEADROOM + sum(b for _, b in fetched) + (checkpoints if on_object_store(spec) else 0)
+        fetched: dict[str, int] = {}
+        for m in (m for f in fits for m in f.needs.models if m.fetched and m.size):
+            fetched.setdefault(str(m.ref), m.size.bytes)  # type: ignore[union-attr]  # the files, once
+        total = HEADROOM + sum(fetched.values()) + (checkpoints if on_object_store(spec) else 0)
         checks.append(Check("model cache (whole run)", total, _bytes(shared.size), "spec.storage.modelCache.size"))
     volume = spec.storage.volume
     if volume is not None:
