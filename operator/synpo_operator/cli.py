@@ -33,12 +33,21 @@ def _plan(args: argparse.Namespace) -> int:
 
     resource = load_file(args.file)
     if isinstance(resource, SynPORun):
-        from .modelinfo import model_problems
+        from .modelinfo import capacity_problems, model_problems, model_size
         from .plan.resources import global_batch_problems
 
-        problems = global_batch_problems(resource.spec) + model_problems(resource.spec)
+        if args.capacity:  # printed first: it shows the numbers behind a refusal below
+            from .plan.fit import describe_capacity
+
+            print(describe_capacity(resource.spec, model_size))
+        problems = global_batch_problems(resource.spec) + model_problems(resource.spec) + \
+            capacity_problems(resource.spec)
         if problems:
             raise SpecError(args.file, problems)
+        if args.capacity:
+            return 0
+    elif args.capacity:
+        raise SpecError(args.file, ["kind: --capacity needs a SynPORun"])
     if args.manifests:
         if not isinstance(resource, SynPORun):
             raise SpecError(args.file, ["kind: --manifests needs a SynPORun"])
@@ -78,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("file", help="a YAML file holding one SynPORun or SynPOSchedule")
     plan.add_argument("--manifests", action="store_true", help="print the Jobs (JobSets for training on several nodes) the operator would create")
     plan.add_argument("--all", action="store_true", help="with --manifests: every stage, not only the first")
+    plan.add_argument("--capacity", action="store_true", help="print per stage the models it loads and the memory "
+                      "and disk its pods need vs get; a stage that cannot fit is refused (docs/capacity.md)")
     plan.set_defaults(func=_plan)
 
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions (generated from the API models)")

@@ -52,30 +52,46 @@ def test_shared_model_cache_pvc_is_mounted_by_every_stage():
         assert volume(job) == {"name": "cache", "persistentVolumeClaim": {"claimName": "models"}}
         assert mount(job) == {"name": "cache", "mountPath": "/cache", "subPath": "hf"}
         assert env(job)["SYNPO_CACHE"] == "/cache/synpo" and env(job)["HF_HOME"] == "/cache/huggingface"
-    # A training stage on object storage still saves its model under /tmp before the upload: 16 GB + 1 GiB.
+    # A training stage on object storage still saves its model under /tmp before the upload: 8 FSDP processes
+    # save float32 weights (32 GB) + 1 GiB.
     train = render_stage(run, node_of(run, "i1-train"))
-    assert container(train)["resources"]["requests"]["ephemeral-storage"] == "16Gi"
+    assert container(train)["resources"]["requests"]["ephemeral-storage"] == "31Gi"
     # Stages that only read models need no local disk beyond the shared cache.
     prompts = render_stage(run, node_of(run, "i1-prompts"))
     assert "ephemeral-storage" not in container(prompts)["resources"].get("requests", {})
 
 
-def test_without_a_shared_cache_the_emptydir_is_sized_from_the_model():
-    run = run_of(storage=S3)  # Llama-3-Base-8B-SFT: 16e9 bytes of bf16 weights
+def _gib(nbytes):
+    return f"{-(-nbytes // GIB)}Gi"
+
+
+W = 16_000_000_000  # Llama-3-Base-8B-SFT and ArmoRM-Llama3-8B: 16e9 bytes of bf16 weights each (name estimate)
+
+
+def test_without_a_shared_cache_the_emptydir_holds_every_model_the_stage_loads():
+    run = run_of(storage=S3)
+    # i1-prompts loads only the prompt generator, fetched from the bucket: trained by 8 FSDP processes, which
+    # hold (and save) float32 weights: 2 W
     prompts = render_stage(run, node_of(run, "i1-prompts"))
-    # base model + the stage's input model fetched from the bucket + 2 GiB
-    expected = -(-(2 * GIB + 2 * 16_000_000_000) // GIB)
-    assert volume(prompts) == {"name": "cache", "emptyDir": {"sizeLimit": f"{expected}Gi"}}
-    assert container(prompts)["resources"]["requests"]["ephemeral-storage"] == f"{expected}Gi"
+    assert volume(prompts) == {"name": "cache", "emptyDir": {"sizeLimit": _gib(2 * GIB + 2 * W)}}
+    assert container(prompts)["resources"]["requests"]["ephemeral-storage"] == _gib(2 * GIB + 2 * W)
+    # i0-evaluate loads the policy AND the ArmoRM judge: both in /cache (the base model alone was 17Gi)
+    evaluate = render_stage(run, node_of(run, "i0-evaluate"))
+    assert volume(evaluate)["emptyDir"]["sizeLimit"] == _gib(2 * GIB + 2 * W) == "32Gi"
+    # i2-improver: M0 to train, M1 (float32) to answer the seed prompts, the ArmoRM scorer, + resume checkpoints
+    # (3 checkpoints at peak x float32 weights and 2 Adam moments)
+    improver = render_stage(run, node_of(run, "i2-improver"))
+    assert volume(improver)["emptyDir"]["sizeLimit"] == _gib(2 * GIB + 4 * W + 9 * 2 * W)
     train = render_stage(run, node_of(run, "i1-train"))
-    limit = -(-(2 * GIB + 6 * 16_000_000_000) // GIB)  # + resume checkpoints (4x)
-    assert volume(train)["emptyDir"]["sizeLimit"] == f"{limit}Gi"
-    assert container(train)["resources"]["requests"]["ephemeral-storage"] == \
-        f"{-(-(2 * GIB + 7 * 16_000_000_000) // GIB)}Gi"  # + the saved model under /tmp
-    # On a PVC the stage's input model is read in place: only the base model is cached.
-    on_pvc = run_of()
-    job = render_stage(on_pvc, node_of(on_pvc, "i1-prompts"))
-    assert volume(job)["emptyDir"]["sizeLimit"] == f"{-(-(2 * GIB + 16_000_000_000) // GIB)}Gi"
+    limit = 2 * GIB + W + 9 * 2 * W
+    assert volume(train)["emptyDir"]["sizeLimit"] == _gib(limit)
+    assert container(train)["resources"]["requests"]["ephemeral-storage"] == _gib(limit + 2 * W)  # + /tmp model
+    # On a PVC the run's own models are read in place: only what a hub serves is cached.
+    on_pvc = run_of(storage={"volume": {"claimName": "synpo-workspace"}})
+    assert volume(render_stage(on_pvc, node_of(on_pvc, "i1-prompts")))["emptyDir"]["sizeLimit"] == "2Gi"
+    assert volume(render_stage(on_pvc, node_of(on_pvc, "i1-refine")))["emptyDir"]["sizeLimit"] == "2Gi"
+    job = render_stage(on_pvc, node_of(on_pvc, "i0-evaluate"))
+    assert volume(job)["emptyDir"]["sizeLimit"] == _gib(2 * GIB + 2 * W)
 
 
 def test_explicit_ephemeral_storage_wins_and_unknown_sizes_set_nothing():

@@ -183,10 +183,10 @@ def test_resources_gpu_only_on_gpu_stages():
     run = run_of()
     train = container(render_job(run, node_of(run, "i1-train")))["resources"]
     assert train["limits"] == {"cpu": "32", "memory": "512Gi", "nvidia.com/gpu": "8"}
-    assert train["requests"] == {"cpu": "32", "memory": "512Gi", "ephemeral-storage": "17Gi"}  # plan/cache.py
+    assert train["requests"] == {"cpu": "32", "memory": "512Gi"}  # models in the cache PVC, checkpoints on the run's
     keywords = container(render_job(run, node_of(run, "i0-keywords")))["resources"]
     assert "nvidia.com/gpu" not in keywords["limits"]
-    cpu_only = run_of(resources={"gpusPerPod": 0})
+    cpu_only = run_of(resources={"gpusPerPod": 0}, storage={"volume": {"claimName": "synpo-workspace"}})
     assert container(render_job(cpu_only, node_of(cpu_only, "i1-train")))["resources"] == {
         "requests": {"ephemeral-storage": "17Gi"}}  # the model cache only
     # /dev/shm in memory only where GPUs are
@@ -225,6 +225,9 @@ def test_placement():
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["priorityClassName"] == "batch-high"
+    assert pod["serviceAccountName"] == "synpo-stages" and pod["automountServiceAccountToken"] is True
+    without = run_of(resources={k: v for k, v in CLUSTER["spec"]["resources"].items() if k != "serviceAccountName"})
+    pod = render_job(without, node_of(without, "i1-train"))["spec"]["template"]["spec"]
     assert "serviceAccountName" not in pod and pod["automountServiceAccountToken"] is False
     with_sa = run_of(resources={**CLUSTER["spec"]["resources"], "serviceAccountName": "synpo-runner"})
     pod = render_job(with_sa, node_of(with_sa, "i1-train"))["spec"]["template"]["spec"]
@@ -326,7 +329,7 @@ def test_sharded_stages_are_indexed_jobs():
 
 
 def test_security_context_is_restricted():
-    run = run_of()
+    run = run_of(storage={"volume": {"claimName": "synpo-workspace"}})  # no model cache PVC: /cache an emptyDir
     job = render_job(run, node_of(run, "i1-train"))
     pod = job["spec"]["template"]["spec"]
     c = container(job)

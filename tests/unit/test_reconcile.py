@@ -473,6 +473,10 @@ def test_ttl_after_finished():
      "spec.training.batchSize: the global batch of 8 is split evenly across the 16 training processes"),
     # every stage config travels in a Job annotation (256 KiB for all of them)
     ({"env": [{"name": f"PAD_{i}", "value": "x" * 4000} for i in range(60)]}, "stage i0-keywords: its config is"),
+    # a pod that cannot hold what its stage loads (plan/fit.py): refused, never OOM-killed an hour in
+    ({"model": {"base": "org/Llama-3-8B"}, "resources": {"gpusPerPod": 2, "memory": "16Gi"}},
+     "spec.resources.memory: stages i0-prompt-generator, i0-evaluate, i1-prompts, i1-base-responses and 4 more: "
+     "memory needs up to 95 GiB per pod, more than the 16 GiB it gives"),
 ])
 def test_invalid_spec_fails_once_without_jobs(change, field):
     h = Harness(**change)

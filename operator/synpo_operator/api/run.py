@@ -217,6 +217,9 @@ class VolumeStorage(ApiModel):
     """Name of the PVC in the run's namespace (ReadWriteMany when shards > 1)."""
     sub_path: SafePath | None = Field(default=None, pattern=r"^[^/]")
     """Directory inside the volume used as the storage root (relative, no '..')."""
+    size: Quantity | None = None
+    """The claim's capacity (its storage request), e.g. 500Gi: optional; when set, `synpo plan --capacity` and
+    the operator refuse a run that cannot fit what it keeps there (docs/capacity.md)."""
 
 
 class StorageSpec(ApiModel):
@@ -302,7 +305,7 @@ class ResourcesSpec(ApiModel):
     """Memory request and limit per pod, e.g. "64Gi"."""
     ephemeral_storage: Quantity | None = None
     """Local disk per stage pod (its ephemeral-storage request and the size limit of its cache emptyDir), e.g.
-    "60Gi". Unset: derived from the model's size when its name says it (…-8B… ≈ 16 GB in bf16), else none."""
+    "60Gi". Unset: derived from the sizes of the models each stage loads where known (docs/capacity.md), else none."""
     training: TrainingResources = Field(default_factory=TrainingResources)
     """Training stages' pods: nodes × gpusPerNode."""
     generation: GenerationResources = Field(default_factory=GenerationResources)

@@ -20,7 +20,7 @@ from ..api.common import JOBSET_API_VERSION
 from ..api.run import SynPORun
 from ..clock import parse_time
 from ..kube import KubeError, WatchCache, collection_path, informer, request
-from ..modelinfo import model_problems
+from ..modelinfo import capacity_problems, model_problems
 from ..plan.executor import StageRecord, StageRefused
 from ..plan.graph import stage_graph
 from ..plan.planner import Start
@@ -99,6 +99,7 @@ def jobs_spec_problems(run: SynPORun) -> list[str]:
     # each stage's config travels in a Job annotation (256 KiB for all of them): refuse before starting any
     problems.extend(stage_config_problems(run))
     problems.extend(model_problems(run.spec))
+    problems.extend(capacity_problems(run.spec))  # what each stage loads vs what its pod gets
     return problems
 
 

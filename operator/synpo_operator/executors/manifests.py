@@ -34,6 +34,7 @@ from typing import Any
 from ..api.common import API_VERSION, STAGE_CONFIG_ANNOTATION
 from ..api.results import BAD_INPUT_EXIT_CODE
 from ..api.run import SynPORun, SynPORunSpec
+from ..modelinfo import model_size
 from ..plan.cache import cache_plan
 from ..plan.graph import STAGES, StageNode, stage_graph
 from ..plan.launch import launch_command
@@ -182,7 +183,7 @@ def _resources(spec: SynPORunSpec, node: StageNode) -> dict[str, Any]:
         requests["memory"] = limits["memory"] = shape.memory
     if shape.gpus:
         limits[spec.resources.gpu_resource_name] = str(shape.gpus)
-    disk = cache_plan(spec, node).ephemeral_request
+    disk = cache_plan(spec, node, model_size).ephemeral_request
     if disk:
         requests["ephemeral-storage"] = disk
     out: dict[str, Any] = {}
@@ -205,7 +206,7 @@ def _compact(value: Any) -> Any:
 
 def _cache_volume(spec: SynPORunSpec, node: StageNode) -> dict[str, Any]:
     """/cache: the shared model-cache PVC (storage.modelCache), else an emptyDir with its size limit."""
-    cache = cache_plan(spec, node)
+    cache = cache_plan(spec, node, model_size)
     if cache.claim_name:
         return {"name": "cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}
     return {"name": "cache", "emptyDir": {"sizeLimit": cache.size_limit} if cache.size_limit else {}}
@@ -294,7 +295,7 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
     if spec.workload_priority_class_name:
         job_labels[LABEL_PRIORITY_CLASS] = spec.workload_priority_class_name
     config_text = stage_config_text(run, node)
-    cache = cache_plan(spec, node)
+    cache = cache_plan(spec, node, model_size)
 
     volumes: list[dict[str, Any]] = [
         {"name": "stage-config", "downwardAPI": {"defaultMode": 0o444, "items": [
