@@ -126,12 +126,15 @@ class ScorerSpec(ApiModel):
         ]
     })
 
-    type: Literal["rewardModel", "similarity", "openai"] = "similarity"
+    type: Literal["rewardModel", "similarity", "openai", "pairRM"] = "similarity"
     """rewardModel: a sequence-classification checkpoint scores each response; similarity: embedding
     similarity to the reference (offline, all-MiniLM-L6-v2); openai: a pairwise LLM judge over an
-    OpenAI-compatible endpoint (evaluation only)."""
+    OpenAI-compatible endpoint (evaluation only); pairRM: the paper's Mistral scorer, the pairwise ranker
+    llm-blender/PairRM-hf (filters only), whose margin of chosen over rejected (its logit, both orders
+    averaged) the filters compare with minMargin."""
     model: ModelRef | None = None
-    """The reward model, embedding model, or the judge's model name at the endpoint."""
+    """The reward model, embedding model, PairRM checkpoint (default llm-blender/PairRM-hf), or the judge's
+    model name at the endpoint."""
     endpoint: str | None = Field(default=None, max_length=1024, pattern=r"^https?://")
     """Base URL of the OpenAI-compatible API (openai only), e.g. http://judge:8000/v1."""
     api_key_secret_ref: SecretKeyRef | None = None
@@ -194,11 +197,16 @@ class TrainingSpec(ApiModel):
     """Trade compute for memory on large models."""
 
 
+_NO_PAIRRM_JUDGE_RULE = {"rule": "self.all(j, !has(j.type) || j.type != 'pairRM')",
+                         "message": "pairRM is a pairwise ranker for spec.filter.scorer, not an evaluation judge"}
+
+
 class EvaluationSpec(ApiModel):
     """How each M_t is judged on the held-out prompts."""
 
-    judges: list[ScorerSpec] = Field(default_factory=lambda: [ScorerSpec()], min_length=1, max_length=4)
-    """Judges to run; the first one's win rate is the run's headline number."""
+    judges: list[ScorerSpec] = Field(default_factory=lambda: [ScorerSpec()], min_length=1, max_length=4,
+                                     json_schema_extra={"x-kubernetes-validations": [_NO_PAIRRM_JUDGE_RULE]})
+    """Judges to run; the first one's win rate is the run's headline number. pairRM serves the filters only."""
     every: int = Field(default=1, ge=1, le=100)
     """Evaluate every this many iterations; the last iteration is always evaluated."""
     baseline: bool = True
@@ -208,6 +216,12 @@ class EvaluationSpec(ApiModel):
     max_judge_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     """Fail the evaluate stage when more than this share of an LLM judge's comparisons fail (calls that fail
     after retries, replies without a verdict). Failed comparisons never count as ties."""
+
+    @model_validator(mode="after")
+    def _no_pairrm_judge(self) -> EvaluationSpec:
+        if any(j.type == "pairRM" for j in self.judges):
+            raise ValueError(_NO_PAIRRM_JUDGE_RULE["message"])
+        return self
 
 
 class VolumeStorage(ApiModel):
