@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .common import (
     ApiModel,
@@ -231,11 +231,12 @@ class EvaluationSpec(ApiModel):
     """Fail the evaluate stage when more than this share of an LLM judge's comparisons fail (calls that fail
     after retries, replies without a verdict). Failed comparisons never count as ties."""
 
-    @model_validator(mode="after")
-    def _no_pairrm_judge(self) -> EvaluationSpec:
-        if any(j.type == "pairRM" for j in self.judges):
+    @field_validator("judges")
+    @classmethod
+    def _no_pairrm_judge(cls, judges: list[ScorerSpec]) -> list[ScorerSpec]:
+        if any(j.type == "pairRM" for j in judges):
             raise ValueError(_NO_PAIRRM_JUDGE_RULE["message"])
-        return self
+        return judges
 
 
 class VolumeStorage(ApiModel):
