@@ -94,6 +94,13 @@ def test_pairrm_checkpoint_without_its_head_is_refused(tiny_model, tmp_path):
         make_scorer({"type": "pairRM", "model": str(tmp_path / "bare")})
 
 
+def test_pairrm_refuses_another_architecture(tiny_model):
+    from synpo_workloads.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"spec.filter.scorer.model: {tiny_model} is a llama checkpoint"):
+        make_scorer({"type": "pairRM", "model": tiny_model})
+
+
 def test_pairrm_refuses_a_tokenizer_without_its_prefix_tokens(tiny_model, tmp_path):
     build_pairrm(tmp_path / "pairrm", tiny_model)
     from transformers import AutoTokenizer
