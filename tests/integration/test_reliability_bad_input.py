@@ -263,6 +263,7 @@ NEW_USER_MISTAKES = [  # (path, value, field the API server's message names)
     (("spec", "data", "seed"), "s3://data/seed.jsonl\nx", "spec.data.seed"),
     (("spec", "resources", "nodeSelector"), {"a": "b c"}, "spec.resources.nodeSelector"),
     (("spec", "resources", "nodeSelector"), {"bad key!": "x"}, "spec.resources.nodeSelector"),
+    (("spec", "evaluation", "judges"), [{"type": "pairRM"}], "spec.evaluation.judges"),  # a filter scorer only
 ]
 
 

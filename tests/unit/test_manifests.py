@@ -213,6 +213,8 @@ def test_resources_per_kind_of_stage():
     # a reward-model scorer gets one GPU by default, never more
     default = run_of(filter={"scorer": {"type": "rewardModel", "model": "org/rm"}})
     assert container(render_job(default, node_of(default, "i1-pairs")))["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    pairrm = run_of(filter={"scorer": {"type": "pairRM"}})  # PairRM's DeBERTa too
+    assert container(render_job(pairrm, node_of(pairrm, "i1-pairs")))["resources"]["limits"]["nvidia.com/gpu"] == "1"
     with pytest.raises(ValueError, match="scoring.gpusPerPod"):
         run_of(resources={"scoring": {"gpusPerPod": 2}})
     with pytest.raises(ValueError, match="training.nodes"):

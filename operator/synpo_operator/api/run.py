@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .common import (
     ApiModel,
@@ -89,7 +89,8 @@ class SFTSpec(ApiModel):
     """Examples per process per forward pass; default: the largest that divides the process's share of
     batchSize up to 8 (gradient accumulation makes up the rest)."""
     warmup_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
-    """Fraction of steps for learning-rate warm-up (paper: 0.1)."""
+    """Fraction of steps for learning-rate warm-up (paper: 0.1). The decay after it is cosine: not the
+    paper's, which names no schedule (docs/paper.md)."""
     max_length: int = Field(default=8000, ge=16, le=131072)
     """Longest training sequence in tokens; longer examples are truncated."""
     max_seed_examples: int | None = Field(default=None, ge=1, le=10_000_000)
@@ -109,7 +110,9 @@ class PromptGeneratorSpec(SFTSpec):
     """The self-prompt generator G: SFT of M0 once per run on keyword → (question, solution) examples."""
 
     keywords_per_prompt: int = Field(default=3, ge=1, le=10)
-    """Keywords in each generation instruction (paper: 3)."""
+    """Keywords in each generation instruction (paper: 3). Stop words are dropped from the candidates; the
+    list is ours, not the paper's (it names none): English function words plus vague fillers such as "thing",
+    "time", "year" (docs/paper.md)."""
     noise_keywords: int = Field(default=1, ge=0, le=5)
     """Of those, keywords drawn from another seed prompt, to teach the generator to ignore one (paper: 1)."""
 
@@ -126,14 +129,21 @@ class ScorerSpec(ApiModel):
         ]
     })
 
-    type: Literal["rewardModel", "similarity", "openai"] = "similarity"
+    type: Literal["rewardModel", "similarity", "openai", "pairRM"] = "similarity"
     """rewardModel: a sequence-classification checkpoint scores each response; similarity: embedding
     similarity to the reference (offline, all-MiniLM-L6-v2); openai: a pairwise LLM judge over an
-    OpenAI-compatible endpoint (evaluation only)."""
+    OpenAI-compatible endpoint (evaluation only); pairRM: the paper's Mistral scorer, the pairwise ranker
+    llm-blender/PairRM-hf (filters only), whose margin of chosen over rejected (its logit, both orders
+    averaged) the filters compare with minMargin."""
     model: ModelRef | None = None
-    """The reward model, embedding model, or the judge's model name at the endpoint."""
+    """The reward model, embedding model, PairRM checkpoint (default llm-blender/PairRM-hf), or the judge's
+    model name at the endpoint. Not the paper's settings (docs/paper.md): a rewardModel reads at most 4,096
+    tokens of the rendered chat (longer ones are cut at the end); pairRM keeps PairRM's own limits (1,224
+    prompt tokens, the rest of 2,048 split between the two answers)."""
     endpoint: str | None = Field(default=None, max_length=1024, pattern=r"^https?://")
-    """Base URL of the OpenAI-compatible API (openai only), e.g. http://judge:8000/v1."""
+    """Base URL of the OpenAI-compatible API (openai only), e.g. http://judge:8000/v1. The judge's prompt
+    and decoding settings are ours (workloads judges/openai_judge.py), not AlpacaEval's GPT-4 Turbo
+    annotator's (docs/paper.md)."""
     api_key_secret_ref: SecretKeyRef | None = None
     """Secret key holding the judge's API key (openai only); passed to the pod as an env var reference."""
     trust_remote_code: bool = False
@@ -156,10 +166,11 @@ class FilterSpec(ApiModel):
 
     scorer: ScorerSpec = Field(default_factory=ScorerSpec)
     """Scores responses (paper: ArmoRM-Llama3-8B for Llama3 — rewardModel with trustRemoteCode — and PairRM for
-    Mistral, a pairwise ranker this scorer refuses). The default, similarity, is not the paper's (docs/paper.md)."""
+    Mistral — pairRM). The default, similarity, is not the paper's (docs/paper.md)."""
     min_margin: float = Field(default=0.02, ge=-1000.0, le=1000.0)
-    """Keep a pair only when score(chosen) − score(rejected) exceeds this (paper: 0.02 ArmoRM, 0.20 PairRM). The
-    default is ArmoRM's margin whatever the scorer: on the similarity scorer's scale it is not calibrated."""
+    """Keep a pair only when score(chosen) − score(rejected) (pairRM: its margin of chosen over rejected)
+    exceeds this (paper: 0.02 ArmoRM, 0.20 PairRM). The default is ArmoRM's margin whatever the scorer: set 0.2
+    with pairRM; on the similarity scorer's scale it is not calibrated."""
     max_repetition: float = Field(default=0.5, ge=0.0, le=1.0)
     """Drop responses whose share of repeated n-grams exceeds this (paper: 50%)."""
     repetition_ngram: int = Field(default=3, ge=1, le=16)
@@ -167,15 +178,20 @@ class FilterSpec(ApiModel):
 
 
 class TrainingSpec(ApiModel):
-    """Preference optimisation of M0 on all pairs so far (paper: SimPO, γ = 1.6; lr etc. from SimPO's recipe)."""
+    """Preference optimisation of M0 on all pairs so far (paper: SimPO, γ = 1.6; lr etc. from SimPO's recipe).
+    Not the paper's (docs/paper.md): SimPO batches are length-grouped (pairs of similar length share a
+    micro-batch; every pair is still seen once per epoch), and the learning rate decays on a cosine schedule
+    (SimPO's recipe; the paper names none)."""
 
     loss: Literal["simpo", "dpo"] = "simpo"
     """simpo (reference-free, length-normalised) or dpo."""
     beta: float = Field(default=10.0, gt=0.0, le=100.0)
-    """β: reward scale. The paper searched {2, 4, …, 12} without saying which won; 10 is SimPO's Llama3 value,
-    not the paper's (docs/paper.md). DPO users usually want 0.1."""
+    """β: reward scale. The paper searched {2, 4, …, 12} without saying which won; 10 is SimPO's
+    Llama-3-Instruct value (where γ = 3), not the paper's (docs/paper.md). Beside γ = 1.6 (SimPO's
+    Mistral-Base value, where β = 2) it is a pairing neither paper reports. DPO users usually want 0.1."""
     gamma: float = Field(default=1.6, ge=0.0, le=20.0)
-    """SimPO target reward margin γ (paper: 1.6); ignored by dpo."""
+    """SimPO target reward margin γ (paper: 1.6, as SimPO's Mistral-Base recipe, which pairs it with β = 2);
+    ignored by dpo."""
     learning_rate: float = Field(default=6.0e-7, gt=0.0, le=1.0)
     """Peak learning rate (SimPO recipe: 6e-7 Llama3, 3e-7 Mistral)."""
     epochs: float = Field(default=1.0, gt=0.0, le=100.0)
@@ -187,18 +203,24 @@ class TrainingSpec(ApiModel):
     """Pairs per process per forward pass; default: the largest that divides the process's share of
     batchSize up to 8 (gradient accumulation makes up the rest)."""
     warmup_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
-    """Fraction of steps for learning-rate warm-up (SimPO recipe: 0.1, cosine schedule)."""
+    """Fraction of steps for learning-rate warm-up (SimPO recipe: 0.1), then a cosine decay (SimPO's, not
+    the paper's)."""
     max_length: int = Field(default=2048, ge=16, le=131072)
     """Longest prompt + response in tokens."""
     gradient_checkpointing: bool = False
     """Trade compute for memory on large models."""
 
 
+_NO_PAIRRM_JUDGE_RULE = {"rule": "self.all(j, !has(j.type) || j.type != 'pairRM')",
+                         "message": "pairRM is a pairwise ranker for spec.filter.scorer, not an evaluation judge"}
+
+
 class EvaluationSpec(ApiModel):
     """How each M_t is judged on the held-out prompts."""
 
-    judges: list[ScorerSpec] = Field(default_factory=lambda: [ScorerSpec()], min_length=1, max_length=4)
-    """Judges to run; the first one's win rate is the run's headline number."""
+    judges: list[ScorerSpec] = Field(default_factory=lambda: [ScorerSpec()], min_length=1, max_length=4,
+                                     json_schema_extra={"x-kubernetes-validations": [_NO_PAIRRM_JUDGE_RULE]})
+    """Judges to run; the first one's win rate is the run's headline number. pairRM serves the filters only."""
     every: int = Field(default=1, ge=1, le=100)
     """Evaluate every this many iterations; the last iteration is always evaluated."""
     baseline: bool = True
@@ -208,6 +230,13 @@ class EvaluationSpec(ApiModel):
     max_judge_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     """Fail the evaluate stage when more than this share of an LLM judge's comparisons fail (calls that fail
     after retries, replies without a verdict). Failed comparisons never count as ties."""
+
+    @field_validator("judges")
+    @classmethod
+    def _no_pairrm_judge(cls, judges: list[ScorerSpec]) -> list[ScorerSpec]:
+        if any(j.type == "pairRM" for j in judges):
+            raise ValueError(_NO_PAIRRM_JUDGE_RULE["message"])
+        return judges
 
 
 class VolumeStorage(ApiModel):

@@ -2,8 +2,9 @@
 improver-instruction(seed prompt, M_{t-1}'s answer) → gold answer.
 
 Only examples where the filter scorer prefers the gold answer over the model's by more than
-spec.filter.minMargin are kept (paper §3). With the similarity scorer both sides are scored reference-free
-(cosine to the prompt), since the gold answer is the reference. Outputs examples.jsonl (every scored example
+spec.filter.minMargin (score(gold) − score(answer), or a pairwise scorer's margin) are kept (paper §3). With the
+similarity scorer both sides are scored reference-free (cosine to the prompt), since the gold answer is the
+reference. Outputs examples.jsonl (every scored example
 with `kept`) and <output>/model.
 
 Under torchrun (several training processes) rank 0 alone generates and scores, with the pod's GPUs to itself,
@@ -17,7 +18,7 @@ import random
 
 from .. import data_io, store, templates, training
 from ..errors import ConfigError
-from ..judges import make_scorer
+from ..judges import make_scorer, margins
 from ..runtime import is_main_process
 from ._common import checkpoints_dir, drop_checkpoints, engine, sampling, select_seed
 
@@ -54,12 +55,12 @@ def _scored_examples(ctx) -> list[dict]:
     finally:
         eng.close()
     scorer = make_scorer(spec.filter.scorer.to_api())
-    s_gold = scorer.score(prompts, golds)
-    s_model = scorer.score(prompts, answers)
+    gaps, s_gold, s_model = margins(scorer, prompts, golds, answers)
     margin = spec.filter.min_margin
-    rows = [{"seedIndex": i, "prompt": p, "response": a, "gold": g, "scoreGold": sg, "scoreModel": sm,
-             "kept": sg - sm > margin}
-            for (i, _), p, a, g, sg, sm in zip(seed, prompts, answers, golds, s_gold, s_model, strict=True)]
+    rows = [{"seedIndex": i, "prompt": p, "response": a, "gold": g,
+             **({"scoreGold": s_gold[k], "scoreModel": s_model[k]} if s_gold is not None else {}),
+             "margin": m, "kept": m > margin}
+            for k, ((i, _), p, a, g, m) in enumerate(zip(seed, prompts, answers, golds, gaps, strict=True))]
     ctx.writer.write_rows("examples", rows)
     if not any(r["kept"] for r in rows):
         raise ConfigError(f"improver: no seed example passed spec.filter.minMargin={margin} "
