@@ -51,8 +51,9 @@ class PromotionSpec(ApiModel):
     """What the gate judges, from the first judge's comparison with M0 in the run's last evaluated iteration:
     winRate (95% Wilson interval) or lcWinRate (95% bootstrap interval). A figure against the references or a
     mean score is never used: neither is measured against the model the candidate would replace."""
-    min_improvement: float = Field(default=0.0, ge=0.0, lt=0.5)
-    """Promote only when the interval's lower end exceeds 0.5 + this."""
+    # an inclusive bound: the API server checks a whole number such as 0 against an exclusive 0.5 as against 0
+    min_improvement: float = Field(default=0.0, ge=0.0, le=0.5)
+    """Promote only when the interval's lower end exceeds 0.5 + this (0.5: never)."""
 
 
 GATE_NEEDS_BASELINE = ("spec.runTemplate.spec.evaluation.baseline must be true when spec.promotion.enabled: the "
