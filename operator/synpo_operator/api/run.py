@@ -533,8 +533,15 @@ class SynPORunStatus(ApiModel):
     stage: str | None = None
     """The stage(s) in progress."""
     latest_win_rate: float | None = None
-    """Headline win rate of the newest evaluated model; its opponent, n and interval are in that iteration's
-    summary (`iterations[].against`, `n`, `winRateLow`, `winRateHigh`)."""
+    """Headline win rate of the newest evaluated model; its interval is in that iteration's summary
+    (`iterations[].winRateLow`, `winRateHigh`)."""
+    latest_win_rate_against: Opponent | None = None
+    """The opponent of latestWinRate (references or M0)."""
+    latest_win_rate_n: int | None = Field(default=None, ge=0)
+    """Comparisons behind latestWinRate."""
+    report: str | None = Field(default=None, max_length=2048)
+    """The run's report (report.md, with report.png beside it), rewritten by each evaluation as it finishes:
+    per-iteration win rates by opponent with n and intervals, scores, pairs (as `synpo report` writes it)."""
     start_time: str | None = None
     """When the run started."""
     completion_time: str | None = None
