@@ -27,6 +27,7 @@ import signal
 from contextlib import contextmanager
 from typing import Any
 
+from . import checkpoints as durable
 from . import models, progress
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,9 @@ def _timed_checkpoints():
             self.last = time.monotonic()
 
         def on_step_end(self, args, state, control, **kwargs):
-            if time.monotonic() - self.last >= interval and state.global_step < state.max_steps:
+            # rank 0's clock decides for all: a save is collective (FSDP state dicts, the checkpoint upload)
+            due = time.monotonic() - self.last >= interval and state.global_step < state.max_steps
+            if durable.from_rank_zero(due):
                 control.should_save = True
                 self.last = time.monotonic()
 
@@ -146,8 +149,11 @@ def last_checkpoint(checkpoints: str) -> str | None:
     return None
 
 
-def callbacks() -> list:
-    return [_timed_checkpoints(), progress.trainer_callback(), *_fault_callback()]
+def callbacks(checkpoints: str | None = None) -> list:
+    """The trainers' callbacks; the checkpoint uploader (object storage) before the fault hook, so a simulated
+    kill comes after the checkpoint is committed."""
+    upload = durable.trainer_callback(checkpoints) if checkpoints else None
+    return [_timed_checkpoints(), progress.trainer_callback(), *([upload] if upload else []), *_fault_callback()]
 
 
 def _fault_callback():
@@ -224,7 +230,7 @@ def common_args(section, *, examples: int, checkpoints: str, seed: int, dtype: s
     gpu = torch.cuda.is_available()
     bf16 = models.torch_dtype(dtype) == torch.bfloat16 and gpu
     return dict(
-        output_dir=checkpoints,
+        output_dir=durable.local_dir(checkpoints),  # on object storage: uploaded after each save
         num_train_epochs=section.epochs,
         learning_rate=section.learning_rate,
         per_device_train_batch_size=micro,
@@ -252,7 +258,7 @@ def _finish(trainer, model_dir: str, tokenizer, checkpoints: str) -> dict[str, A
     if dist.is_initialized():
         log.info("training on %d processes (rank %d, torch.distributed backend %s)", dist.get_world_size(),
                  dist.get_rank(), dist.get_backend())
-    resume = last_checkpoint(checkpoints)
+    resume = durable.resume_point(checkpoints)  # on object storage: downloaded from the run's storage
     if resume:
         log.info("resuming from %s", resume)
     out = trainer.train(resume_from_checkpoint=resume)
@@ -274,7 +280,7 @@ def sft(base_ref: str, examples: list[dict], section, *, model_dir: str, checkpo
     args = SFTConfig(**common_args(section, examples=len(examples), checkpoints=checkpoints, seed=seed, dtype=dtype),
                      completion_only_loss=True, packing=False, dataset_num_proc=None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                         processing_class=tokenizer, callbacks=callbacks())
+                         processing_class=tokenizer, callbacks=callbacks(checkpoints))
     return _finish(trainer, model_dir, tokenizer, checkpoints)
 
 
@@ -315,7 +321,7 @@ def preference_trainer(base_ref: str, pairs: list[dict], section, *, checkpoints
         args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=section.gamma, beta=section.beta,
                          max_completion_length=section.max_length)
         trainer = packed_cpo_trainer()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                       callbacks=callbacks())
+                                       callbacks=callbacks(checkpoints))
     else:
         from trl import DPOConfig, DPOTrainer
 
@@ -324,7 +330,7 @@ def preference_trainer(base_ref: str, pairs: list[dict], section, *, checkpoints
         ref_model = models.load_causal_lm(base_ref, dtype, to_device=False)
         args = DPOConfig(**common, beta=section.beta)
         trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
-                             processing_class=tokenizer, callbacks=callbacks())
+                             processing_class=tokenizer, callbacks=callbacks(checkpoints))
     if group_by_length:
         _add_length_column(trainer)
     return trainer, tokenizer
