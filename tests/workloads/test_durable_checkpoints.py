@@ -6,6 +6,7 @@ manifest of an uninterrupted run."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import uuid
@@ -102,4 +103,31 @@ def test_killed_two_node_stage_resumes_from_its_checkpoint_on_the_store(tiny_mod
     assert "checkpoint-1: downloaded" in node1  # the other node fetched it from the store
     assert store.verify(out) and _shape(store.load_manifest(out)) == _shape(reference)
     fs.invalidate_cache()
-    assert not fs.exists(prefix)  # checkpoints dropped once the stage's manifest is written
+    assert not fs.exists(prefix)  # checkpoints dropped once the stage's manifest is written, local copies too
+    for group in ("0", "1"):
+        monkeypatch.setenv("GROUP_RANK", group)
+        assert not os.path.exists(checkpoints.local_dir(ckpts))
+
+
+def test_only_complete_checkpoints_count_and_two_are_kept(tmp_path, monkeypatch):
+    """One process on fsspec's memory store (no ETags: files are hashed): upload, prune, pick, download, drop."""
+    monkeypatch.setenv("SYNPO_CACHE", str(tmp_path))
+    ckpts = f"memory://{uuid.uuid4().hex}/train/checkpoints"
+    local = checkpoints.local_dir(ckpts)
+    for step in (1, 2, 3):
+        os.makedirs(f"{local}/checkpoint-{step}/sub")
+        for name, data in (("trainer_state.json", b"{}"), ("rng_state.pth", b"r"), ("sub/model.bin", b"m" * step)):
+            with open(f"{local}/checkpoint-{step}/{name}", "wb") as f:
+                f.write(data)
+        checkpoints.upload(ckpts, step)
+    assert store._listdir(ckpts) == ["checkpoint-2", "checkpoint-3"]  # the newest two
+    assert checkpoints.newest_complete(ckpts) == "checkpoint-3"
+    store.write_bytes_atomic(f"{ckpts}/checkpoint-3/sub/model.bin", b"xxx")  # same size, other bytes
+    assert checkpoints.newest_complete(ckpts) == "checkpoint-2"
+
+    shutil.rmtree(local)  # a new pod
+    resumed = checkpoints.resume_point(ckpts)
+    assert resumed == f"{local}/checkpoint-2"
+    assert open(f"{resumed}/sub/model.bin", "rb").read() == b"mm"
+    checkpoints.drop(ckpts)
+    assert not os.path.exists(local) and not store.exists(ckpts)

@@ -17,6 +17,7 @@ processes' `rng_state_<rank>.pth`, which each of them writes into its own node's
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import os
@@ -39,9 +40,13 @@ def local_dir(checkpoints: str) -> str:
     keyed by the URI (and the node: processes of different pods on one machine, as in local runs, keep apart)."""
     if not store.is_uri(checkpoints):
         return store._local(checkpoints)
+    return f"{_local_base(checkpoints)}-node{os.environ.get('GROUP_RANK', '0')}"
+
+
+def _local_base(checkpoints: str) -> str:
     key = hashlib.sha256(checkpoints.encode()).hexdigest()[:16]
     root = os.environ.get("SYNPO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "synpo")
-    return os.path.join(root, "checkpoints", f"{key}-node{os.environ.get('GROUP_RANK', '0')}")
+    return os.path.join(root, "checkpoints", key)
 
 
 def _steps(checkpoints: str) -> list[int]:
@@ -159,10 +164,11 @@ def prune(checkpoints: str, keep: int = KEEP) -> None:
 
 
 def drop(checkpoints: str) -> None:
-    """Remove the checkpoints (store and this pod's local copy): resume state is useless once the model is
-    saved, and would double the stage's disk use."""
+    """Remove the checkpoints (store and local copies: every node's where the cache is a shared volume):
+    resume state is useless once the model is saved, and would double the stage's disk use."""
     if store.is_uri(checkpoints):
-        shutil.rmtree(local_dir(checkpoints), ignore_errors=True)
+        for path in glob.glob(glob.escape(_local_base(checkpoints)) + "-node*"):
+            shutil.rmtree(path, ignore_errors=True)
     store._remove(checkpoints)
 
 
