@@ -261,9 +261,9 @@ class TrainingResources(ApiModel):
     gpus_per_node: int | None = Field(default=None, ge=0, le=16)
     """GPUs of each training pod, one training process each (unset: resources.gpusPerPod)."""
     cpu: Quantity | None = None
-    """CPU request and limit per training pod (unset: resources.cpu)."""
+    """CPU request and limit per training pod (unset: its GPU share of resources.cpu)."""
     memory: Quantity | None = None
-    """Memory request and limit per training pod (unset: resources.memory)."""
+    """Memory request and limit per training pod (unset: its GPU share of resources.memory)."""
 
 
 class GenerationResources(ApiModel):
@@ -272,9 +272,9 @@ class GenerationResources(ApiModel):
     gpus_per_pod: int | None = Field(default=None, ge=0, le=16)
     """GPUs of each generation pod, which is also vLLM's tensor-parallel size (unset: resources.gpusPerPod)."""
     cpu: Quantity | None = None
-    """CPU request and limit per generation pod (unset: resources.cpu)."""
+    """CPU request and limit per generation pod (unset: its GPU share of resources.cpu)."""
     memory: Quantity | None = None
-    """Memory request and limit per generation pod (unset: resources.memory)."""
+    """Memory request and limit per generation pod (unset: its GPU share of resources.memory)."""
 
 
 class ScoringResources(ApiModel):
@@ -283,9 +283,23 @@ class ScoringResources(ApiModel):
     gpus_per_pod: int | None = Field(default=None, ge=0, le=1)
     """0 or 1 (unset: 1 for a reward-model scorer when resources.gpusPerPod > 0, else 0)."""
     cpu: Quantity | None = None
-    """CPU request and limit per scoring pod (unset: resources.cpu)."""
+    """CPU request and limit per scoring pod (unset: its GPU share of resources.cpu)."""
     memory: Quantity | None = None
-    """Memory request and limit per scoring pod (unset: resources.memory)."""
+    """Memory request and limit per scoring pod (unset: its GPU share of resources.memory)."""
+
+
+class CpuStageResources(ApiModel):
+    """Pods of the stages that need no GPU (keywords; pairs with a similarity scorer): small, and placed on their
+    own, away from the GPU nodes (resources.nodeSelector, tolerations and affinity place GPU stages only)."""
+
+    cpu: Quantity = "2"
+    """CPU request and limit per CPU-stage pod."""
+    memory: Quantity = "8Gi"
+    """Memory request and limit per CPU-stage pod."""
+    node_selector: NodeSelector = Field(default_factory=dict)
+    """Node labels CPU-stage pods must match (e.g. a CPU node pool)."""
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    """Tolerations of CPU-stage pods."""
 
 
 class ResourcesSpec(ApiModel):
@@ -302,9 +316,11 @@ class ResourcesSpec(ApiModel):
                                    pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
     """The extended resource that counts GPUs, e.g. nvidia.com/mig-3g.40gb or amd.com/gpu."""
     cpu: Quantity | None = None
-    """CPU request and limit per pod, e.g. "8"."""
+    """CPU request and limit of a pod with the most GPUs any stage asks for (a whole GPU node, e.g. "32"); a
+    GPU pod with fewer GPUs gets its share (1 GPU of 8: 1/8) unless its kind sets cpu."""
     memory: Quantity | None = None
-    """Memory request and limit per pod, e.g. "64Gi"."""
+    """Memory request and limit of a pod with the most GPUs any stage asks for (e.g. "512Gi"), shared out by
+    GPUs like cpu."""
     ephemeral_storage: Quantity | None = None
     """Local disk per stage pod (its ephemeral-storage request and the size limit of its cache emptyDir), e.g.
     "60Gi". Unset: derived from the model's size when its name says it (…-8B… ≈ 16 GB in bf16), else none."""
@@ -314,10 +330,12 @@ class ResourcesSpec(ApiModel):
     """Generation stages' pods (vLLM's tensor-parallel size is their GPU count)."""
     scoring: ScoringResources = Field(default_factory=ScoringResources)
     """Scoring stages' pods."""
+    cpu_stages: CpuStageResources = Field(default_factory=CpuStageResources)
+    """Pods of the stages that need no GPU: their own small shape and placement."""
     node_selector: NodeSelector = Field(default_factory=dict)
-    """Node labels stage pods must match."""
+    """Node labels the pods of GPU stages (training, generation, scoring) must match."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
-    """Tolerations of stage pods (GPU nodes are often tainted)."""
+    """Tolerations of the pods of GPU stages (GPU nodes are often tainted)."""
     priority_class_name: str | None = Field(default=None, max_length=253)
     """PriorityClass of stage pods."""
     service_account_name: DnsLabel | None = None
@@ -326,7 +344,8 @@ class ResourcesSpec(ApiModel):
     """Secrets (kubernetes.io/dockerconfigjson, in the run's namespace) for pulling the image from a private
     registry, by name."""
     affinity: Affinity | None = None
-    """Node affinity and pod (anti-)affinity of stage pods (the Pod spec's own field, passed through)."""
+    """Node affinity and pod (anti-)affinity of the pods of GPU stages (the Pod spec's own field, passed
+    through)."""
 
 
 class SynPORunSpec(ApiModel):

@@ -38,7 +38,7 @@ from ..plan.cache import cache_plan
 from ..plan.graph import STAGES, StageNode, stage_graph
 from ..plan.launch import launch_command
 from ..plan.planner import Start, plan
-from ..plan.resources import gpus_for, pod_shape
+from ..plan.resources import gpus_for, pod_shape, stage_kind
 from ..plan.stage_config import stage_config
 from .jobset_manifest import jobset_from_job
 
@@ -353,11 +353,14 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
         "containers": [container],
         "volumes": volumes,
     }
-    if spec.resources.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
-    if spec.resources.tolerations:
-        pod_spec["tolerations"] = [t.to_api() for t in spec.resources.tolerations]
-    if spec.resources.affinity is not None:
+    # GPU placement (node pool, GPU taints, GPU-model affinity) only where GPU work runs: CPU stages have theirs
+    gpu_kind = stage_kind(node) != "cpu"
+    place = spec.resources if gpu_kind else spec.resources.cpu_stages
+    if place.node_selector:
+        pod_spec["nodeSelector"] = dict(place.node_selector)
+    if place.tolerations:
+        pod_spec["tolerations"] = [t.to_api() for t in place.tolerations]
+    if gpu_kind and spec.resources.affinity is not None:
         pod_spec["affinity"] = _compact(spec.resources.affinity.to_api())
     if spec.resources.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.resources.image_pull_secrets]

@@ -14,6 +14,7 @@ from typing import Literal
 from ..api.parallelism import global_batch_problem, tensor_parallel_problem
 from ..api.run import SynPORunSpec
 from .graph import IMPROVER, PROMPT_GENERATOR, TRAIN, StageNode, stage_graph
+from .quantity import share
 
 StageKind = Literal["training", "generation", "scoring", "cpu"]
 
@@ -52,24 +53,37 @@ def stage_kind(node: StageNode) -> StageKind:
     return "scoring" if node.gpu else "cpu"
 
 
+def _kind_gpus(spec: SynPORunSpec, kind: StageKind) -> int:
+    """GPUs of each pod of a kind: its own field, else the spec-wide gpusPerPod (a scorer: at most 1)."""
+    r = spec.resources
+    if kind == "training":
+        return r.gpus_per_pod if r.training.gpus_per_node is None else r.training.gpus_per_node
+    if kind == "generation":
+        return r.gpus_per_pod if r.generation.gpus_per_pod is None else r.generation.gpus_per_pod
+    if kind == "scoring":
+        return min(r.gpus_per_pod, 1) if r.scoring.gpus_per_pod is None else r.scoring.gpus_per_pod
+    return 0
+
+
+def node_gpus(spec: SynPORunSpec) -> int:
+    """The most GPUs any stage pod asks for: the GPU node whose CPU and memory resources.cpu / memory are."""
+    return max(_kind_gpus(spec, kind) for kind in ("training", "generation", "scoring"))
+
+
 def pod_shape(spec: SynPORunSpec, node: StageNode) -> PodShape:
-    """The one rule for a stage's pods: its kind's resources, each unset field falling back to the spec-wide
-    gpusPerPod / cpu / memory."""
+    """The one rule for a stage's pods. CPU stages: resources.cpuStages. GPU stages: their kind's fields; an
+    unset cpu / memory is the pod's GPU share of the spec-wide cpu / memory (which are a pod with node_gpus
+    GPUs), so a 1-GPU scorer on an 8-GPU node leaves 7/8 of the node to the pods that use the other GPUs."""
     r = spec.resources
     kind = stage_kind(node)
-    if kind == "training":
-        t = r.training
-        gpus = r.gpus_per_pod if t.gpus_per_node is None else t.gpus_per_node
-        return PodShape(kind, gpus, t.cpu or r.cpu, t.memory or r.memory, nodes=t.nodes)
-    if kind == "generation":
-        g = r.generation
-        return PodShape(kind, r.gpus_per_pod if g.gpus_per_pod is None else g.gpus_per_pod,
-                        g.cpu or r.cpu, g.memory or r.memory)
-    if kind == "scoring":
-        s = r.scoring
-        return PodShape(kind, min(r.gpus_per_pod, 1) if s.gpus_per_pod is None else s.gpus_per_pod,
-                        s.cpu or r.cpu, s.memory or r.memory)
-    return PodShape(kind, 0, r.cpu, r.memory)
+    if kind == "cpu":
+        return PodShape(kind, 0, r.cpu_stages.cpu, r.cpu_stages.memory)
+    own = {"training": r.training, "generation": r.generation, "scoring": r.scoring}[kind]
+    gpus, whole = _kind_gpus(spec, kind), node_gpus(spec)
+    part = gpus if gpus else whole  # a GPU stage run on the CPU (0 GPUs) keeps the whole pod's share
+    cpu = own.cpu or share(r.cpu, part, whole, memory=False)
+    memory = own.memory or share(r.memory, part, whole, memory=True)
+    return PodShape(kind, gpus, cpu, memory, nodes=r.training.nodes if kind == "training" else 1)
 
 
 def gpus_for(spec: SynPORunSpec, node: StageNode) -> int:
