@@ -24,6 +24,7 @@ from .common import (
     SecretKeyRef,
     Toleration,
 )
+from .interconnect import ExtraResources, PodAnnotations, PodLabels
 from .placement import Affinity, SecretName
 
 ModelRef = SafePath
@@ -264,6 +265,16 @@ class TrainingResources(ApiModel):
     """CPU request and limit per training pod (unset: its GPU share of resources.cpu)."""
     memory: Quantity | None = None
     """Memory request and limit per training pod (unset: its GPU share of resources.memory)."""
+    extra_resources: ExtraResources = Field(default_factory=dict)
+    """Extended resources each training pod requests besides its GPUs, for the interconnect between nodes:
+    e.g. {rdma/ib: 1} (an RDMA device plugin's InfiniBand HCAs) or {vpc.amazonaws.com/efa: 32} (AWS EFA on p5)."""
+    pod_annotations: PodAnnotations = Field(default_factory=dict)
+    """Extra annotations of training pods, e.g. k8s.v1.cni.cncf.io/networks (Multus secondary networks)."""
+    pod_labels: PodLabels = Field(default_factory=dict)
+    """Extra labels of training pods (e.g. what a network policy or a Multus selector matches)."""
+    ipc_lock: bool = False
+    """Add the IPC_LOCK capability to training containers, so RDMA (InfiniBand, EFA) can pin memory beyond the
+    memlock limit. Off by default: no Pod Security level short of privileged allows it (docs/distributed.md)."""
 
 
 class GenerationResources(ApiModel):
@@ -306,6 +317,12 @@ class ResourcesSpec(ApiModel):
     """Where and how stage pods run. `gpusPerPod`, `cpu` and `memory` are the defaults of every kind of stage;
     `training`, `generation` and `scoring` override them per kind."""
 
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "!has(self.training) || !has(self.training.extraResources) || !((has(self.gpuResourceName) ? "
+                "self.gpuResourceName : 'nvidia.com/gpu') in self.training.extraResources)",
+        "message": "training.extraResources must not name the GPU resource (gpuResourceName): set its count "
+                   "with training.gpusPerNode"}]})
+
     image: str = Field(default=DEFAULT_IMAGE, min_length=1, max_length=512)
     """Container image with the workloads (torch, transformers, TRL, vLLM)."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
@@ -324,6 +341,9 @@ class ResourcesSpec(ApiModel):
     ephemeral_storage: Quantity | None = None
     """Local disk per stage pod (its ephemeral-storage request and the size limit of its cache emptyDir), e.g.
     "60Gi". Unset: derived from the model's size when its name says it (…-8B… ≈ 16 GB in bf16), else none."""
+    shared_memory: Quantity | None = None
+    """Size of /dev/shm in pods with GPUs (a memory-backed emptyDir, counted against the pod's memory) for NCCL
+    and vLLM's workers. Unset: 2Gi per GPU, at most half the pod's memory."""
     training: TrainingResources = Field(default_factory=TrainingResources)
     """Training stages' pods: nodes × gpusPerNode."""
     generation: GenerationResources = Field(default_factory=GenerationResources)
@@ -346,6 +366,13 @@ class ResourcesSpec(ApiModel):
     affinity: Affinity | None = None
     """Node affinity and pod (anti-)affinity of the pods of GPU stages (the Pod spec's own field, passed
     through)."""
+
+    @model_validator(mode="after")
+    def _gpus_are_not_extra(self) -> ResourcesSpec:
+        if self.gpu_resource_name in self.training.extra_resources:
+            raise ValueError(f"training.extraResources: {self.gpu_resource_name} is the GPU resource "
+                             "(gpuResourceName): set its count with training.gpusPerNode")
+        return self
 
 
 class SynPORunSpec(ApiModel):

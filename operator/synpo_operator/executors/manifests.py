@@ -20,8 +20,9 @@ Choices (see docs/operator.md):
   expects (it unsuspends the Job on admission); without a queue `suspend` is left unset. The operator
   never changes `spec.suspend` of an existing Job. `spec.workloadPriorityClassName` becomes the
   `kueue.x-k8s.io/priority-class` label (Kueue reads it from the Job when it creates the Workload).
-- Pods run with the restricted Pod Security profile; nothing a user sets can add a hostPath, privileges
-  or capabilities.
+- Pods run with the restricted Pod Security profile; nothing a user sets can add a hostPath or privileges,
+  and the only capability a run can add is IPC_LOCK to training pods (`resources.training.ipcLock`, opt-in, for
+  RDMA; it needs a namespace whose Pod Security level allows it).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from ..plan.cache import cache_plan
 from ..plan.graph import STAGES, StageNode, stage_graph
 from ..plan.launch import launch_command
 from ..plan.planner import Start, plan
-from ..plan.resources import gpus_for, pod_shape, stage_kind
+from ..plan.resources import gpus_for, pod_shape, shared_memory, stage_kind
 from ..plan.stage_config import stage_config
 from .jobset_manifest import jobset_from_job
 
@@ -182,6 +183,8 @@ def _resources(spec: SynPORunSpec, node: StageNode) -> dict[str, Any]:
         requests["memory"] = limits["memory"] = shape.memory
     if shape.gpus:
         limits[spec.resources.gpu_resource_name] = str(shape.gpus)
+    if shape.kind == "training":  # extended resources: the request defaults to the limit
+        limits.update({name: str(count) for name, count in spec.resources.training.extra_resources.items()})
     disk = cache_plan(spec, node).ephemeral_request
     if disk:
         requests["ephemeral-storage"] = disk
@@ -295,6 +298,10 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
         job_labels[LABEL_PRIORITY_CLASS] = spec.workload_priority_class_name
     config_text = stage_config_text(run, node)
     cache = cache_plan(spec, node)
+    shape = pod_shape(spec, node)
+    training = shape.kind == "training"
+    if training:  # the interconnect's pod metadata; the stage's own labels win
+        labels = {**spec.resources.training.pod_labels, **labels}
 
     volumes: list[dict[str, Any]] = [
         {"name": "stage-config", "downwardAPI": {"defaultMode": 0o444, "items": [
@@ -308,9 +315,10 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "cache", "mountPath": CACHE_DIR, **({"subPath": cache.sub_path} if cache.sub_path else {})},
     ]
-    if gpus_for(spec, node):
-        # torch / vLLM workers share tensors through /dev/shm; the default 64 MiB is far too small.
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    shm = shared_memory(spec, shape)
+    if shm:
+        # NCCL, vLLM and torch workers share buffers through /dev/shm; the default 64 MiB is far too small.
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     if spec.storage.volume is not None:
         volumes.append({"name": "workspace",
@@ -332,7 +340,8 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
             "privileged": False,
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
+            "capabilities": {"drop": ["ALL"], **({"add": ["IPC_LOCK"]}
+                                                 if training and spec.resources.training.ipc_lock else {})},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
@@ -371,7 +380,8 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
         # A named ServiceAccount is usually there for workload identity (object storage): keep its token.
         pod_spec["automountServiceAccountToken"] = True
 
-    pod_annotations = extra_pod_annotations(run, node)
+    pod_annotations = {**(spec.resources.training.pod_annotations if training else {}),
+                       **extra_pod_annotations(run, node)}
     pod_annotations[ANNOTATION_STAGE_CONFIG] = config_text
     pod_annotations[ANNOTATION_GPUS] = str(gpus_for(spec, node))  # GPU-seconds whatever the resource's name
     template_meta: dict[str, Any] = {"labels": labels, "annotations": pod_annotations}

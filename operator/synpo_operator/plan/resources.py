@@ -9,12 +9,13 @@ config is readable, and the vLLM engine checks it again at stage start (a bad-in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal
 
 from ..api.parallelism import global_batch_problem, tensor_parallel_problem
 from ..api.run import SynPORunSpec
 from .graph import IMPROVER, PROMPT_GENERATOR, TRAIN, StageNode, stage_graph
-from .quantity import share
+from .quantity import memory_quantity, parse_quantity, share
 
 StageKind = Literal["training", "generation", "scoring", "cpu"]
 
@@ -118,3 +119,21 @@ def global_batch_problems(spec: SynPORunSpec) -> list[str]:
                 ("spec.improver.batchSize", spec.improver.batch_size),
                 ("spec.training.batchSize", spec.training.batch_size))
     return [p for field, batch in sections if (p := global_batch_problem(batch, processes, field))]
+
+
+SHM_PER_GPU = 2 * 2**30
+"""/dev/shm per GPU unless resources.sharedMemory says: NCCL's shared-memory transport and proxy buffers, vLLM's
+worker message queues and torch's tensor sharing each need a few hundred MiB per process (the 64 MiB container
+default makes NCCL fail on its first collective)."""
+
+
+def shared_memory(spec: SynPORunSpec, shape: PodShape) -> str | None:
+    """Size limit of the pod's memory-backed /dev/shm (None: the pod has no GPU and keeps the default)."""
+    if not shape.gpus:
+        return None
+    if spec.resources.shared_memory:
+        return spec.resources.shared_memory
+    size = Fraction(SHM_PER_GPU * shape.gpus)
+    if shape.memory:  # it counts against the pod's memory limit: leave the rest to the processes
+        size = min(size, parse_quantity(shape.memory) / 2)
+    return memory_quantity(size)
