@@ -40,8 +40,11 @@ def test_cpu_stages_are_small_and_off_the_gpu_nodes():
     run = run_of(EXAMPLE)
     keywords = pod(run, "i0-keywords")
     c = keywords["containers"][0]
-    assert c["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
-    assert {"cpu": "2", "memory": "8Gi"}.items() <= c["resources"]["requests"].items()
+    assert c["resources"] == {"limits": {"cpu": "2", "memory": "8Gi"}, "requests": {"cpu": "2", "memory": "8Gi"}}
+    # no model cache on local disk either: a CPU stage loads none of the run's models (70B: no 263Gi request)
+    big = parse_resource(EXAMPLE_70B)
+    assert pod(big, "i0-keywords")["containers"][0]["resources"]["requests"] == {"cpu": "2", "memory": "8Gi"}
+    assert {v["name"]: v for v in pod(big, "i0-keywords")["volumes"]}["cache"] == {"name": "cache", "emptyDir": {}}
     # the example's H100 nodeSelector and GPU toleration are for GPU stages only
     assert "nodeSelector" not in keywords and "tolerations" not in keywords and "affinity" not in keywords
     assert "/dev/shm" not in {m["mountPath"] for m in c["volumeMounts"]}

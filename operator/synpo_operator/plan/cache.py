@@ -58,6 +58,8 @@ class CachePlan:
 
 def cache_plan(spec: SynPORunSpec, node: StageNode) -> CachePlan:
     shared = spec.storage.model_cache
+    if stage_kind(node) == "cpu":  # loads no model of the run's (keywords; a similarity scorer's small one)
+        return CachePlan(shared.claim_name if shared else None, shared.sub_path if shared else None, None, None)
     explicit = spec.resources.ephemeral_storage
     if explicit:
         return CachePlan(shared.claim_name if shared else None, shared.sub_path if shared else None,
