@@ -80,6 +80,22 @@ def test_two_engine_processes_equal_one_engine(tiny_model):
     assert not two.workers
 
 
+def test_a_pod_with_several_gpus_gets_one_engine_per_group(tiny_model, monkeypatch):
+    """make_engine on a 2-GPU pod: the transformers engine (no tensor parallelism) runs one engine per GPU,
+    each process seeing only its own (on this CPU machine the engines then run on the CPU)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "6,7")
+    monkeypatch.setenv("RANK", "3")  # as under torchrun: the engines must not see it
+    engines = make_engine("transformers", tiny_model, batch_size=1, gpus=2)
+    try:
+        assert isinstance(engines, EngineProcesses) and engines.groups == [["6"], ["7"]]
+        assert engines.child_env == [{"CUDA_VISIBLE_DEVICES": "6", "torchrun": []},
+                                     {"CUDA_VISIBLE_DEVICES": "7", "torchrun": []}]
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "6,7" and os.environ["RANK"] == "3"  # ours are untouched
+        assert len(engines.generate(PROMPTS, GREEDY)) == len(PROMPTS)
+    finally:
+        engines.close()
+
+
 def test_an_engine_that_cannot_start_is_the_users_error(tmp_path):
     with pytest.raises(ModelError):
         EngineProcesses([[]], name="transformers", model_ref=str(tmp_path / "missing"), batch_size=1)

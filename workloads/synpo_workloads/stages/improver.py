@@ -65,11 +65,12 @@ def _scored_examples_on_every_rank(ctx) -> list[dict]:
     seed, prompts, golds = _seed(ctx)
     g = spec.generation
     gpus = int(ctx.config.get("gpus", 0))
+    tp = int(ctx.config.get("tensorParallelSize") or max(gpus, 1)) if g.engine == "vllm" else 1
     answers = ranks.generate_on_every_rank(
         [templates.policy_prompt(p) for p in prompts], sampling(ctx),
         engine={"name": g.engine, "model_ref": ctx.model("policy"), "dtype": spec.model.dtype,
                 "batch_size": g.batch_size, "gpu_memory_utilization": g.gpu_memory_utilization},
-        gpus=gpus, tensor_parallel_size=int(ctx.config.get("tensorParallelSize") or max(gpus, 1)))
+        gpus=gpus, tensor_parallel_size=tp)
     rows = _score(ctx, seed, prompts, golds, answers) if is_main_process() else None
     box = [rows]
     dist.broadcast_object_list(box, src=0)  # no shared file needed between nodes
