@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import errors
 from ..errors import ConfigError, UserError
+from ..training import TORCHRUN_ENV  # an engine process is a plain process, not a torchrun rank
 from . import Prompt, SamplingParams
 
 
@@ -52,12 +53,6 @@ def visible_devices(gpus: int) -> list[str]:
     """The pod's GPUs as CUDA names them in this process: CUDA_VISIBLE_DEVICES if set, else 0..gpus-1."""
     listed = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     return listed[:gpus] if len(listed) >= gpus else [str(i) for i in range(gpus)]
-
-
-TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
-                "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
-                "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE")
-"""An engine process is a plain process, not a torchrun rank: vLLM starts process groups of its own."""
 
 
 @contextmanager
