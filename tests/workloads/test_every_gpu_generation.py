@@ -133,6 +133,6 @@ def test_every_rank_generates_its_share_under_torchrun(tiny_model, tmp_path):
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     for rank in (0, 1):
-        assert json.loads(Path(f"{out}.{rank}").read_text()) == expected
-    assert "generating prompts 0-4 of 7 on rank 0 (engine 0 of 2" in done.stderr
-    assert "generating prompts 4-7 of 7 on rank 1 (engine 1 of 2" in done.stderr
+        assert json.loads(Path(f"{out}.{rank}").read_text()) == expected, done.stderr[-4000:]
+    assert "generating prompts 0-4 of 7 on rank 0 (engine 0 of 2" in done.stderr, done.stderr[-4000:]
+    assert "generating prompts 4-7 of 7 on rank 1 (engine 1 of 2" in done.stderr, done.stderr[-4000:]
