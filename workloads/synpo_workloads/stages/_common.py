@@ -17,11 +17,15 @@ def sampling(ctx, *, salt: str = "", **overrides) -> SamplingParams:
     return SamplingParams(**params)
 
 
-def engine(ctx, model_ref: str) -> Metered:
-    """The spec's engine on this pod's GPUs (`gpus` of the stage config), metered for the stage result."""
+def engine(ctx, model_ref: str, *, gpus: int | None = None) -> Metered:
+    """The spec's engine on this pod's GPUs (`gpus` of the stage config, split into engines of
+    `tensorParallelSize` GPUs), metered for the stage result."""
     g = ctx.spec.generation
+    gpus = int(ctx.config.get("gpus", 0)) if gpus is None else gpus
+    tp = int(ctx.config.get("tensorParallelSize") or max(gpus, 1))
     return Metered(make_engine(g.engine, model_ref, dtype=ctx.spec.model.dtype, batch_size=g.batch_size,
-                               gpus=int(ctx.config.get("gpus", 0)), gpu_memory_utilization=g.gpu_memory_utilization))
+                               gpus=gpus, gpu_memory_utilization=g.gpu_memory_utilization,
+                               tensor_parallel_size=tp))
 
 
 def checkpoints_dir(ctx) -> str:
