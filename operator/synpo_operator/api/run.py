@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .common import (
     ApiModel,
     Condition,
     DnsLabel,
+    DnsSubdomain,
     EnvVar,
+    ImageRef,
     LabelledName,
     NodeSelector,
     ObjectMeta,
@@ -287,7 +289,7 @@ class ResourcesSpec(ApiModel):
     """Where and how stage pods run. `gpusPerPod`, `cpu` and `memory` are the defaults of every kind of stage;
     `training`, `generation` and `scoring` override them per kind."""
 
-    image: str = Field(default="ghcr.io/synpo-dev/synpo-workloads:0.1.0", min_length=1, max_length=512)
+    image: ImageRef = "ghcr.io/synpo-dev/synpo-workloads:0.1.0"
     """Container image with the workloads (torch, transformers, TRL, vLLM)."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     """Image pull policy of stage containers."""
@@ -313,7 +315,7 @@ class ResourcesSpec(ApiModel):
     """Node labels stage pods must match."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     """Tolerations of stage pods (GPU nodes are often tainted)."""
-    priority_class_name: str | None = Field(default=None, max_length=253)
+    priority_class_name: DnsSubdomain | None = None
     """PriorityClass of stage pods."""
     service_account_name: DnsLabel | None = None
     """ServiceAccount of stage pods (e.g. one with workload identity for object storage)."""
@@ -369,8 +371,9 @@ class SynPORunSpec(ApiModel):
     """Evaluation of each M_t."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     """Pod image, GPUs and placement."""
-    env: list[EnvVar] = Field(default_factory=list, max_length=64)
-    """Extra environment for every stage container (e.g. HF_TOKEN from a Secret)."""
+    env: list[EnvVar] = Field(default_factory=list, max_length=64, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    """Extra environment for every stage container (e.g. HF_TOKEN from a Secret); each name at most once."""
     queue_name: DnsLabel | None = None
     """Kueue LocalQueue; becomes the kueue.x-k8s.io/queue-name label on every Job."""
     workload_priority_class_name: LabelledName | None = None
@@ -394,6 +397,14 @@ class SynPORunSpec(ApiModel):
     own activeDeadlineSeconds does not count while the Job is suspended."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=365 * 86_400)
     """Delete the finished run (and its Jobs; artifacts stay) this long after it ends."""
+
+    @field_validator("env")
+    @classmethod
+    def _unique_env_names(cls, env: list[EnvVar]) -> list[EnvVar]:
+        names = [var.name for var in env]
+        if duplicates := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"each name may appear once; repeated: {', '.join(duplicates)}")
+        return env
 
     @model_validator(mode="after")
     def _cross_field(self) -> SynPORunSpec:
