@@ -138,7 +138,14 @@ class RunController:
                     meta = body.get("metadata") or {}
                     if self.settings.watched(meta.get("namespace", "")) and not settled(body):
                         self.trigger(meta["namespace"], meta["name"], "leading again", LATER)
+        self.queue.progressed()  # what waited while standing by is not the workers' doing
         self.active.set()
+
+    def stalled(self) -> str | None:
+        """Why the workers look wedged (liveness fails then), or None. A standby's workers are paused: fine."""
+        if not self.active.is_set() or self._stopping.is_set():
+            return None
+        return self.queue.stalled(self.settings.stall_seconds)
 
     def pause(self) -> None:
         """Stop reconciling (leadership lost): a reconcile in flight finishes (its Job creates are
