@@ -126,7 +126,8 @@ class RunController:
 
     def resume(self) -> None:
         """Reconcile (this replica leads): the workers drain what the informers queued meanwhile, and every
-        cached run is queued once (another replica may have led since the events that queued them)."""
+        cached run is queued once (another replica may have led since the events that queued them); a finished
+        run's gauges come from the cache (the metrics dropped them while this replica stood by)."""
         if not self._started:
             self._started = True
             for i in range(self.settings.workers):
@@ -136,7 +137,12 @@ class RunController:
             for cache in self.informers.get("runs", ()):
                 for body in cache.items():
                     meta = body.get("metadata") or {}
-                    if self.settings.watched(meta.get("namespace", "")) and not settled(body):
+                    if not self.settings.watched(meta.get("namespace", "")):
+                        continue
+                    if settled(body):
+                        status = body.get("status") or {}
+                        self.metrics.observe_status(meta["namespace"], meta["name"], status.get("phase"), status)
+                    else:
                         self.trigger(meta["namespace"], meta["name"], "leading again", LATER)
         self.queue.progressed()  # what waited while standing by is not the workers' doing
         self.active.set()
