@@ -510,6 +510,20 @@ def test_ttl_after_finished_deletes_the_run(kube, operator, namespace):
     kube.wait_for(JOBS.format(ns=namespace), lambda o: not o["items"], timeout=30)
 
 
+def test_ttl_keeps_a_run_that_argo_cd_would_re_create(kube, operator, namespace):
+    """A run synced from Git by Argo CD (its tracking annotation) with selfHeal would come back as a new run
+    the moment the TTL deleted it: the operator keeps it, says so once, and leaves it to Git."""
+    doc = run_doc("ttl-git", ttlSecondsAfterFinished=1)
+    doc["metadata"]["annotations"]["argocd.argoproj.io/tracking-id"] = \
+        f"synpo-runs:synpo.dev/SynPORun:{namespace}/ttl-git"
+    apply(kube, namespace, doc)
+    wait_run(kube, namespace, "ttl-git", lambda s: s.get("phase") == "Succeeded", timeout=120)
+    event = wait_for_event(kube, namespace, "ttl-git", "TTLKeptForGitOps", "Argo CD")
+    assert "remove it from Git" in event["message"]
+    assert get_run(kube, namespace, "ttl-git")["status"]["phase"] == "Succeeded"  # still there
+    assert not [e for e in events(kube, namespace, "ttl-git") if e["reason"] == "TTLExpired"]
+
+
 def test_manifests_are_accepted_by_the_api_server(kube, crds, namespace):
     """Every object `synpo plan --manifests --all` renders passes server-side validation (dry run)."""
     from synpo_operator.api.loader import parse_resource
