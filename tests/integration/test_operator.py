@@ -219,6 +219,12 @@ def wait_for_event(kube: KubeClient, ns: str, name: str, reason: str, text: str 
     (lambda d: d["metadata"].update(name="r" * 41), "at most 40 characters"),
     (lambda d: d["spec"]["resources"].update(gpusPerPod=17), "spec.resources.gpusPerPod"),
     (lambda d: d["spec"].update(unknownField=1), "unknownField"),
+    # issue 20: what the kubelet or the Job's pods would refuse only later
+    (lambda d: d["spec"]["resources"].update(image="synpo-workloads:test\n"), "spec.resources.image"),
+    (lambda d: d["spec"]["resources"].update(image="synpo workloads:test"), "spec.resources.image"),
+    (lambda d: d["spec"]["resources"].update(priorityClassName="High_Priority"), "spec.resources.priorityClassName"),
+    (lambda d: d["spec"].update(env=[{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]),
+     "spec.env[1]: Duplicate value"),
 ])
 def test_bad_resources_are_rejected_at_apply_time(kube, crds, namespace, mutate, needle):
     doc = run_doc("bad")
