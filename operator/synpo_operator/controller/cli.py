@@ -79,7 +79,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         else {}
     return Settings(
         executor=args.executor, namespaces=tuple(args.namespace), resync_seconds=args.resync_seconds,
-        workers=args.workers, stall_seconds=args.stall_seconds, caps=Caps.parse(args.max_active_runs, args.max_active_runs_per_namespace),
+        workers=args.workers, stall_seconds=args.stall_seconds,
+        caps=Caps.parse(args.max_active_runs, args.max_active_runs_per_namespace),
         metrics_port=args.metrics_port, health_port=args.health_port, verbose=args.verbose,
         leader_election=args.leader_elect, lease_name=args.lease_name, lease_namespace=lease_namespace,
         lease_seconds=args.lease_seconds, renew_seconds=args.renew_seconds,
