@@ -2,6 +2,14 @@
 
     .venv/bin/python bench/operator.py                      # 1000 runs
     .venv/bin/python bench/operator.py --runs 200 --baseline --json out.json
+    .venv/bin/python bench/operator.py --runs 200 --aa      # A/A: the same controller twice (order bias check)
+    .venv/bin/python bench/operator.py --replicas 2         # two operator replicas (leader + standby)
+
+No order bias: the contenders are measured in alternating order over `--rounds` rounds (default 2: A B, then
+B A; `--order random` shuffles each round), each figure is the median over the rounds, and
+`--fresh-apiserver` restarts kube-apiserver before every measurement (a cold watch cache and APF state for
+each; use a dev cluster of your own, `SYNPO_DEVCLUSTER_STATE`). `--aa` measures today's controller against
+itself: every ratio should be within 1.1x.
 
 What it does, per configuration (the operator under test, then with --baseline the naive one):
 
@@ -19,6 +27,9 @@ What it does, per configuration (the operator under test, then with --baseline t
    with status, but make no pods (the fake node holds 110 pods);
 5. waits until every run has its first Job and a status and every flowing run has Succeeded; then deletes the namespace
    (garbage collection takes the Jobs), waits for it to go, and stops the operator.
+
+With `--replicas 2` two operator processes run, with leader election (the Lease in the namespace); the second
+starts once the first leads. Figures are the leader's; `standby_peak_rss_mb` is the standby's.
 
 Metrics: apply (client send time) → first Job of the run seen (p50, p99); apply → the run's first status
 seen (p50, p99: during a burst the operator writes it after the new runs' first Jobs); a Job seen finished → the next Job
@@ -295,6 +306,9 @@ class Bench:
         self.ns = f"bench-op-{uuid.uuid4().hex[:6]}"
         self.fs_name = f"synpo-bench-{self.ns}"
         self.proc: subprocess.Popen | None = None
+        """The leader (the only process with one replica)."""
+        self.procs: list[subprocess.Popen] = []
+        self.ports: list[int] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="synpo-bench-op-"))
 
     # -- setup / teardown
@@ -335,25 +349,38 @@ class Bench:
         self.kubeconfig.write_text(json.dumps(cfg))
 
     def start_operator(self) -> None:
-        self.port = _free_port()
+        """Start `--replicas` operator processes, one after another (the first leads), and wait for the leader."""
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **self.operator_env}
-        self.log_path = self.tmp / "operator.log"
-        self.proc = subprocess.Popen(
-            [*self.command, "--namespace", self.ns,
-             "--metrics-port", str(self.port), "--health-port", "0", *self.operator_args],
-            stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,  # noqa: SIM115
-            start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("operator did not come up")
+        replicas = max(1, self.args.replicas)
+        for i in range(replicas):
+            port = _free_port()
+            log_path = self.tmp / f"operator-{i}.log"
+            extra = ["--identity", f"{self.label}-{i}"] if replicas > 1 else []
+            proc = subprocess.Popen(
+                [*self.command, "--namespace", self.ns,
+                 "--metrics-port", str(port), "--health-port", "0", *extra, *self.operator_args],
+                stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,  # noqa: SIM115
+                start_new_session=True)
+            self.procs.append(proc)
+            self.ports.append(port)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"operator exited: {log_path.read_text()[-3000:]}")
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            else:
+                raise RuntimeError("operator did not come up")
+            if i == 0 and replicas > 1:
+                self.kube.wait_for(f"/apis/coordination.k8s.io/v1/namespaces/{self.ns}/leases/synpo-operator",
+                                   lambda o: (o.get("spec") or {}).get("holderIdentity"), timeout=60)
+        self.proc, self.port, self.log_path = self.procs[0], self.ports[0], self.tmp / "operator-0.log"
+        if replicas > 1:
+            holder = self.kube.get(f"/apis/coordination.k8s.io/v1/namespaces/{self.ns}/leases/synpo-operator")
+            assert holder["spec"]["holderIdentity"] == f"{self.label}-0", holder["spec"]
         self._settle()
 
     def _settle(self, quiet: float = 2.0, limit: float = 60.0) -> None:
@@ -368,13 +395,14 @@ class Bench:
                 last, since = now, time.monotonic()
 
     def stop_operator(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
 
     def cleanup(self) -> None:
         """Stop the operator, release the runs' finalizers, delete the namespace and wait for it to go."""
@@ -414,6 +442,9 @@ class Bench:
         statuses.start()
         rss = RssSampler(self.proc.pid)
         rss.start()
+        standby_rss = [RssSampler(p.pid) for p in self.procs[1:]]
+        for sampler in standby_rss:
+            sampler.start()
         time.sleep(0.5)
         before = apf_count(kube, self.fs_name)
         rec_before = operator_counter(self.port, "synpo_reconciles_total")
@@ -465,6 +496,8 @@ class Bench:
         after = apf_count(kube, self.fs_name)
         reconciles = operator_counter(self.port, "synpo_reconciles_total") - rec_before
         rss.stop()
+        for sampler in standby_rss:
+            sampler.stop()
         watcher.stop.set()
         statuses.stop.set()
         jobs = watcher.snapshot()
@@ -515,6 +548,9 @@ class Bench:
             "next_job_p99_s": percentile(next_lat, 0.99),
             "next_job_samples": len(next_lat),
             "peak_rss_mb": round(max(rss.peak, rss.hwm) / 2**20, 1),
+            "replicas": len(self.procs),
+            "standby_peak_rss_mb": round(max(max(r.peak, r.hwm) for r in standby_rss) / 2**20, 1)
+            if standby_rss else None,
             "operator_cpu_s": round(rss.cpu_seconds - cpu_before, 1),
             "api_requests": requests,
             "jobs_created": created,
@@ -632,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--operator-args", default="", help="extra `synpo operator` flags for the measured run")
     p.add_argument("--operator-env", default="", help="extra environment of the measured operator, NAME=VALUE[,...]")
     p.add_argument("--baseline", action="store_true",
-                   help="also measure the naive configuration on the same workload, first: by default the "
+                   help="also measure the naive configuration on the same workload: by default the "
                         "operator without its watch caches (SYNPO_OPERATOR_CACHE=0: every reconcile GETs the "
                         "run and LISTs the run's Jobs and pods, the plain controller loop)")
     p.add_argument("--baseline-args", default="", help="`synpo operator` flags of the baseline")
@@ -649,6 +685,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="the baseline is the lean Kopf run controller (bench/kopf_lean.py); prints the Kopf "
                         "decision of issue 16 (lean Kopf within 1.5x of today's controller on first-Job p99, "
                         "next-Job p99, peak RSS and API requests per transition)")
+    p.add_argument("--aa", action="store_true",
+                   help="A/A: the baseline is today's controller again, with the operator's args and env (every "
+                        "ratio should be within 1.1x; shows the bench has no order bias)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="operator processes per measurement, with leader election (default 1; 2: leader + standby)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="measure each contender this often, in alternating order (default 2: A B, then B A); "
+                        "figures are medians over the rounds")
+    p.add_argument("--order", choices=("alternate", "random"), default="alternate",
+                   help="the contenders' order in each round: alternate (default) or random (--seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --order random")
+    p.add_argument("--fresh-apiserver", action="store_true",
+                   help="restart kube-apiserver before every measurement (use a dev cluster of your own)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = p.parse_args(argv)
 
@@ -662,29 +711,39 @@ def main(argv: list[str] | None = None) -> int:
     install_crds(kube)
 
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                                           "kubernetes": info.k8s_version}, "args": vars(args)}
-    base = None
-    names = ("operator", "baseline")
-    command = None
-    if args.baseline_kopf_lean:
-        command = [sys.executable, str(ROOT / "bench" / "kopf_lean.py")]
-        names = ("operator", "kopf-lean")
-    elif args.baseline_command:
-        command = shlex.split(args.baseline_command)
-    if args.baseline or args.baseline_ref or command:
-        env = dict(kv.split("=", 1) for kv in args.baseline_env.split(",") if kv)
-        if args.baseline_ref or command:
-            env = {} if args.baseline_env == p.get_default("baseline_env") else env
-        if args.baseline_ref:
-            env["PYTHONPATH"] = str(_worktree(args.baseline_ref) / "operator")
-        base = Bench(kube, cfg_template, args, names[1], args.baseline_args.split(), env, command).run()
-        results["baseline"] = base
-        log(f"{names[1]}: {json.dumps(base)}")
-    env = dict(kv.split("=", 1) for kv in args.operator_env.split(",") if kv)
-    res = Bench(kube, cfg_template, args, "operator", args.operator_args.split(), env).run()
+                                           "kubernetes": info.k8s_version, "loadavg_start": os.getloadavg()},
+                               "args": vars(args)}
+    contenders = _contenders(args, p)
+    names = tuple(c.name for c in contenders) if len(contenders) == 2 else ("operator", "baseline")
+    measured: dict[str, list[dict[str, Any]]] = {c.name: [] for c in contenders}
+    results["rounds"] = []
+    for rnd, order in enumerate(schedule([c.name for c in contenders], args.rounds, args.order, args.seed)):
+        for name in order:
+            c = next(c for c in contenders if c.name == name)
+            if args.fresh_apiserver:
+                _restart_apiserver(info, kube)
+            res = Bench(kube, cfg_template, args, c.name, c.args, c.env, c.command).run()
+            res["round"], res["position"] = rnd, order.index(name)
+            measured[name].append(res)
+            results["rounds"].append(res)
+            log(f"{name} (round {rnd + 1}, position {res['position'] + 1}): {json.dumps(res)}")
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    res = median_result(measured[contenders[0].name])
+    base = median_result(measured[contenders[1].name]) if len(contenders) > 1 else None
     results["result"] = res
-    log(f"operator: {json.dumps(res)}")
+    if base is not None:
+        results["baseline"] = base
     text = table(res, base, names)
+    text += (f"\n\n{args.rounds} round(s), order {args.order}"
+             f"{', fresh kube-apiserver each' if args.fresh_apiserver else ''}; medians over rounds; load average "
+             f"(1/5/15 min) {_load(results['machine']['loadavg_start'])} at start, "
+             f"{_load(results['machine']['loadavg_end'])} at end")
+    if args.aa and base is not None:
+        ratios = aa_ratios(res, base)
+        worst = max(ratios.values(), default=0.0)
+        results["aa_ratios"], results["aa_worst_ratio"] = ratios, worst
+        text += ("\nA/A (no order bias: each <= 1.1x): "
+                 + ", ".join(f"{key} {ratio:.2f}x" for key, ratio in ratios.items()) + f"; worst {worst:.2f}x")
     if args.baseline_kopf_lean and base is not None:
         kopf_wins, lines = kopf_decision(res, base)
         results["kopf_decision"] = {"kopf": kopf_wins, "rule": KOPF_RULE, "lines": lines}
@@ -697,6 +756,96 @@ def main(argv: list[str] | None = None) -> int:
     ok = (res["first_job_p99_s"] is not None and res["first_job_p99_s"] <= TARGETS["first_job_p99_s"]
           and res["peak_rss_mb"] <= TARGETS["peak_rss_mb"] and not res["timed_out"])
     return 0 if ok else 1
+
+
+@dataclass
+class Contender:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    command: list[str] | None = None
+
+
+def _contenders(args: argparse.Namespace, p: argparse.ArgumentParser) -> list[Contender]:
+    """Today's controller first; then the baseline, if any (named in the table's second column)."""
+    env = dict(kv.split("=", 1) for kv in args.operator_env.split(",") if kv)
+    today = Contender("operator", args.operator_args.split(), env)
+    if args.aa:
+        return [Contender("operator-A", today.args, today.env), Contender("operator-B", today.args, today.env)]
+    command, name = None, "baseline"
+    if args.baseline_kopf_lean:
+        command, name = [sys.executable, str(ROOT / "bench" / "kopf_lean.py")], "kopf-lean"
+    elif args.baseline_command:
+        command = shlex.split(args.baseline_command)
+    if not (args.baseline or args.baseline_ref or command):
+        return [today]
+    base_env = dict(kv.split("=", 1) for kv in args.baseline_env.split(",") if kv)
+    if args.baseline_ref or command:
+        base_env = {} if args.baseline_env == p.get_default("baseline_env") else base_env
+    if args.baseline_ref:
+        base_env["PYTHONPATH"] = str(_worktree(args.baseline_ref) / "operator")
+    return [today, Contender(name, args.baseline_args.split(), base_env, command)]
+
+
+def schedule(names: list[str], rounds: int, order: str = "alternate", seed: int = 0) -> list[list[str]]:
+    """The contenders' order in each round: alternate (A B, B A, A B, ...) or shuffled with `seed`. Whatever a
+    measurement inherits from the one before it (a warmer API server, etcd grown by the namespace just deleted,
+    its garbage collection still running) then falls on each contender equally often."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for rnd in range(max(1, rounds)):
+        this = list(names)
+        if order == "random":
+            rng.shuffle(this)
+        elif rnd % 2:
+            this.reverse()
+        out.append(this)
+    return out
+
+
+def median_result(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several rounds of a contender: the median of every number; a round that timed out
+    makes the whole timed out."""
+    import statistics
+
+    out = dict(rounds[0])
+    for key, value in rounds[0].items():
+        values = [r.get(key) for r in rounds]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and all(
+                isinstance(v, (int, float)) for v in values):
+            out[key] = statistics.median(values)
+    out["timed_out"] = any(r.get("timed_out") for r in rounds)
+    out["rounds"] = len(rounds)
+    return out
+
+
+AA_KEYS = ("first_job_p50_s", "first_job_p99_s", "next_job_p99_s", "requests_per_transition")
+
+
+def aa_ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    """B / A per key, as the deviation from 1 in the worse direction (1.25 and 0.8 both give 1.25)."""
+    out = {}
+    for key in AA_KEYS:
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)) and x > 0 and y > 0:
+            out[key] = max(y / x, x / y)
+    return out
+
+
+def _load(values: Any) -> str:
+    return "/".join(f"{v:.1f}" for v in values)
+
+
+def _restart_apiserver(info: Any, kube: KubeClient) -> None:
+    """Kill kube-apiserver and start it again with the same command line (etcd keeps the data)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from reliability.chaos import restart_component, wait_api_ready
+
+    restart_component(info.state_dir, "kube-apiserver", down_seconds=0.5)
+    waited = wait_api_ready(kube)
+    log(f"kube-apiserver restarted, ready after {waited:.1f}s")
 
 
 if __name__ == "__main__":

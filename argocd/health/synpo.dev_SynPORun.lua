@@ -2,7 +2,9 @@
 -- Install: argocd-cm key resource.customizations.health.synpo.dev_SynPORun (see ../argocd-cm-patch.yaml).
 --   Healthy     status.phase == Succeeded
 --   Progressing no status yet, status.observedGeneration < metadata.generation, Pending, Running
---   Degraded    Failed (message from the Failed condition, else Ready)
+--   Degraded    Failed (message from the Failed condition, else Ready); Pending or Running with a stage stuck
+--               (StageStuck True: pods refused, unschedulable, image pull or config errors; its reason and
+--               message), except WaitingForResources (other pods must finish first: Progressing)
 --   Suspended   Suspended
 local hs = {}
 
@@ -63,6 +65,17 @@ if status.stage ~= nil and status.stage ~= "" then
     where = where .. ", "
   end
   where = where .. "stage " .. status.stage
+end
+
+local stuck = condition(status, "StageStuck")
+if (phase == "Pending" or phase == "Running") and stuck ~= nil and stuck.status == "True" then
+  if stuck.reason == "WaitingForResources" then
+    hs.status = "Progressing"
+  else
+    hs.status = "Degraded"
+  end
+  hs.message = "Stage stuck: " .. describe(stuck, "a stage's pods cannot start")
+  return hs
 end
 
 if phase == "Succeeded" then

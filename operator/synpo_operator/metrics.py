@@ -2,6 +2,10 @@
 
 Labels are namespace, run, stage (a stage *name* such as `train`, never free text) and iteration: no label
 ever holds a value from a Secret or from a user-written message.
+
+Only the replica that leads exports per-run and per-schedule series (and the run counts by phase): a standby
+has none, so a scrape of every replica shows each run once and never a figure a former leader kept.
+`synpo_leader{pod}` says which replica leads.
 """
 
 from __future__ import annotations
@@ -85,7 +89,11 @@ class Metrics:
         self.schedule_missed = Counter("synpo_schedule_missed", "Scheduled times that got no run of their own "
                                        "(folded into a later run after an outage, as CronJob does)",
                                        ["namespace", "schedule"], registry=r)
+        self.leader = Gauge("synpo_leader", "1 on the replica that holds the Lease and reconciles, 0 on a standby "
+                            "(which exports no per-run or per-schedule series)", ["pod"], registry=r)
         self._lock = threading.Lock()
+        self._leading = True
+        """Per-run and per-schedule series are kept only while True (`set_leader`)."""
         self._phases: dict[tuple[str, str], str] = {}
         self._stuck: dict[tuple[str, str], str] = {}
         self._series: dict[tuple[str, str], set[tuple[Any, tuple[str, ...]]]] = {}
@@ -97,28 +105,71 @@ class Metrics:
     def _track(self, key: tuple[str, str], metric: Any, labels: tuple[str, ...]) -> None:
         self._series.setdefault(key, set()).add((metric, labels))
 
+    def set_leader(self, pod: str, leading: bool) -> None:
+        """This replica (`pod`) leads from now on, or stands by: then every per-run and per-schedule series and
+        the run counts by phase go (the next leader exports them; this replica again once it leads again)."""
+        with self._lock:
+            self._leading = leading
+            self.leader.labels(pod=pod).set(1 if leading else 0)
+            if leading:
+                self._count_phases()
+                return
+            self._phases.clear()
+            self._stuck.clear()
+            series, self._series = self._series, {}
+            for metric, labels in (item for items in series.values() for item in items):
+                _remove(metric, labels)
+            for phase in PHASES:
+                _remove(self.runs, (phase,))
+
     def set_phase(self, namespace: str, run: str, phase: str | None) -> None:
         with self._lock:
+            if not self._leading:
+                return
             key = (namespace, run)
             if phase is None:
                 self._phases.pop(key, None)
             else:
                 self._phases[key] = phase
-            counts = {p: 0 for p in PHASES}
-            for p in self._phases.values():
-                counts[p] = counts.get(p, 0) + 1
-            for p, n in counts.items():
-                self.runs.labels(phase=p).set(n)
+            self._count_phases()
+
+    def _count_phases(self) -> None:
+        counts = {p: 0 for p in PHASES}
+        for p in self._phases.values():
+            counts[p] = counts.get(p, 0) + 1
+        for p, n in counts.items():
+            self.runs.labels(phase=p).set(n)
 
     def observe(self, namespace: str, run: str, outcome: Any) -> None:
         """Update the metrics from one reconcile's outcome (`reconcile.Outcome`)."""
         self.reconciles.inc()
         self.last_reconcile = time.monotonic()
-        self.set_phase(namespace, run, outcome.phase)
+        self.observe_status(namespace, run, outcome.phase, outcome.status)
+        for name in outcome.started:
+            self.stage_starts.labels(stage=_stage_name(name)).inc()
+        for stage_key, n in (outcome.retries or {}).items():
+            self.stage_retries.labels(stage=_stage_name(stage_key)).inc(n)
+        for tr in outcome.transitions:
+            if tr.new not in ("Succeeded", "Failed") or tr.old == tr.new:
+                continue
+            stage = _stage_name(tr.key)
+            rec = tr.record
+            start, end = parse_time(rec.start_time), parse_time(rec.completion_time)
+            if start and end and end >= start:
+                self.stage_duration.labels(stage=stage, outcome=tr.new).observe((end - start).total_seconds())
+            self.stage_gpu_seconds.labels(stage=stage).inc(rec.gpu_seconds or 0.0)
+            if tr.new == "Failed":
+                self.stage_failures.labels(stage=stage).inc()
+
+    def observe_status(self, namespace: str, run: str, phase: str | None, raw_status: dict | None) -> None:
+        """The per-run gauges from a run's status (after a reconcile, or from the cache for a finished run)."""
+        self.set_phase(namespace, run, phase)
         key = (namespace, run)
-        status = SynPORunStatus.model_validate(outcome.status or {})
+        status = SynPORunStatus.model_validate(raw_status or {})
         stuck = next((c.reason for c in status.conditions if c.type == STAGE_STUCK and c.status == "True"), None)
         with self._lock:
+            if not self._leading:
+                return
             if status.iteration is not None:
                 self.run_iteration.labels(namespace, run).set(status.iteration)
                 self._track(key, self.run_iteration, (namespace, run))
@@ -144,21 +195,6 @@ class Metrics:
                         if value is not None:
                             self.win_rate_bound.labels(*labels, bound).set(value)
                             self._track(key, self.win_rate_bound, (*labels, bound))
-        for name in outcome.started:
-            self.stage_starts.labels(stage=_stage_name(name)).inc()
-        for stage_key, n in (outcome.retries or {}).items():
-            self.stage_retries.labels(stage=_stage_name(stage_key)).inc(n)
-        for tr in outcome.transitions:
-            if tr.new not in ("Succeeded", "Failed") or tr.old == tr.new:
-                continue
-            stage = _stage_name(tr.key)
-            rec = tr.record
-            start, end = parse_time(rec.start_time), parse_time(rec.completion_time)
-            if start and end and end >= start:
-                self.stage_duration.labels(stage=stage, outcome=tr.new).observe((end - start).total_seconds())
-            self.stage_gpu_seconds.labels(stage=stage).inc(rec.gpu_seconds or 0.0)
-            if tr.new == "Failed":
-                self.stage_failures.labels(stage=stage).inc()
 
     def observe_schedule(self, namespace: str, schedule: str, outcome: Any, created: int) -> None:
         """Update the metrics from one schedule step (`schedule.ScheduleOutcome`); `created`: runs created
@@ -172,6 +208,8 @@ class Metrics:
             self.promotions.labels(namespace, schedule, "promoted" if promoted else "refused").inc()
         value = ((outcome.status or {}).get("promoted") or {}).get("value")
         with self._lock:
+            if not self._leading:
+                return
             if value is not None:
                 self.promoted_score.labels(namespace, schedule).set(value)
                 self._track(key, self.promoted_score, (namespace, schedule))
@@ -205,6 +243,13 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _remove(metric: Any, labels: tuple[str, ...]) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass
 
 
 def _win_rates(summary: IterationSummary) -> list[WinRateFigure]:

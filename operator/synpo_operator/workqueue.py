@@ -17,6 +17,8 @@
 - `add_rate_limited` queues a key after a per-key exponential back-off (`retry`: 0.5 s doubling to 30 s);
   `forget` resets it after a success (client-go's RateLimitingQueue).
 - `observe_wait(lane, seconds)`, if given, hears how long each key waited (for metrics).
+- `stalled(seconds)` says why the workers look wedged (the liveness probe): a key held by a worker that long,
+  or keys waiting that long while none was handed out.
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ class WorkQueue:
         self._waiting = [0, 0, 0]
         """Keys waiting per lane (the lanes' deques also hold stale entries)."""
         self._since: dict[Hashable, float] = {}
-        self._active: set[Hashable] = set()
+        self._active: dict[Hashable, float] = {}
+        """Keys handed out and not done yet -> when they were handed out."""
+        self._handed_out = clock()
+        """When a key was last handed out (or `progressed` was called)."""
         self._again: dict[Hashable, int] = {}
         """Keys added while active -> the lane to queue them in when done."""
         self._later: list[tuple[float, int, Hashable]] = []
@@ -130,7 +135,7 @@ class WorkQueue:
                 popped = self._pop()
                 if popped is not None:
                     key, lane = popped
-                    self._active.add(key)
+                    self._active[key] = self._handed_out = now
                     waited = now - self._since.pop(key, now)
                     break
                 waits = [t - now for t in (deadline, self._later[0][0] if self._later else None) if t is not None]
@@ -145,10 +150,30 @@ class WorkQueue:
 
     def done(self, key: Hashable) -> None:
         with self._cond:
-            self._active.discard(key)
+            self._active.pop(key, None)
             lane = self._again.pop(key, None)
             if lane is not None and not self._closed:
                 self._push(key, lane)
+
+    def progressed(self) -> None:
+        """Count now as progress: the wait so far was not the workers' doing (they were paused on purpose)."""
+        with self._cond:
+            self._handed_out = self._clock()
+
+    def stalled(self, seconds: float) -> str | None:
+        """Why the workers look wedged, or None: a key held by a worker for more than `seconds` (a reconcile
+        that never returns), or a key waiting more than `seconds` while no key was handed out in that time
+        (every worker wedged, or gone)."""
+        with self._cond:
+            now = self._clock()
+            held = min(self._active.values(), default=now)
+            if now - held > seconds:
+                return f"a worker has been on one key for {now - held:.0f} s"
+            oldest = min(self._since.values(), default=now)
+            if now - oldest > seconds and now - self._handed_out > seconds:
+                return (f"{len(self._queued)} key(s) waiting, the oldest for {now - oldest:.0f} s, and none handed "
+                        f"out for {now - self._handed_out:.0f} s")
+            return None
 
     def close(self) -> None:
         with self._cond:

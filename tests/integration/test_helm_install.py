@@ -102,7 +102,7 @@ def crds(kube: KubeClient, kubectl: str, dev_cluster) -> None:
 def test_chart_applies_with_server_side_dry_run(helm, kubectl, kube, dev_cluster, crds, namespace,
                                                 extra_namespaces, scope):
     values: dict = {
-        "cluster": {},
+        "cluster": {"rbac": {"scope": "cluster"}},
         "namespaced": {"rbac": {"scope": "namespaced"},
                        "watchNamespaces": [extra_namespaces(), extra_namespaces()]},
         "monitoring": {"metrics": {"serviceMonitor": {"enabled": True}}, "grafana": {"dashboard": {"enabled": True}}},
@@ -187,7 +187,7 @@ def test_namespaced_rbac_allows_the_operator_and_nothing_more(installed_rbac, ku
                                                               extra_namespaces):
     watched = extra_namespaces("watched")
     unwatched = extra_namespaces("unwatched")
-    _, sa = installed_rbac({"rbac": {"scope": "namespaced"}, "watchNamespaces": [watched]})
+    release, sa = installed_rbac({"rbac": {"scope": "namespaced"}, "watchNamespaces": [watched]})
     _wait_allowed(sa, "create", "jobs", watched, "batch")
 
     review = sa.post("/apis/authentication.k8s.io/v1/selfsubjectreviews",
@@ -208,13 +208,18 @@ def test_namespaced_rbac_allows_the_operator_and_nothing_more(installed_rbac, ku
     sa.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/synporuns.synpo.dev")
     sa.get("/api/v1/namespaces")
     sa.delete(f"/apis/batch/v1/namespaces/{watched}/jobs/lp-check", propagationPolicy="Background")
-    # leader election: the Lease in the release namespace, and nowhere else
+    # leader election: the operator's own Lease (--lease-name: the release's full name) in the release
+    # namespace, and no other Lease to read or renew (another controller's leader election is safe from it)
     leases = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
-    lease = sa.post(leases, {"metadata": {"name": "lp-check"}, "spec": {"holderIdentity": "op-a"}})
+    own = f"{release}-synpo-operator"
+    lease = sa.post(leases, {"metadata": {"name": own}, "spec": {"holderIdentity": "op-a"}})
     lease["spec"]["holderIdentity"] = "op-b"
-    assert sa.put(f"{leases}/lp-check", lease)["spec"]["holderIdentity"] == "op-b"
+    assert sa.put(f"{leases}/{own}", lease)["spec"]["holderIdentity"] == "op-b"
+    other = kube.post(leases, {"metadata": {"name": "another-controller"}, "spec": {"holderIdentity": "x"}})
+    _forbidden(sa.get, f"{leases}/another-controller")
+    _forbidden(sa.put, f"{leases}/another-controller", other)
     _forbidden(sa.post, f"/apis/coordination.k8s.io/v1/namespaces/{watched}/leases", {"metadata": {"name": "x"}})
-    _forbidden(sa.delete, f"{leases}/lp-check")
+    _forbidden(sa.delete, f"{leases}/{own}")
 
     # forbidden: secrets, exec, pod create, job rewrite (update: the patch it holds only fails a stuck Job), nodes, CRD writes, other namespaces, cluster-wide runs
     _forbidden(sa.get, f"/api/v1/namespaces/{watched}/secrets")
@@ -252,7 +257,7 @@ def test_namespaced_rbac_allows_the_operator_and_nothing_more(installed_rbac, ku
 
 def test_cluster_rbac_reaches_every_namespace_but_no_secrets(installed_rbac, dev_cluster, extra_namespaces):
     anywhere = extra_namespaces("anywhere")
-    _, sa = installed_rbac({})
+    _, sa = installed_rbac({"rbac": {"scope": "cluster"}})
     _wait_allowed(sa, "list", "synporuns", None, "synpo.dev")
     sa.get("/apis/synpo.dev/v1alpha1/synporuns")
     sa.get(f"/apis/synpo.dev/v1alpha1/namespaces/{anywhere}/synporuns")

@@ -220,6 +220,12 @@ def wait_for_event(kube: KubeClient, ns: str, name: str, reason: str, text: str 
     (lambda d: d["metadata"].update(name="r" * 41), "at most 40 characters"),
     (lambda d: d["spec"]["resources"].update(gpusPerPod=17), "spec.resources.gpusPerPod"),
     (lambda d: d["spec"].update(unknownField=1), "unknownField"),
+    # issue 20: what the kubelet or the Job's pods would refuse only later
+    (lambda d: d["spec"]["resources"].update(image="synpo-workloads:test\n"), "spec.resources.image"),
+    (lambda d: d["spec"]["resources"].update(image="synpo workloads:test"), "spec.resources.image"),
+    (lambda d: d["spec"]["resources"].update(priorityClassName="High_Priority"), "spec.resources.priorityClassName"),
+    (lambda d: d["spec"].update(env=[{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]),
+     "spec.env[1]: Duplicate value"),
 ])
 def test_bad_resources_are_rejected_at_apply_time(kube, crds, namespace, mutate, needle):
     doc = run_doc("bad")
@@ -509,6 +515,20 @@ def test_ttl_after_finished_deletes_the_run(kube, operator, namespace):
     # TTL 2 s, then a resync pass (1 s here); on a loaded 2-core CI machine 30 s once proved too tight.
     kube.wait_gone(path, timeout=90)
     kube.wait_for(JOBS.format(ns=namespace), lambda o: not o["items"], timeout=30)
+
+
+def test_ttl_keeps_a_run_that_argo_cd_would_re_create(kube, operator, namespace):
+    """A run synced from Git by Argo CD (its tracking annotation) with selfHeal would come back as a new run
+    the moment the TTL deleted it: the operator keeps it, says so once, and leaves it to Git."""
+    doc = run_doc("ttl-git", ttlSecondsAfterFinished=1)
+    doc["metadata"]["annotations"]["argocd.argoproj.io/tracking-id"] = \
+        f"synpo-runs:synpo.dev/SynPORun:{namespace}/ttl-git"
+    apply(kube, namespace, doc)
+    wait_run(kube, namespace, "ttl-git", lambda s: s.get("phase") == "Succeeded", timeout=120)
+    event = wait_for_event(kube, namespace, "ttl-git", "TTLKeptForGitOps", "Argo CD")
+    assert "remove it from Git" in event["message"]
+    assert get_run(kube, namespace, "ttl-git")["status"]["phase"] == "Succeeded"  # still there
+    assert not [e for e in events(kube, namespace, "ttl-git") if e["reason"] == "TTLExpired"]
 
 
 @pytest.mark.parametrize("example", ["cluster-llama3.yaml", "cluster-llama3-70b.yaml"])

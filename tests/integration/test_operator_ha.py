@@ -73,6 +73,10 @@ def _ready(port: int) -> bool:
         return False
 
 
+def _metrics(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
 def test_standby_takes_over_when_the_leader_is_killed(kube, dev_cluster, crds, namespace, tmp_path):  # noqa: F811
     args = ("--lease-seconds", str(LEASE_SECONDS), "--renew-seconds", "1")
     (tmp_path / "a").mkdir()
@@ -91,12 +95,18 @@ def test_standby_takes_over_when_the_leader_is_killed(kube, dev_cluster, crds, n
         apply(kube, namespace, run_doc("ha", pods={"*": {"synpo.dev/fake-duration": "1500ms"}}))
         wait_run(kube, namespace, "ha", lambda s: len(_succeeded(s)) >= 2, timeout=90)
         assert "created Job for stage" not in standby.logs()  # the standby did nothing so far
+        # only the leader exports per-run series (a ServiceMonitor scrapes both pods); synpo_leader says who
+        assert 'synpo_leader{pod="op-a"} 1.0' in _metrics(leader.port) and 'run="ha"' in _metrics(leader.port)
+        assert 'synpo_leader{pod="op-b"} 0.0' in _metrics(standby.port)
+        assert 'run="ha"' not in _metrics(standby.port) and "synpo_runs{" not in _metrics(standby.port)
         leader.kill9()
         killed_at = time.monotonic()
 
         wait_until("op-b holds the Lease", lambda: holder(kube, namespace) == "op-b",
                    timeout=LEASE_SECONDS * 3)
         took_over = time.monotonic() - killed_at
+        wait_until("the new leader exports the run's series",
+                   lambda: 'synpo_leader{pod="op-b"} 1.0' in (text := _metrics(standby.port)) and 'run="ha"' in text)
         done = wait_run(kube, namespace, "ha", lambda s: s.get("phase") in ("Succeeded", "Failed"), timeout=180)
         assert done["status"]["phase"] == "Succeeded", done["status"]
         seen = ledger.stop()

@@ -222,3 +222,30 @@ def test_example_application_points_at_the_chart():
     for app in apps:
         assert app["kind"] == "Application"
         assert "ignoreDifferences" not in app["spec"], "the operator never writes spec: no ignoreDifferences"
+
+
+# ---- a stuck stage (the StageStuck condition) --------------------------------------------------------------
+@pytest.mark.parametrize("phase", ["Pending", "Running"])
+def test_a_stuck_stage_is_degraded_with_its_reason_and_message(phase):
+    status, message = health("SynPORun", run({
+        "observedGeneration": 3, "phase": phase, "iteration": 1, "stage": "prompts",
+        "conditions": [cond("Ready", "False", "StageRunning", "i1-prompts running"),
+                       cond("StageStuck", "True", "ImagePullFailed",
+                            "stage i1-prompts: pod i1-prompts-0: ErrImagePull: registry.example/synpo:1 not found")],
+    }))
+    assert status == "Degraded"
+    assert message == ("Stage stuck: ImagePullFailed: stage i1-prompts: pod i1-prompts-0: ErrImagePull: "
+                       "registry.example/synpo:1 not found")
+
+
+def test_a_stage_waiting_for_resources_or_no_longer_stuck_is_progressing():
+    waiting = health("SynPORun", run({"observedGeneration": 3, "phase": "Running", "conditions": [
+        cond("StageStuck", "True", "WaitingForResources", "stage i1-train waits for 8 GPUs")]}))
+    assert waiting == ("Progressing", "Stage stuck: WaitingForResources: stage i1-train waits for 8 GPUs")
+    cleared = health("SynPORun", run({"observedGeneration": 3, "phase": "Running", "iteration": 1,
+                                      "stage": "prompts", "conditions": [cond("StageStuck", "False", "NotStuck")]}))
+    assert cleared[0] == "Progressing" and "iteration 1/4" in cleared[1]
+    # a finished run's verdict wins over a stale StageStuck
+    done = health("SynPORun", run({"observedGeneration": 3, "phase": "Failed", "conditions": [
+        cond("StageStuck", "True", "Unschedulable", "x"), cond("Failed", "True", "StageFailed", "stuck too long")]}))
+    assert done == ("Degraded", "StageFailed: stuck too long")

@@ -16,6 +16,7 @@ from chart_helpers import CHART, ROOT, by_kind, render, run_helm, set_args
 
 VALUE_SETS = {
     "default": {},
+    "cluster": {"rbac": {"scope": "cluster"}},
     "namespaced-two": {"rbac": {"scope": "namespaced"}, "watchNamespaces": ["team-a", "team-b"]},
     "monitoring": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
                    "grafana": {"dashboard": {"enabled": True, "namespace": "monitoring"}}},
@@ -74,8 +75,21 @@ def test_every_rendered_object_is_well_formed(rendered, name):
         assert d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "synpo"
 
 
-def test_default_is_cluster_scope(rendered):
+def test_default_is_the_release_namespace_only(rendered):
+    """Least privilege by default: Roles in the release namespace, which is the one namespace watched; the only
+    cluster-wide grant is kopf's reads (CRDs, namespace names)."""
     docs = rendered["default"]
+    roles = [r["metadata"]["namespace"] for r in by_kind(docs, "Role") + by_kind(docs, "RoleBinding")]
+    assert roles == ["synpo-system"] * 4  # the operator's Role and the leader-election Role, and their bindings
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    assert {res for r in cluster_role["rules"] for res in r["resources"]} == {"customresourcedefinitions",
+                                                                             "namespaces"}
+    args = deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--namespace"] == ["synpo-system"]
+
+
+def test_cluster_scope_is_opt_in(rendered):
+    docs = rendered["cluster"]
     # the only namespaced RBAC: the leader-election Lease in the release namespace
     assert [r["metadata"]["name"] for r in by_kind(docs, "Role") + by_kind(docs, "RoleBinding")] == [
         "synpo-synpo-operator-leader-election"] * 2
@@ -178,7 +192,8 @@ def test_container_args_are_accepted_by_synpo_operator(rendered, name):
     (c,) = deployment(rendered[name])["spec"]["template"]["spec"]["containers"]
     args = build_parser().parse_args(c["args"])
     assert args.command == "operator" and args.executor == "jobs"
-    assert args.namespace == VALUE_SETS[name].get("watchNamespaces", [])
+    cluster = VALUE_SETS[name].get("rbac", {}).get("scope") == "cluster"
+    assert args.namespace == VALUE_SETS[name].get("watchNamespaces", [] if cluster else ["synpo-system"])
     assert args.metrics_port == VALUE_SETS[name].get("metrics", {}).get("port", 8080)
     assert args.health_port == 8081
 
@@ -237,8 +252,13 @@ def test_rbac_is_least_privilege(rendered, name):
         assert not FORBIDDEN_VERBS & set(r["verbs"]), r
         assert "secrets" not in r["resources"], r
         assert not any(res.startswith("pods/") for res in r["resources"]), r  # no exec, attach, portforward
-        assert "nonResourceURLs" not in r and "resourceNames" not in r
-    grants = {(g, res): set(r["verbs"]) for r in rules for g in r["apiGroups"] for res in r["resources"]}
+        assert "nonResourceURLs" not in r
+        assert "resourceNames" not in r or r["resources"] == ["leases"], r  # a name only narrows: the Lease
+    grants: dict[tuple[str, str], set[str]] = {}
+    for r in rules:
+        for g in r["apiGroups"]:
+            for res in r["resources"]:
+                grants.setdefault((g, res), set()).update(r["verbs"])
     assert grants[("", "pods")] <= {"get", "list", "watch"}
     # never update a Job; patch only fails a stuck stage's Job (annotation + activeDeadlineSeconds)
     assert grants[("batch", "jobs")] == {"get", "list", "watch", "create", "delete", "patch"}
@@ -280,7 +300,7 @@ def test_rbac_create_false_renders_no_rbac(helm):
 # ---- values.schema.json -----------------------------------------------------------------------------------
 BAD_VALUES = [
     ({"rbac": {"scope": "bogus"}}, "scope"),
-    ({"rbac": {"scope": "namespaced"}}, "watchNamespaces"),
+    ({"spread": {"nodes": "always"}}, "nodes"),
     ({"replicas": 2}, "replicas"),
     ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
     ({"image": {"registry": "x"}}, "registry"),
@@ -350,3 +370,46 @@ def test_notes_render(helm):
     proc = run_helm(helm, "install", "synpo", str(CHART), "--dry-run=client", "--namespace", "synpo-system",
                     *set_args(VALUE_SETS["namespaced-two"]))
     assert "team-a, team-b" in proc.stdout and "kubectl apply --server-side -f crds/" in proc.stdout
+
+
+# ---- availability of the two replicas ---------------------------------------------------------------------
+def _pod_spec(helm, values: dict) -> dict:
+    return deployment(render(helm, values))["spec"]["template"]["spec"]
+
+
+def test_replicas_are_kept_apart_by_default(rendered):
+    pod = deployment(rendered["default"])["spec"]["template"]["spec"]
+    selector = {"app.kubernetes.io/name": "synpo-operator", "app.kubernetes.io/instance": "synpo"}
+    (preferred,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred["podAffinityTerm"] == {"labelSelector": {"matchLabels": selector},
+                                            "topologyKey": "kubernetes.io/hostname"}
+    assert deployment(rendered["default"])["spec"]["selector"]["matchLabels"] == selector  # the same pods
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread == {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                      "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": selector}}
+
+
+def test_spread_hard_none_and_an_own_anti_affinity(helm):
+    hard = _pod_spec(helm, {"spread": {"nodes": "hard", "zones": False}})
+    (term,) = hard["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname" and "topologySpreadConstraints" not in hard
+    assert "affinity" not in _pod_spec(helm, {"spread": {"nodes": "none"}})
+    own = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "x"}}, "topologyKey": "topology.kubernetes.io/zone"}]},
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["control"]}]}]}}}
+    assert _pod_spec(helm, {"affinity": own})["affinity"] == own
+    node_only = {"nodeAffinity": own["nodeAffinity"]}
+    merged = _pod_spec(helm, {"affinity": node_only})["affinity"]
+    assert merged["nodeAffinity"] == own["nodeAffinity"] and "podAntiAffinity" in merged
+
+
+def test_lease_rules_name_the_operators_lease(rendered):
+    for name in ("default", "cluster"):
+        (role,) = [r for r in by_kind(rendered[name], "Role") if r["metadata"]["name"].endswith("-leader-election")]
+        args = deployment(rendered[name])["spec"]["template"]["spec"]["containers"][0]["args"]
+        lease = args[args.index("--lease-name") + 1]
+        assert role["rules"] == [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [lease],
+             "verbs": ["get", "update"]}]

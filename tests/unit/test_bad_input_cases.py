@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import jsonschema
 import pytest
@@ -105,3 +106,88 @@ def test_valid_label_syntax_passes():
     selector = {"nvidia.com/gpu.product": "H100-80GB_HBM3", "kubernetes.io/arch": "amd64", "pool": ""}
     run = parse_resource(_with(("spec", "resources", "nodeSelector"), selector), "run.yaml")
     assert run.spec.resources.node_selector == selector
+
+
+SCHEDULE = yaml.safe_load((ROOT / "examples" / "schedule-weekly.yaml").read_text())
+
+
+def _go_schema_errors(doc: dict, kind: str = "SynPORun") -> list[str]:
+    """The CRD schema as the API server reads it: OpenAPI 3.0 (draft 4's boolean exclusiveMinimum), and Go's
+    regexp, whose `$` matches only at the end of the text (Python's also matches before a final newline)."""
+    def pattern(validator, regex, instance, schema):
+        if validator.is_type(instance, "string") and not re.search(re.sub(r"\$$", r"\\Z", regex), instance):
+            yield jsonschema.ValidationError(f"{instance!r} does not match {regex!r}")
+
+    crd = next(c for c in crds() if c["spec"]["names"]["kind"] == kind)
+    validator = jsonschema.validators.extend(jsonschema.Draft4Validator, {"pattern": pattern})(
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+def _in_schedule(path: tuple, value) -> dict:
+    doc = copy.deepcopy(SCHEDULE)
+    node = doc["spec"]["runTemplate"]
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    return doc
+
+
+def _both(path: tuple, value) -> list[tuple[dict, str, str]]:
+    """The bad value in a run and in a schedule's runTemplate: (document, kind, field path of the value)."""
+    return [(_with(path, value), "SynPORun", ".".join(path)),
+            (_in_schedule(path, value), "SynPOSchedule", "spec.runTemplate." + ".".join(path))]
+
+
+IMAGE = ("spec", "resources", "image")
+
+
+@pytest.mark.parametrize("bad", ["registry.example/synpo:1 ", " registry.example/synpo:1", "registry.example/synpo:1\n",
+                                 "registry.example/synpo\n:1", "synpo workloads:1", "synpo:\t1", "Registry/Synpo:1",
+                                 "synpo:1@sha256:zz", "registry.example//synpo", "synpo:"])
+def test_an_image_that_is_not_an_image_reference_is_refused(bad):
+    for doc, kind, field in _both(IMAGE, bad):
+        with pytest.raises(SpecError) as err:
+            parse_resource(doc, "x.yaml")
+        assert any(p.startswith(f"{field}: must be a container image reference") for p in err.value.problems), \
+            err.value.problems
+        assert any(e.startswith(field) for e in _go_schema_errors(doc, kind)), bad
+
+
+@pytest.mark.parametrize("good", ["synpo-workloads:test", "x", "localhost:5000/synpo/workloads:0.1.0-rc.1",
+                                  "registry.example.com/team/synpo_workloads@sha256:" + "a" * 64,
+                                  "Registry.Example:443/a__b/c-d--e:V1_2@sha512:" + "F" * 128])
+def test_image_references_pass(good):
+    for doc, kind, _ in _both(IMAGE, good):
+        parse_resource(doc, "x.yaml")
+        assert not _go_schema_errors(doc, kind)
+
+
+@pytest.mark.parametrize("bad", ["High", "high priority", "-high", "high.", "a" * 254, "gpu_high", ""])
+def test_priority_class_name_must_be_a_dns_subdomain(bad):
+    path = ("spec", "resources", "priorityClassName")
+    for doc, kind, field in _both(path, bad):
+        with pytest.raises(SpecError) as err:
+            parse_resource(doc, "x.yaml")
+        assert any(p.startswith(f"{field}: ") for p in err.value.problems), err.value.problems
+        assert any(e.startswith(field) for e in _go_schema_errors(doc, kind)), bad
+    assert parse_resource(_with(path, "team-a.high"), "x.yaml").spec.resources.priority_class_name == "team-a.high"
+
+
+def test_duplicate_env_names_are_refused_naming_them():
+    env = [{"name": "HF_TOKEN", "value": "a"}, {"name": "B", "value": "b"},
+           {"name": "HF_TOKEN", "secretKeyRef": {"name": "hf", "key": "token"}}]
+    for doc, _, field in _both(("spec", "env"), env):
+        with pytest.raises(SpecError) as err:
+            parse_resource(doc, "x.yaml")
+        assert any(p.startswith(f"{field}: ") and "repeated: HF_TOKEN" in p for p in err.value.problems), \
+            err.value.problems
+    # at apply time: a list keyed by name, so the API server answers "Duplicate value" for spec.env[2]
+    for kind, spec in (("SynPORun", _run_schema()["properties"]["spec"]),
+                       ("SynPOSchedule", next(c for c in crds() if c["spec"]["names"]["kind"] == "SynPOSchedule")[
+                           "spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+                           "runTemplate"]["properties"]["spec"])):
+        assert spec["properties"]["env"]["x-kubernetes-list-type"] == "map", kind
+        assert spec["properties"]["env"]["x-kubernetes-list-map-keys"] == ["name"], kind
+        assert "name" in spec["properties"]["env"]["items"]["required"], kind
+    assert len(parse_resource(_with(("spec", "env"), env[:2]), "x.yaml").spec.env) == 2

@@ -11,7 +11,7 @@ from .conftest import ROOT
 
 PACKAGE = ROOT / "operator" / "synpo_operator"
 LAYERS = [  # bottom to top
-    ("clock", "ratelimit"),
+    ("clock", "ratelimit", "gitops"),
     ("api",),
     ("plan",),
     ("kube", "workqueue", "events", "metrics"),

@@ -116,3 +116,62 @@ def _advance(a, clock, waits, down):
     clock.t = t
     down["now"] = 5.0 <= t < 11.0
     return False
+
+
+def _samples(metrics) -> list[tuple[str, dict, float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(metrics.render().decode())
+            for s in f.samples]
+
+
+def _per_object(metrics) -> list[tuple[str, dict, float]]:
+    """Series about one run or schedule, and the run counts by phase (what only the leader may export)."""
+    return [s for s in _samples(metrics) if {"run", "schedule", "phase"} & set(s[1])]
+
+
+def test_a_follower_exports_no_per_run_series_and_synpo_leader_says_who_leads():
+    from synpo_operator.controller.app import Operator
+    from synpo_operator.controller.settings import Settings
+    from synpo_operator.events import EventPoster
+    from synpo_operator.metrics import Metrics
+    from synpo_operator.reconcile import Outcome
+    from synpo_operator.schedule import ScheduleOutcome
+
+    metrics = Metrics()
+    op = Operator(Settings(identity="pod-a"), metrics, EventPoster(send=lambda body: None))
+    assert ("synpo_leader", {"pod": "pod-a"}, 0.0) in _samples(metrics)
+    assert _per_object(metrics) == []  # a standby from the start
+
+    metrics.set_leader("pod-a", True)  # what op.lead() does first (it then lists schedules on the API server)
+    status = {"phase": "Running", "iteration": 2,
+              "iterations": [{"index": 1, "pairsKept": 10, "winRate": 0.6, "against": "M0", "n": 8}],
+              "conditions": [{"type": "StageStuck", "status": "True", "reason": "ImagePullBackOff"}]}
+    metrics.observe("ns", "run-a", Outcome(status=status, phase="Running"))
+    metrics.observe_schedule("ns", "weekly", ScheduleOutcome(status={"promoted": {"value": 0.7}}), created=1)
+    exported = _per_object(metrics)
+    assert ("synpo_leader", {"pod": "pod-a"}, 1.0) in _samples(metrics)
+    for name in ("synpo_run_iteration", "synpo_run_stuck", "synpo_pairs_kept", "synpo_win_rate",
+                 "synpo_promoted_score", "synpo_runs"):
+        assert any(s[0] == name for s in exported), (name, exported)
+
+    op.follow()  # the Lease is lost: stand by
+    assert ("synpo_leader", {"pod": "pod-a"}, 0.0) in _samples(metrics)
+    assert _per_object(metrics) == []
+    metrics.observe("ns", "run-a", Outcome(status=status, phase="Running"))  # a reconcile still in flight
+    assert _per_object(metrics) == []
+    assert any(s[0] == "synpo_reconciles_total" and s[2] == 2 for s in _samples(metrics))  # counters stay
+
+    # leading again: a finished run's gauges come back from the informer cache, without a reconcile
+    from synpo_operator.kube import WatchCache
+
+    cache = WatchCache("/runs", None)
+    cache.put({"metadata": {"namespace": "ns", "name": "done", "generation": 1, "resourceVersion": "5"},
+               "status": {"phase": "Succeeded", "observedGeneration": 1, "iteration": 1,
+                          "iterations": [{"index": 1, "pairsKept": 3}]}})
+    op.runs.informers = {"runs": [cache]}
+    op.runs._started = True  # the workers were started when it first led
+    metrics.set_leader("pod-a", True)
+    op.runs.resume()
+    assert ("synpo_pairs_kept", {"namespace": "ns", "run": "done", "iteration": "1"}, 3.0) in _samples(metrics)
+    assert ("synpo_runs", {"phase": "Succeeded"}, 1.0) in _samples(metrics)

@@ -443,7 +443,7 @@ names = st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True)
     gpus=st.integers(0, 16), shards=st.integers(1, 8), backoff=st.integers(0, 20),
     selector=st.dictionaries(names, names, max_size=3),
     env=st.lists(st.tuples(st.from_regex(r"[A-Z][A-Z0-9_]{0,8}", fullmatch=True), names, st.booleans()),
-                 max_size=4),
+                 max_size=4, unique_by=lambda e: e[0]),  # each name once (the models refuse a repeat)
     queue=st.one_of(st.none(), names), volume=st.booleans(),
 )
 def test_no_spec_can_escalate(gpus, shards, backoff, selector, env, queue, volume):

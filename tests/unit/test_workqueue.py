@@ -324,3 +324,31 @@ def test_the_controller_retries_a_failing_reconcile_with_the_queues_back_off():
     assert [round(g, 2) >= d for g, d in zip(gaps, (0.05, 0.1, 0.2), strict=True)] == [True] * 3
     assert seen_retries == [0, 1, 2, 3]
     assert q.retries(("ns", "run")) == 0  # forgotten after the success
+
+
+def test_stalled_names_a_key_held_too_long_and_keys_waiting_with_no_hand_out():
+    clock = FakeClock()
+    q = WorkQueue(clock=clock)
+    assert q.stalled(60) is None
+    q.add("wedged")
+    assert q.get(timeout=0) == "wedged"  # a worker takes it and never calls done
+    q.add("other")
+    clock.t += 30
+    assert q.get(timeout=0) == "other"  # another worker keeps going ...
+    q.done("other")
+    clock.t += 31
+    assert "on one key for 61 s" in q.stalled(60)  # ... but the wedged key's run is never reconciled again
+    q.done("wedged")
+    assert q.stalled(60) is None
+    # every worker gone or wedged: keys wait and nothing is handed out
+    q.add("a")
+    clock.t += 59
+    assert q.stalled(60) is None
+    clock.t += 2
+    assert "1 key(s) waiting, the oldest for 61 s, and none handed out for 92 s" in q.stalled(60)
+    q.progressed()  # e.g. the workers were paused on purpose until now
+    assert q.stalled(60) is None
+    assert q.get(timeout=0) == "a"
+    q.done("a")
+    clock.t += 1000
+    assert q.stalled(60) is None  # idle: nothing waits, nothing held

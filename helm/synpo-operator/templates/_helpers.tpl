@@ -47,11 +47,23 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* The namespaces the operator watches, as a JSON list (empty: all): watchNamespaces, or in namespaced scope
+by default the release namespace. */}}
+{{- define "synpo-operator.watchNamespaces" -}}
+{{- if and (eq .Values.rbac.scope "namespaced") (not .Values.watchNamespaces) }}
+{{- list .Release.Namespace | toJson }}
+{{- else }}
+{{- .Values.watchNamespaces | default list | toJson }}
+{{- end }}
+{{- end }}
+
+{{/* The labels of this release's operator pods, as a JSON object (for selectors built in templates). */}}
+{{- define "synpo-operator.podSelector" -}}
+{{- include "synpo-operator.selectorLabels" . | fromYaml | toJson }}
+{{- end }}
+
 {{/* Fails the render on value combinations the schema cannot express clearly. */}}
 {{- define "synpo-operator.validate" -}}
-{{- if and (eq .Values.rbac.scope "namespaced") (not .Values.watchNamespaces) }}
-{{- fail "rbac.scope=namespaced needs watchNamespaces (the namespaces to reconcile), e.g. --set 'watchNamespaces={team-a,team-b}'" }}
-{{- end }}
 {{- if ne (len .Values.watchNamespaces) (len (uniq .Values.watchNamespaces)) }}
 {{- fail "watchNamespaces holds a namespace twice" }}
 {{- end }}

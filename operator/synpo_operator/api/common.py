@@ -88,6 +88,23 @@ LabelledName = Annotated[str, Field(min_length=1, max_length=63, json_schema_ext
                                    "must be a DNS subdomain of at most 63 characters (it is used as a label value): "
                                    "lowercase letters, digits, '-' and '.', beginning and ending with a letter "
                                    "or digit")]
+DnsSubdomain = Annotated[str, Field(min_length=1, max_length=253, json_schema_extra={"pattern": _DNS_SUBDOMAIN_PATTERN}),
+                         _matching(_DNS_SUBDOMAIN_PATTERN,
+                                   "must be a DNS subdomain: at most 253 lowercase letters, digits, '-' and '.', "
+                                   "beginning and ending with a letter or digit")]
+"""The name of a cluster object such as a PriorityClass or a Secret (the API server checks the pod's reference
+to it only when the Job's pods are created, and the Job then fails to create them)."""
+# A container image reference, in the grammar of github.com/distribution/reference (IPv6 hosts aside):
+# [host[:port]/]path[:tag][@digest]. The kubelet refuses any other (InvalidImageName) only once a pod exists.
+_PATH_COMPONENT = r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*"
+_HOST_PART = r"([a-zA-Z0-9]|[a-zA-Z0-9][-a-zA-Z0-9]*[a-zA-Z0-9])"
+_HOST = rf"{_HOST_PART}(\.{_HOST_PART})*(:[0-9]+)?"
+IMAGE_PATTERN = (rf"^({_HOST}/)?{_PATH_COMPONENT}(/{_PATH_COMPONENT})*(:[A-Za-z0-9_][-A-Za-z0-9_.]{{0,127}})?"
+                 r"(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$")
+ImageRef = Annotated[str, Field(min_length=1, max_length=512, json_schema_extra={"pattern": IMAGE_PATTERN}),
+                     _matching(IMAGE_PATTERN, "must be a container image reference, [registry[:port]/]name[:tag]"
+                                              "[@sha256:digest], with no whitespace or control characters and a "
+                                              "lowercase name")]
 # A URI or path without '..' segments.
 # The same check at apply time (CEL; RE2 has no lookahead, so the rule negates a match of a '..' segment).
 _NO_TRAVERSAL_RULE = {"rule": r"!self.matches('(^|[/\\\\])[.][.]([/\\\\]|$)')",

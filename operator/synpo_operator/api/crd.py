@@ -20,7 +20,7 @@ _KEEP = {
     "type", "description", "default", "enum", "pattern", "minimum", "maximum", "exclusiveMinimum",
     "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems", "maxProperties", "required",
     "properties", "items", "additionalProperties", "x-kubernetes-validations",
-    "x-kubernetes-preserve-unknown-fields", "nullable",
+    "x-kubernetes-preserve-unknown-fields", "nullable", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
 }
 
 

@@ -11,11 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from .common import ApiModel, DnsLabel, LabelKey, LabelValue, NodeSelector
+from .common import ApiModel, DnsLabel, DnsSubdomain, LabelKey, LabelValue, NodeSelector
 
-# A Secret's name: a DNS-1123 subdomain.
-SecretName = Annotated[str, Field(min_length=1, max_length=253,
-                                  pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")]
+SecretName = DnsSubdomain
+"""A Secret's name."""
 
 
 _SET_RULES = [

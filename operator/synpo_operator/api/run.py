@@ -15,7 +15,9 @@ from .common import (
     ApiModel,
     Condition,
     DnsLabel,
+    DnsSubdomain,
     EnvVar,
+    ImageRef,
     LabelledName,
     NodeSelector,
     ObjectMeta,
@@ -362,7 +364,7 @@ class ResourcesSpec(ApiModel):
         "message": "training.extraResources must not name the GPU resource (gpuResourceName): set its count "
                    "with training.gpusPerNode"}]})
 
-    image: str = Field(default=DEFAULT_IMAGE, min_length=1, max_length=512)
+    image: ImageRef = DEFAULT_IMAGE
     """Container image with the workloads (torch, transformers, TRL, vLLM)."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     """Image pull policy of stage containers."""
@@ -395,7 +397,7 @@ class ResourcesSpec(ApiModel):
     """Node labels the pods of GPU stages (training, generation, scoring) must match."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     """Tolerations of the pods of GPU stages (GPU nodes are often tainted)."""
-    priority_class_name: str | None = Field(default=None, max_length=253)
+    priority_class_name: DnsSubdomain | None = None
     """PriorityClass of stage pods."""
     service_account_name: DnsLabel | None = None
     """ServiceAccount of stage pods (e.g. one with workload identity for object storage)."""
@@ -463,8 +465,9 @@ class SynPORunSpec(ApiModel):
     """Evaluation of each M_t."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     """Pod image, GPUs and placement."""
-    env: list[EnvVar] = Field(default_factory=list, max_length=64)
-    """Extra environment for every stage container (e.g. HF_TOKEN from a Secret)."""
+    env: list[EnvVar] = Field(default_factory=list, max_length=64, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
+    """Extra environment for every stage container (e.g. HF_TOKEN from a Secret); each name at most once."""
     queue_name: DnsLabel | None = None
     """Kueue LocalQueue; becomes the kueue.x-k8s.io/queue-name label on every Job."""
     workload_priority_class_name: LabelledName | None = None
@@ -488,6 +491,14 @@ class SynPORunSpec(ApiModel):
     own activeDeadlineSeconds does not count while the Job is suspended."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=365 * 86_400)
     """Delete the finished run (and its Jobs; artifacts stay) this long after it ends."""
+
+    @field_validator("env")
+    @classmethod
+    def _unique_env_names(cls, env: list[EnvVar]) -> list[EnvVar]:
+        names = [var.name for var in env]
+        if duplicates := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"each name may appear once; repeated: {', '.join(duplicates)}")
+        return env
 
     @model_validator(mode="after")
     def _cross_field(self) -> SynPORunSpec:

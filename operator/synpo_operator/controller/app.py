@@ -21,6 +21,8 @@ log = logging.getLogger("synpo.operator")
 class Operator:
     def __init__(self, settings: Settings, metrics: Metrics = METRICS, events: EventPoster = EVENTS):
         self.settings = settings
+        self.metrics = metrics
+        metrics.set_leader(settings.identity, not settings.leader_election)  # with election: standby until elected
         self.capacity = CapacityIndex(settings.caps)
         """Slot state of every watched run (concurrent-run caps; also tells schedules when their runs change)."""
         self.leader = threading.Event()
@@ -47,6 +49,7 @@ class Operator:
         """This replica leads from now on: reconcile every run the informers queued, step every schedule."""
         log.info("%s leads: reconciling runs and schedules", self.settings.identity)
         self.leader.set()
+        self.metrics.set_leader(self.settings.identity, True)
         self.runs.resume()
         for scope in self.settings.scopes:  # a takeover: schedules step now, not at their next timer tick
             try:
@@ -64,6 +67,7 @@ class Operator:
         log.warning("%s no longer leads: standing by", self.settings.identity)
         self.leader.clear()
         self.runs.pause()
+        self.metrics.set_leader(self.settings.identity, False)
 
     def stop(self) -> None:
         self.leader.clear()

@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    default=float(os.environ.get("SYNPO_OPERATOR_RESYNC_SECONDS", "30")),
                    help="how often every run is reconciled even without events (default 30)")
     p.add_argument("--workers", type=int, default=16, help="threads for reconciles (default 16)")
+    p.add_argument("--stall-seconds", type=float, default=300.0,
+                   help="liveness fails (the pod is restarted) when one reconcile has run this long, or runs "
+                        "have waited this long while no worker took one (default 300)")
     p.add_argument("--max-active-runs", type=_cap, metavar="N",
                    default=os.environ.get("SYNPO_MAX_ACTIVE_RUNS") or "0",
                    help="at most N started, unfinished runs across the watched namespaces; further runs wait "
@@ -76,7 +79,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         else {}
     return Settings(
         executor=args.executor, namespaces=tuple(args.namespace), resync_seconds=args.resync_seconds,
-        workers=args.workers, caps=Caps.parse(args.max_active_runs, args.max_active_runs_per_namespace),
+        workers=args.workers, stall_seconds=args.stall_seconds,
+        caps=Caps.parse(args.max_active_runs, args.max_active_runs_per_namespace),
         metrics_port=args.metrics_port, health_port=args.health_port, verbose=args.verbose,
         leader_election=args.leader_elect, lease_name=args.lease_name, lease_namespace=lease_namespace,
         lease_seconds=args.lease_seconds, renew_seconds=args.renew_seconds,

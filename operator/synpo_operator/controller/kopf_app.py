@@ -62,7 +62,12 @@ def registry(op: Operator) -> kopf.OperatorRegistry:
 
     @kopf.on.probe(id="runQueue", registry=reg)
     def queued_runs(**_: Any) -> int:
-        """The liveness endpoint reports how many runs wait for a reconcile."""
+        """The liveness endpoint reports how many runs wait for a reconcile, and fails (HTTP 500: a permanent
+        error ends kopf's probe activity at once) while the run workers are wedged, so the pod is restarted."""
+        stalled = op.runs.stalled()
+        if stalled:
+            log.error("run workers wedged: %s", stalled)
+            raise kopf.PermanentError(f"run workers wedged: {stalled}")
         return len(op.runs.queue)
 
     @kopf.on.resume(GROUP, VERSION, SCHEDULE_PLURAL, registry=reg)
@@ -98,7 +103,7 @@ def run(settings: Settings) -> None:
     kube.set_rate_limit(settings.kube_qps, settings.kube_burst)
     op = Operator(settings)
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port, ready=op.ready)
+        metrics.serve(settings.metrics_port, healthy=lambda: op.runs.stalled() is None, ready=op.ready)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     kopf.run(registry=registry(op), standalone=True, clusterwide=not settings.namespaces,
              namespaces=list(settings.namespaces), liveness_endpoint=liveness)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import clock, kube
+from .. import clock, gitops, kube
 from ..api.loader import SpecError
 from ..clock import parse_time
 from ..events import EventPoster
@@ -96,6 +96,8 @@ class RunController:
         self._local: dict[tuple[str, str], Any] = {}
         """run -> its LocalExecutor (it owns the run's child processes); --executor local only."""
         self._deferred: dict[tuple[str, str], _Deferred] = {}
+        self._kept: set[tuple[str, str]] = set()
+        """Runs past their TTL that a GitOps tool would re-create (`gitops.kept_by`): told once, kept."""
         self._stopping = threading.Event()
         self.active = threading.Event()
         """Set while this replica leads: workers and the resync act only then (standby: informers only)."""
@@ -126,7 +128,8 @@ class RunController:
 
     def resume(self) -> None:
         """Reconcile (this replica leads): the workers drain what the informers queued meanwhile, and every
-        cached run is queued once (another replica may have led since the events that queued them)."""
+        cached run is queued once (another replica may have led since the events that queued them); a finished
+        run's gauges come from the cache (the metrics dropped them while this replica stood by)."""
         if not self._started:
             self._started = True
             for i in range(self.settings.workers):
@@ -136,9 +139,21 @@ class RunController:
             for cache in self.informers.get("runs", ()):
                 for body in cache.items():
                     meta = body.get("metadata") or {}
-                    if self.settings.watched(meta.get("namespace", "")) and not settled(body):
+                    if not self.settings.watched(meta.get("namespace", "")):
+                        continue
+                    if settled(body):
+                        status = body.get("status") or {}
+                        self.metrics.observe_status(meta["namespace"], meta["name"], status.get("phase"), status)
+                    else:
                         self.trigger(meta["namespace"], meta["name"], "leading again", LATER)
+        self.queue.progressed()  # what waited while standing by is not the workers' doing
         self.active.set()
+
+    def stalled(self) -> str | None:
+        """Why the workers look wedged (liveness fails then), or None. A standby's workers are paused: fine."""
+        if not self.active.is_set() or self._stopping.is_set():
+            return None
+        return self.queue.stalled(self.settings.stall_seconds)
 
     def pause(self) -> None:
         """Stop reconciling (leadership lost): a reconcile in flight finishes (its Job creates are
@@ -212,7 +227,7 @@ class RunController:
         if (body.get("metadata") or {}).get("deletionTimestamp"):
             return False
         if settled(body):
-            return ttl_expired(body)
+            return ttl_expired(body) and gitops.kept_by(body) is None
         if full or self.settings.executor == "local":  # local processes send no events: they are polled
             return True
         deadline = (body.get("spec") or {}).get("activeDeadlineSeconds")
@@ -246,6 +261,7 @@ class RunController:
         self._own_writes.pop(key, None)
         self.queue.forget(key)
         self._deferred.pop(key, None)
+        self._kept.discard(key)
         self.metrics.forget(namespace, name)
         self.run_gone(namespace, name)
 
@@ -371,7 +387,14 @@ class RunController:
         for event in events:
             self.events.post(body, event.type, event.reason, event.message)
         self.metrics.observe(namespace, name, outcome)
-        if outcome.delete_run:
+        keeper = gitops.kept_by(body) if outcome.delete_run else None
+        if keeper is not None and key not in self._kept:
+            self._kept.add(key)
+            log.info("%s/%s: ttlSecondsAfterFinished passed; kept, as %s would re-create it", namespace, name, keeper)
+            self.events.post(body, "Normal", "TTLKeptForGitOps",
+                             f"ttlSecondsAfterFinished passed, but {keeper} would re-create the run (and start it "
+                             "again) if it were deleted: kept; remove it from Git (with prune) to delete it")
+        elif outcome.delete_run and keeper is None:
             log.info("%s/%s: ttlSecondsAfterFinished passed; deleting the run", namespace, name)
             self.events.post(body, "Normal", "TTLExpired", "ttlSecondsAfterFinished passed: deleting the run")
             kube.delete_run(namespace, name)

@@ -22,6 +22,8 @@ class Settings:
     """How often runs with time-driven work (and schedules) are looked at without an event."""
     workers: int = 16
     """Reconcile threads."""
+    stall_seconds: float = 300.0
+    """Liveness fails when a reconcile has run this long, or runs have waited this long with none handed out."""
     caps: Caps = field(default_factory=Caps)
     """Concurrent-run caps."""
     metrics_port: int = 8080
