@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from ..api import conditions as reasons
 from ..api.run import SynPORunSpec
-from .graph import StageNode, stage_graph
+from .graph import PREFLIGHT, StageNode, stage_graph
 
 
 class StagePhase(StrEnum):
@@ -82,6 +82,9 @@ def plan(
         seen = state[node.key]
         if seen and seen.phase is StagePhase.FAILED and (seen.attempts >= max_attempts or not seen.retryable):
             detail = f": {seen.message}" if seen.message else ""
+            if node.id.name == PREFLIGHT:  # nothing else has started: the message names the spec field
+                return Decision("Failed", reasons.PREFLIGHT_FAILED, f"pre-flight check failed{detail}",
+                                iteration=0, stage=PREFLIGHT)
             return Decision("Failed", reasons.STAGE_FAILED,
                             f"stage {node.key} failed after {seen.attempts} attempt(s){detail}",
                             iteration=node.id.iteration, stage=node.id.name)
