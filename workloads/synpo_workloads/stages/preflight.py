@@ -81,6 +81,9 @@ def _reward_model(ref: str, trust_remote_code: bool, field: str) -> str:
     from ..judges.reward_model import _refuse_pairwise
 
     ckpt = model_files.open_checkpoint(ref)
+    if ckpt.gguf:
+        raise UserError(f"{ref}: a GGUF causal-LM checkpoint ({ckpt.where}) has no classification head; a reward "
+                        "model is a sequence-classification checkpoint")
     config_doc = _config(ckpt)
     if not ckpt.weight_files():
         raise UserError(f"{ref}: no weights in {ckpt.where}")
