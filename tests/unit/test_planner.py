@@ -57,6 +57,14 @@ def test_every_stage_waits_for_the_preflight():
     assert all(waits(sid) for sid in graph)
 
 
+def test_nothing_starts_while_the_preflight_has_not_passed():
+    # finished stages of an earlier spec, the pre-flight forgotten (the spec changed): it alone starts
+    d = plan(spec(), {"i0-keywords": OK, "i0-evaluate": OK, "i1-improver": OK})
+    assert keys(d) == {"i0-preflight"}
+    d = plan(spec(), {"i0-keywords": OK, "i0-preflight": RUNNING})
+    assert d.start == ()
+
+
 def test_a_failed_preflight_fails_the_run_at_once_naming_the_field():
     failed = StageState(StagePhase.FAILED, attempts=1, retryable=False,
                         message="spec.evaluation.judges[0].endpoint: http://127.0.0.1:9/v1 does not answer")

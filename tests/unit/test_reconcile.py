@@ -207,12 +207,16 @@ class Harness:
     def pass_preflight(self) -> Harness:
         """Start the pre-flight and let it pass: the next step starts the SynPO stages."""
         self.step()
-        self.kube.finish("i0-preflight", result={"specKey": "abc"})
+        self.kube.finish("i0-preflight", result={"specKey": self.spec_key()})
         return self
+
+    def spec_key(self) -> str:
+        from synpo_operator.api.preflight import spec_key
+
+        return spec_key(run_from_body(self.body).spec.to_api())
 
 
 RESULTS = {
-    "i0-preflight": {"specKey": "abc"},
     "i0-keywords": {"rows": 100},
     "i0-prompt-generator": {"rows": 50},
     "i0-evaluate": {"winRate": 0.5, "score": 0.1},
@@ -274,7 +278,7 @@ def test_a_passed_preflight_starts_the_first_stages():
     st = h.status
     assert st["iteration"] == 0 and st["stage"] == "evaluate,keywords"
     assert [s["name"] for s in st["stages"]] == ["i0-preflight", "i0-keywords", "i0-evaluate", "i1-improver"]
-    assert {s["name"]: s for s in st["stages"]}["i0-preflight"]["result"]["specKey"] == "abc"  # recorded
+    assert {s["name"]: s for s in st["stages"]}["i0-preflight"]["result"]["specKey"] == h.spec_key()  # recorded
     assert {e.reason for e in out.events} == {"StageStarted", "StageSucceeded"}
 
 
@@ -376,7 +380,7 @@ def test_run_to_success_with_results_and_summaries():
     # every Job was created exactly once
     jobs = [c for c in h.kube.creates if c.startswith("jobs/")]
     assert len(jobs) == len(set(jobs)) == 11
-    assert jobs[0] == "jobs/demo-i0-preflight" and stages["i0-preflight"]["result"]["specKey"] == "abc"
+    assert jobs[0] == "jobs/demo-i0-preflight"
     # metrics followed
     text = h.metrics.render().decode()
     assert 'synpo_runs{phase="Succeeded"} 1.0' in text
@@ -853,3 +857,32 @@ def test_stuck_metric_follows_the_stagestuck_condition():
     observe("Unschedulable")
     metrics.forget("ns", "r")
     assert 'synpo_run_stuck{' not in metrics.render().decode()
+
+
+def test_a_passed_preflight_is_checked_again_when_the_spec_changes_and_holds_everything_back():
+    h = Harness().pass_preflight()
+    h.step()
+    h.kube.finish("i0-keywords", result={"rows": 1})
+    h.step()  # the prompt generator starts
+    h.kube.finish("i0-prompt-generator", result={"rows": 1})
+    old_uid = h.kube.jobs()["demo-i0-preflight"]["metadata"]["uid"]
+    h.body["spec"]["suspend"] = True  # run control: not a change of what the pre-flight checked
+    h.body["metadata"]["generation"] = 2
+    h.step()
+    h.body["spec"]["suspend"] = False
+    h.body["metadata"]["generation"] = 3
+    out = h.step()
+    assert "i0-preflight" not in out.started and h.kube.jobs()["demo-i0-preflight"]["metadata"]["uid"] == old_uid
+    assert "i1-prompts" in out.started
+    h.kube.finish("i1-prompts")
+    h.body["spec"]["data"]["eval"] = "s3://b/eval-v2.jsonl"
+    h.body["metadata"]["generation"] = 4
+    out = h.step()
+    assert out.started == ["i0-preflight"]  # i1-base-responses was ready, but waits for the new pre-flight
+    assert "jobs/demo-i0-preflight" in h.kube.deletes
+    assert h.kube.jobs()["demo-i0-preflight"]["metadata"]["uid"] != old_uid
+    assert {s["name"]: s["phase"] for s in h.status["stages"]}["i0-preflight"] == "Running"
+    assert not h.step().started  # nothing else while it runs
+    h.kube.finish("i0-preflight", result={"specKey": h.spec_key()})
+    out = h.step()
+    assert "i1-base-responses" in out.started and "i0-preflight" not in out.started

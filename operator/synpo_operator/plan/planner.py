@@ -106,12 +106,13 @@ def plan(
         seen = state.get(key)
         return bool(seen and seen.phase is StagePhase.SUCCEEDED)
 
+    checked = done(graph[0].key)  # the pre-flight: until it passes (again, after a spec change) nothing else starts
     ready: list[Start] = []
     for node in graph:
         seen = state[node.key]
         if seen and seen.phase is not StagePhase.FAILED:
             continue
-        if all(done(need.key) for need in node.needs):
+        if (checked or node.id.name == PREFLIGHT) and all(done(need.key) for need in node.needs):
             ready.append(Start(node, attempt=(seen.attempts + 1) if seen else 1))
     if max_parallel is not None:
         ready = ready[: max(0, max_parallel - len(running))]
