@@ -276,6 +276,8 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
         return Outcome(status=_normalise(previous), phase="Failed")
     records = executor.records()
     stale = stale_preflight(run, records, prev_stages)
+    if ready_reason(previous) == reasons.PREFLIGHT_FAILED and previous.get("observedGeneration") != generation:
+        stale = StageId(0, PREFLIGHT).key  # failed on an older spec: the edited one is checked afresh
     if stale is not None:  # it checked an older spec: checked again before anything else starts
         executor.discard([stale])
         records = {k: r for k, r in records.items() if k != stale}

@@ -177,3 +177,31 @@ def release(kube, namespace: str, name: str) -> None:
     """Drop the run's finalizers (the operator is gone), so the namespace fixture can delete it."""
     if kube.exists(f"{RUNS.format(ns=namespace)}/{name}"):
         kube.patch(f"{RUNS.format(ns=namespace)}/{name}", {"metadata": {"finalizers": None}})
+
+
+def test_a_fixed_spec_after_preflight_failed_runs_through(kube, dev_cluster, crds, namespace, tmp_path,  # noqa: F811
+                                                           tiny_model, bucket, s3_env):
+    """PreflightFailed, then the spec is fixed (a new generation): the pre-flight runs again, then everything."""
+    spec, field, cause = case("dead-judge", tiny_model, f"s3://{bucket}/runs")
+    code, message, _ = real_preflight(spec, "refix", namespace, tmp_path, s3_env)
+    pods = {"*": {"synpo.dev/fake-duration": "200ms"},
+            "preflight": {"synpo.dev/fake-exit-code": str(code), "synpo.dev/fake-termination-message": message}}
+    op = Operator(dev_cluster.kubeconfig, namespace, tmp_path)
+    op.start()
+    path = f"{RUNS.format(ns=namespace)}/refix"
+    try:
+        apply(kube, namespace, {"apiVersion": "synpo.dev/v1alpha1", "kind": "SynPORun", "metadata": {
+            "name": "refix", "annotations": {"synpo.dev/test-pod-annotations": json.dumps(pods)}}, "spec": spec})
+        assert_failed_in_preflight(kube, namespace, "refix", field, cause, time.monotonic())
+        old_uid = jobs(kube, namespace, "refix")["refix-i0-preflight"]["metadata"]["uid"]
+        # what the fixed pre-flight's pod will say (kwok runs no containers), then the fix itself
+        kube.patch(path, {"metadata": {"annotations": {"synpo.dev/test-pod-annotations": json.dumps(
+            {"*": {"synpo.dev/fake-duration": "200ms"}})}}})
+        kube.patch(path, {"spec": {"evaluation": {"judges": [{"type": "similarity"}]}}})
+        done = wait_run(kube, namespace, "refix", lambda s: s.get("phase") == "Succeeded"
+                        and s.get("observedGeneration") == 2, timeout=180)
+        assert jobs(kube, namespace, "refix")["refix-i0-preflight"]["metadata"]["uid"] != old_uid
+        assert all(s["phase"] == "Succeeded" for s in done["status"]["stages"])
+    finally:
+        op.stop()
+        release(kube, namespace, "refix")

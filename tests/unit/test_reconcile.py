@@ -886,3 +886,20 @@ def test_a_passed_preflight_is_checked_again_when_the_spec_changes_and_holds_eve
     h.kube.finish("i0-preflight", result={"specKey": h.spec_key()})
     out = h.step()
     assert "i1-base-responses" in out.started and "i0-preflight" not in out.started
+
+
+def test_a_spec_edit_after_preflight_failed_checks_again():
+    h = Harness()
+    h.step()
+    h.kube.fail("i0-preflight", exit_code=2, retries=0, message=json.dumps(
+        {"error": "spec.data.seed: s3://b/seed.jsonl: file not found", "exitCode": 2}))
+    h.step()
+    assert h.status["phase"] == "Failed"
+    assert not h.step().started  # the same generation: settled
+    h.body["spec"]["data"]["seed"] = "s3://b/seed-v2.jsonl"
+    h.body["metadata"]["generation"] = 2
+    out = h.step()
+    assert out.started == ["i0-preflight"] and h.status["phase"] == "Running"
+    assert "jobs/demo-i0-preflight" in h.kube.deletes
+    h.kube.finish("i0-preflight", result={"specKey": h.spec_key()})
+    assert sorted(h.step().started) == ["i0-evaluate", "i0-keywords", "i1-improver"]

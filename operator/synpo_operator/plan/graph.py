@@ -4,6 +4,7 @@ The pre-flight (iteration 0) comes first and every other stage waits for it: it 
 source, judge endpoint and the storage without loading weights, so a configuration error fails the run
 before any GPU stage starts. Its output is keyed by the spec (api/preflight.spec_key): a changed spec is
 checked again, an unchanged one never.
+
 Iteration 0 holds the once-per-run stages (keywords, the prompt generator, the M0 baseline evaluation).
 Iteration t = 1..T: prompts → responses (M_{t-1}) and base-responses (M0) → improver R_t → refine →
 pairs (accumulated with pairs of t-1) → train (from M0 on all pairs) → evaluate.
