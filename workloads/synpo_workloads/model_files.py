@@ -135,8 +135,8 @@ def _hub(ref: str) -> Checkpoint:
     if isinstance(cached, str):
         return _local(ref, Path(cached).parent, f"{ref} (Hugging Face cache)")
     if constants.HF_HUB_OFFLINE:
-        raise ModelError("not a directory, package or URI, and not in the Hugging Face cache, with the hub "
-                         "offline (HF_HUB_OFFLINE=1)")
+        raise ModelError(f"{ref}: not a directory, package or URI, and not in the Hugging Face cache, with the "
+                         "hub offline (HF_HUB_OFFLINE=1)")
     return _fsspec(ref, f"hf://{ref}")
 
 
@@ -151,5 +151,5 @@ def open_checkpoint(ref: str) -> Checkpoint:
     if os.path.isdir(local):
         return _local(ref, Path(local))
     if os.path.isabs(local) or local.startswith(".") or os.path.exists(local):
-        raise ModelError("no such directory")
+        raise ModelError(f"{ref}: no such directory")
     return _hub(ref)
