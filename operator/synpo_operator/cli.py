@@ -48,6 +48,10 @@ def _plan(args: argparse.Namespace) -> int:
             return 0
     elif args.capacity:
         raise SpecError(args.file, ["kind: --capacity needs a SynPORun"])
+    if args.preflight:
+        if not isinstance(resource, SynPORun):
+            raise SpecError(args.file, ["kind: --preflight needs a SynPORun"])
+        return _preflight(resource)
     if args.manifests:
         if not isinstance(resource, SynPORun):
             raise SpecError(args.file, ["kind: --manifests needs a SynPORun"])
@@ -61,6 +65,32 @@ def _plan(args: argparse.Namespace) -> int:
         return 0
     print(describe_plan(resource))
     return 0
+
+
+def _preflight(run) -> int:
+    """The run's pre-flight checks from this machine, with its environment standing in for the pods' (the
+    same program the pre-flight stage runs, in checks-only mode: nothing is written but the storage probe).
+    The workloads package runs as a subprocess: the operator package never imports it."""
+    import json
+    import subprocess
+    import tempfile
+
+    from .plan.graph import preflight_node
+    from .plan.stage_config import stage_config
+
+    root = run.spec.storage.uri or ""
+    if root and "://" not in root:
+        root = str(Path(root).expanduser().resolve())
+    config = stage_config(run.spec, preflight_node(run.spec), namespace=run.metadata.namespace or "default",
+                          run=run.metadata.name, storage_root=root)
+    with tempfile.TemporaryDirectory(prefix="synpo-preflight-") as tmp:
+        path = Path(tmp) / "preflight.json"
+        path.write_text(json.dumps(config), encoding="utf-8")
+        extra = ["--no-storage"] if run.spec.storage.volume is not None else []
+        if extra:
+            print("spec.storage.volume: a PVC only the pods mount; checked by the run's own pre-flight")
+        return subprocess.call([sys.executable, "-m", "synpo_workloads.stages.preflight", "--config", str(path),
+                                *extra])
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -89,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--all", action="store_true", help="with --manifests: every stage, not only the first")
     plan.add_argument("--capacity", action="store_true", help="print per stage the models it loads and the memory "
                       "and disk its pods need vs get; a stage that cannot fit is refused (docs/capacity.md)")
+    plan.add_argument("--preflight", action="store_true",
+                      help="run the pre-flight checks (models, data, judges, storage) from this machine")
     plan.set_defaults(func=_plan)
 
     crds = sub.add_parser("crds", help="print the CustomResourceDefinitions (generated from the API models)")

@@ -21,11 +21,12 @@ from .api.common import Condition
 from .api.conditions import STAGE_STUCK, clip, ready_reason, run_conditions, stuck_condition
 from .api.evaluation import evaluation_fields, report_uri
 from .api.loader import SpecError, parse_resource
+from .api.preflight import SPEC_KEY, spec_key
 from .api.results import LC_WIN_RATE, MODEL, PAIRS_KEPT, PAIRS_TOTAL, SCORE, WIN_RATE, number
 from .api.run import IterationSummary, StageStatus, SynPORun, SynPORunStatus
 from .clock import parse_time, rfc3339
 from .plan.executor import Executor, StageRecord, StageRefused
-from .plan.graph import STAGES, StageId, model_artifact
+from .plan.graph import PREFLIGHT, STAGES, StageId, model_artifact
 from .plan.planner import Decision, StagePhase, StageState, plan
 from .plan.resources import global_batch_problems
 from .plan.stage_config import artifacts_uri
@@ -129,6 +130,21 @@ def observed_for_plan(records: Mapping[str, StageRecord],
         if name and name not in observed and st.get("phase") == "Succeeded":
             observed[name] = StageState(StagePhase.SUCCEEDED, int(st.get("attempts") or 1))
     return observed
+
+
+def stale_preflight(run: SynPORun, records: Mapping[str, StageRecord],
+                    previous: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The pre-flight's key when its recorded result names another spec than the run's (api/preflight.py):
+    a passed pre-flight holds for the spec it checked only. None when it is current, unknown or not done."""
+    key = StageId(0, PREFLIGHT).key
+    rec = records.get(key)
+    if rec is not None:
+        result = rec.result if rec.state.phase is StagePhase.SUCCEEDED else None
+    else:
+        old = previous.get(key) or {}
+        result = old.get("result") if old.get("phase") == "Succeeded" else None
+    checked = (result or {}).get(SPEC_KEY)
+    return key if checked and checked != spec_key(run.spec.to_api()) else None
 
 
 def _stuck_parts(records: Mapping[str, StageRecord]) -> list[tuple[str, str]]:
@@ -259,6 +275,13 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
         # refused for good: only a new generation (a fixed spec) tries again
         return Outcome(status=_normalise(previous), phase="Failed")
     records = executor.records()
+    stale = stale_preflight(run, records, prev_stages)
+    if ready_reason(previous) == reasons.PREFLIGHT_FAILED and previous.get("observedGeneration") != generation:
+        stale = StageId(0, PREFLIGHT).key  # failed on an older spec: the edited one is checked afresh
+    if stale is not None:  # it checked an older spec: checked again before anything else starts
+        executor.discard([stale])
+        records = {k: r for k, r in records.items() if k != stale}
+        prev_stages.pop(stale, None)
     elapsed = active_seconds(previous, now)
     observed = observed_for_plan(records, prev_stages.values())
     attempts = max_attempts(run) if callable(max_attempts) else int(max_attempts)

@@ -77,15 +77,16 @@ def test_two_iterations_interrupted_and_resumed(tiny_model: str, tmp_path: Path)
 
 
 def test_bad_data_fails_the_stage_clearly_and_keeps_earlier_artifacts(tiny_model: str, tmp_path: Path):
+    # past the records the pre-flight reads (its first 20): only the stage that reads the whole file sees it
     bad_eval = tmp_path / "eval.jsonl"
-    bad_eval.write_text('{"prompt": "fine"}\n{"prompt": broken\n')
+    bad_eval.write_text('{"prompt": "fine"}\n' * 29 + '{"prompt": broken\n')
     spec = tiny_spec(tiny_model, str(tmp_path / "runs"), iterations=1)
     spec["data"]["eval"] = str(bad_eval)
     run_file = write_run(tmp_path / "run.yaml", "bad", spec)
     proc = synpo("run", str(run_file), "--no-report")
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 1, out
-    assert "i0-evaluate" in out and "eval.jsonl:2:" in out and "malformed JSON" in out
+    assert "i0-evaluate" in out and "eval.jsonl:30:" in out and "malformed JSON" in out
     assert "Traceback" not in out
     assert (tmp_path / "runs" / "default" / "bad" / "iter-0" / "keywords" / "manifest.json").exists()
     summary = json.loads((tmp_path / "runs" / "default" / "bad" / "iter-0" / "keywords" / "manifest.json")
@@ -163,33 +164,3 @@ def test_raising_iterations_continues_a_finished_run(tiny_model: str, tmp_path: 
     assert ids and min(ids) >= spec["promptsPerIteration"]  # iteration 2's own keyword lists
     report = (run_dir / "report.md").read_text()
     assert "| 2 " in report and "M0" in report and "references" in report
-
-
-def test_openai_judge_at_a_closed_port_fails_the_first_evaluation(tiny_model: str, tmp_path: Path):
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    endpoint = f"http://127.0.0.1:{port}/v1"
-    spec = tiny_spec(tiny_model, str(tmp_path / "runs"), iterations=1,
-                     evaluation={"judges": [{"type": "openai", "endpoint": endpoint, "model": "judge"}]})
-    run_file = write_run(tmp_path / "run.yaml", "deadjudge", spec)
-    started = time.monotonic()
-    proc = synpo("run", str(run_file), "--no-report")
-    out, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 1, out
-    assert "i0-evaluate" in out and f"openai judge at {endpoint}" in out and "APIConnectionError" in out
-    assert "Traceback" not in out
-    assert not (tmp_path / "runs" / "default" / "deadjudge" / "iter-1" / "train" / "manifest.json").exists()
-    assert time.monotonic() - started < 600
-
-
-def test_reward_model_without_a_head_fails_the_run_naming_it(tiny_model: str, tmp_path: Path):
-    spec = tiny_spec(tiny_model, str(tmp_path / "runs"), iterations=1,
-                     evaluation={"judges": [{"type": "rewardModel", "model": tiny_model}]})
-    run_file = write_run(tmp_path / "run.yaml", "nohead", spec)
-    proc = synpo("run", str(run_file), "--no-report")
-    out, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 1, out
-    assert "i0-evaluate" in out and f"reward model {tiny_model}" in out and "score.weight" in out

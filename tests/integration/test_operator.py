@@ -272,7 +272,7 @@ def test_run_to_success_with_status_events_and_metrics(kube, operator, namespace
     assert conditions(st)["Ready"]["status"] == "True" and conditions(st)["Succeeded"]["status"] == "True"
     assert st["completionTime"] >= st["startTime"]
     stages = {s["name"]: s for s in st["stages"]}
-    assert len(stages) == 10 and all(s["phase"] == "Succeeded" for s in stages.values())
+    assert len(stages) == 11 and all(s["phase"] == "Succeeded" for s in stages.values())  # the pre-flight too
     assert stages["i1-pairs"]["result"]["pairsKept"] == 7
     # Indexed Job: both shards reported, counts summed
     assert stages["i1-base-responses"]["result"]["shards"] == 2
@@ -286,7 +286,7 @@ def test_run_to_success_with_status_events_and_metrics(kube, operator, namespace
     # the Jobs: owned by the run, labelled, Indexed where sharded, secrets by reference
     run_uid = done["metadata"]["uid"]
     all_jobs = jobs(kube, namespace, "happy")
-    assert len(all_jobs) == 10
+    assert len(all_jobs) == 11
     for job in all_jobs.values():
         owner = job["metadata"]["ownerReferences"][0]
         assert owner["uid"] == run_uid and owner["controller"] is True
@@ -401,7 +401,7 @@ def test_operator_killed_mid_run_resumes_without_duplicates(kube, operator, name
     assert done["status"]["phase"] == "Succeeded", done["status"]
     seen = audit.stop()
     after = {n: j["metadata"]["uid"] for n, j in jobs(kube, namespace, "restart").items()}
-    assert len(after) == 10
+    assert len(after) == 11
     assert all(after[n] == uid for n, uid in before.items()), "a Job existing before the kill was replaced"
     assert all(len(uids) == 1 for uids in seen.values()), f"Jobs created twice: {seen}"
     created = [line for line in operator.logs().splitlines() if "created Job for stage" in line]
@@ -422,10 +422,11 @@ def test_suspend_resume_and_delete(kube, operator, namespace):
     kube.patch(path, {"spec": {"suspend": True}})
     st = wait_run(kube, namespace, "pausable", lambda s: s.get("phase") == "Suspended")["status"]
     assert conditions(st)["Suspended"]["status"] == "True"
+    finished = {"pausable-i0-preflight", "pausable-i0-keywords"}
     kube.wait_for(JOBS.format(ns=namespace), lambda o: {j["metadata"]["name"] for j in o["items"]}
-                  == {"pausable-i0-keywords"}, timeout=30)
+                  == finished, timeout=30)
     time.sleep(2)
-    assert set(jobs(kube, namespace, "pausable")) == {"pausable-i0-keywords"}  # nothing starts while suspended
+    assert set(jobs(kube, namespace, "pausable")) == finished  # nothing starts while suspended
 
     kube.patch(path, {"spec": {"suspend": False}})
     st = wait_run(kube, namespace, "pausable", lambda s: s.get("phase") == "Running"
@@ -461,9 +462,9 @@ def test_progress_is_event_driven(kube, dev_cluster, crds, namespace, tmp_path):
 
 
 def test_a_burst_of_new_runs_gets_first_jobs_before_anything_else(kube, dev_cluster, crds, namespace, tmp_path):
-    """One worker, 24 runs applied at once: while new runs wait, a new run gets one Job; its other ready
-    stages, its first status write (with the startTime of its first reconcile) and one StageStarted Event
-    naming all three come with its next reconcile. Nothing is created twice and nothing is lost."""
+    """One worker, 24 runs applied at once: while new runs wait, a new run gets one Job (its pre-flight, held
+    here); its first status write (with the startTime of its first reconcile) and its StageStarted Event come
+    with its next reconcile. Nothing is created twice and nothing is lost."""
     from concurrent.futures import ThreadPoolExecutor
 
     from synpo_operator.clock import parse_time
@@ -477,19 +478,19 @@ def test_a_burst_of_new_runs_gets_first_jobs_before_anything_else(kube, dev_clus
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda doc: apply(kube, namespace, doc), docs))
         for name in names:
-            wait_run(kube, namespace, name, lambda s: len(s.get("stages") or []) == 3, timeout=120)
+            wait_run(kube, namespace, name, lambda s: len(s.get("stages") or []) == 1, timeout=120)
         deferred = sum(float(line.rsplit(" ", 1)[1]) for line in op.metrics().splitlines()
                        if line.startswith("synpo_burst_deferrals_total"))
         assert deferred >= 1, "no new run waited for the single worker: the burst path was not taken"
         for name in names:
             run_jobs = jobs(kube, namespace, name)
-            assert sorted(run_jobs) == [f"{name}-i0-evaluate", f"{name}-i0-keywords", f"{name}-i1-improver"]
+            assert sorted(run_jobs) == [f"{name}-i0-preflight"]
             first_job = min(parse_time(j["metadata"]["creationTimestamp"]) for j in run_jobs.values())
             status = get_run(kube, namespace, name)["status"]
             assert parse_time(status["startTime"]) <= first_job, (status["startTime"], first_job)
             assert status["phase"] == "Running"
             started = wait_for_event(kube, namespace, name, "StageStarted")
-            assert started["message"].count("(Job ") == 3, started["message"]  # one Event, the held one merged in
+            assert started["message"].count("(Job ") == 1, started["message"]  # one Event: the held one
             assert len([e for e in events(kube, namespace, name) if e["reason"] == "StageStarted"]) == 1
         ledger.stop()
         assert not ledger.duplicated(), "a Job was created twice"

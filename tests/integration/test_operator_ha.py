@@ -116,8 +116,8 @@ def test_standby_takes_over_when_the_leader_is_killed(kube, dev_cluster, crds, n
         spec = lease(kube, namespace)["spec"]
         assert spec["holderIdentity"] == "op-b" and spec["leaseTransitions"] >= 1
         assert took_over < LEASE_SECONDS + 5, f"takeover took {took_over:.1f} s"
-        # every Job exactly once (10 stages; none created twice, none replaced)
-        assert len(seen) == 10 and all(len(uids) == 1 for uids in seen.values()), seen
+        # every Job exactly once (11 stages with the pre-flight; none created twice, none replaced)
+        assert len(seen) == 11 and all(len(uids) == 1 for uids in seen.values()), seen
         assert "created Job for stage" in standby.logs()  # the standby did take over
         # status never went backwards: succeeded stages only grow, startTime never changes, phase ends once
         for before, after in zip(statuses, statuses[1:], strict=False):

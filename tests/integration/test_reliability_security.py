@@ -61,7 +61,7 @@ def _restricted(kube, ns: str) -> None:
 
 def _check_restricted_jobs(kube, ns: str, run: str) -> None:
     jobs = kube.get(JOBS.format(ns=ns), labelSelector=f"synpo.dev/run={run}")["items"]
-    assert len(jobs) == 10
+    assert len(jobs) == 11  # the pre-flight and the 10 SynPO stages
     for job in jobs:
         pod = job["spec"]["template"]["spec"]
         text = json.dumps(pod)

@@ -99,7 +99,7 @@ def test_refused_pods_missing_priority_class(kube, operator, namespace):  # noqa
         kube.delete_if_exists(f"/apis/scheduling.k8s.io/v1/priorityclasses/{fixed}")
     # the other run's cause stays: it fails after its stuckPodTimeoutSeconds, its Jobs kept (Failed)
     fails_with(kube, namespace, "never", f"no PriorityClass with name {missing} was found")
-    refused = jobs(kube, namespace, "never")["never-i0-keywords"]
+    refused = jobs(kube, namespace, "never")["never-i0-preflight"]  # the first stage, whose pods cannot start
     assert refused["spec"]["activeDeadlineSeconds"] == 1
     assert "no PriorityClass" in refused["metadata"]["annotations"]["synpo.dev/stuck-failure"]
 

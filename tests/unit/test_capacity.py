@@ -181,14 +181,14 @@ def test_reconcile_waits_for_capacity_then_starts():
 
     allowed["ok"] = True
     out = h.step(admit=lambda: (allowed["ok"], ""))
-    assert "i0-keywords" in out.started and h.status["phase"] == "Running" and h.status["startTime"]
+    assert out.started == ["i0-preflight"] and h.status["phase"] == "Running" and h.status["startTime"]
 
 
 def test_the_gate_is_only_asked_before_the_first_stage():
     h = Harness()
     h.step()
     asked = []
-    h.kube.finish("i0-keywords")
+    h.kube.finish("i0-preflight")
     h.step(admit=lambda: asked.append(1) or (False, "no"))
     assert asked == [] and h.status["phase"] == "Running"
 

@@ -254,7 +254,7 @@ def test_affinity_and_image_pull_secrets_reach_every_stage_pod():
         pod = render_job(run, node)["spec"]["template"]["spec"]
         assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror.example"}]
         # passed through as written: no empty lists or maps added by the models' defaults; GPU stages only
-        assert pod.get("affinity") == (None if node.id.name == "keywords" else {**GPU_MODEL, **SPREAD_SHARDS})
+        assert pod.get("affinity") == (None if node.id.name in ("keywords", "preflight") else {**GPU_MODEL, **SPREAD_SHARDS})
     plain = run_of()
     pod = render_job(plain, node_of(plain, "i1-train"))["spec"]["template"]["spec"]
     assert "affinity" not in pod and "imagePullSecrets" not in pod
@@ -418,9 +418,14 @@ def test_stage_config_bound_leaves_room_for_other_annotations():
 def test_render_run_manifests_first_and_all():
     run = run_of()
     first = render_run_manifests(run)
-    assert [m["kind"] for m in first] == ["Job"] * 3
-    assert {m["metadata"]["name"] for m in first if m["kind"] == "Job"} == {
-        "llama3-synpo-i0-keywords", "llama3-synpo-i0-evaluate", "llama3-synpo-i1-improver"}
+    assert [m["metadata"]["name"] for m in first] == ["llama3-synpo-i0-preflight"]
+    # the pre-flight runs in the stage pods' environment, on a CPU, with each judge's key
+    pod = first[0]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert not any("gpu" in k for k in (container.get("resources") or {}).get("limits", {}))
+    assert container["command"][-3:-2] == ["preflight"] or "preflight" in container["command"]
+    env = {e["name"] for e in container["env"]}
+    assert {"SYNPO_JUDGE_API_KEY", "SYNPO_JUDGE_0_API_KEY"} <= env
     every = render_run_manifests(run, all_stages=True)
     assert len(every) == len(stage_graph(run.spec))
     assert all(m["kind"] == "Job" for m in every)

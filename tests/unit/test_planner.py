@@ -12,6 +12,8 @@ from synpo_operator.plan.graph import BASE_RESPONSES, EVALUATE, PAIRS, REFINE, R
 
 OK = StageState(StagePhase.SUCCEEDED)
 RUNNING = StageState(StagePhase.RUNNING)
+PASSED = {"i0-preflight": OK}
+"""The pre-flight passed: the SynPO stages may start."""
 
 
 def spec(**overrides) -> SynPORunSpec:
@@ -31,11 +33,53 @@ def keys(decision) -> set[str]:
     return {s.stage.key for s in decision.start}
 
 
-def test_first_decision_starts_every_stage_without_inputs():
+def test_first_decision_starts_the_preflight_alone():
     d = plan(spec(), {})
+    assert d.phase == "Running" and keys(d) == {"i0-preflight"}
+    assert d.iteration == 0 and d.stage == "preflight"
+
+
+def test_a_passed_preflight_starts_every_stage_without_inputs():
+    d = plan(spec(), PASSED)
     assert d.phase == "Running"
     assert keys(d) == {"i0-keywords", "i0-evaluate", "i1-improver"}
     assert all(s.attempt == 1 for s in d.start)
+
+
+def test_every_stage_waits_for_the_preflight():
+    graph = {n.id: n for n in stage_graph(spec(iterations=3))}
+    pre = StageId(0, "preflight")
+
+    def waits(sid: StageId) -> bool:
+        return sid == pre or any(waits(need) for need in graph[sid].needs)
+
+    assert graph[pre].needs == () and not graph[pre].gpu
+    assert all(waits(sid) for sid in graph)
+
+
+def test_nothing_starts_while_the_preflight_has_not_passed():
+    # finished stages of an earlier spec, the pre-flight forgotten (the spec changed): it alone starts
+    d = plan(spec(), {"i0-keywords": OK, "i0-evaluate": OK, "i1-improver": OK})
+    assert keys(d) == {"i0-preflight"}
+    d = plan(spec(), {"i0-keywords": OK, "i0-preflight": RUNNING})
+    assert d.start == ()
+
+
+def test_a_failed_preflight_fails_the_run_at_once_naming_the_field():
+    failed = StageState(StagePhase.FAILED, attempts=1, retryable=False,
+                        message="spec.evaluation.judges[0].endpoint: http://127.0.0.1:9/v1 does not answer")
+    d = plan(spec(), {"i0-preflight": failed}, max_attempts=3)
+    assert d.phase == "Failed" and d.reason == "PreflightFailed" and d.start == ()
+    assert "spec.evaluation.judges[0].endpoint" in d.message and "does not answer" in d.message
+
+
+def test_the_preflight_output_is_keyed_by_the_spec_but_not_by_run_control_fields():
+    def out(s):
+        return next(n for n in stage_graph(s) if n.id.name == "preflight").output
+
+    assert out(spec()) == out(spec(suspend=True, backoffLimit=5, activeDeadlineSeconds=600))
+    assert out(spec()) != out(spec(data={"seed": "other.jsonl", "corpus": "c.jsonl", "eval": "e.jsonl"}))
+    assert out(spec()).startswith("iter-0/preflight/")
 
 
 def test_stage_names_are_deterministic_and_unique():
@@ -90,13 +134,13 @@ def test_sharded_stages_carry_the_shard_count():
 
 
 def test_running_stage_is_not_started_again_and_its_dependents_wait():
-    d = plan(spec(), {"i0-keywords": RUNNING, "i0-evaluate": RUNNING, "i1-improver": RUNNING})
+    d = plan(spec(), {**PASSED, "i0-keywords": RUNNING, "i0-evaluate": RUNNING, "i1-improver": RUNNING})
     assert d.phase == "Running" and d.start == ()
     assert d.iteration == 0 and d.stage == "evaluate,keywords"
 
 
 def test_done_inputs_unlock_the_next_stage():
-    d = plan(spec(), {"i0-keywords": OK, "i0-evaluate": OK, "i1-improver": RUNNING})
+    d = plan(spec(), {**PASSED, "i0-keywords": OK, "i0-evaluate": OK, "i1-improver": RUNNING})
     assert keys(d) == {"i0-prompt-generator"}
 
 
@@ -109,7 +153,7 @@ def test_failed_stage_fails_the_run_when_attempts_are_exhausted():
 
 def test_failed_stage_is_retried_while_attempts_remain():
     failed = StageState(StagePhase.FAILED, attempts=1)
-    d = plan(spec(), {"i0-keywords": failed}, max_attempts=3)
+    d = plan(spec(), {**PASSED, "i0-keywords": failed}, max_attempts=3)
     assert d.phase == "Running"
     assert [(s.stage.key, s.attempt) for s in d.start if s.stage.key == "i0-keywords"] == [("i0-keywords", 2)]
 
@@ -144,7 +188,7 @@ def test_max_parallel_caps_running_stages():
 
 
 def test_unknown_observed_stages_are_ignored():
-    d = plan(spec(), {"i9-train": OK})
+    d = plan(spec(), {**PASSED, "i9-train": OK})
     assert keys(d) == {"i0-keywords", "i0-evaluate", "i1-improver"}
 
 
@@ -186,7 +230,8 @@ def test_simulated_runs_respect_dependencies_and_always_end(s, rnd, max_attempts
         assert set(observed) == set(graph)
         assert all(v.phase is StagePhase.SUCCEEDED for v in observed.values())
     else:
-        assert d.phase == "Failed" and d.reason == "StageFailed"
+        failed_preflight = observed.get("i0-preflight", OK).phase is StagePhase.FAILED
+        assert d.phase == "Failed" and d.reason == ("PreflightFailed" if failed_preflight else "StageFailed")
         assert any(v.phase is StagePhase.FAILED and v.attempts >= max_attempts for v in observed.values())
 
 

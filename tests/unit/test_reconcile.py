@@ -204,6 +204,17 @@ class Harness:
     def job_names(self):
         return sorted(self.kube.jobs())
 
+    def pass_preflight(self) -> Harness:
+        """Start the pre-flight and let it pass: the next step starts the SynPO stages."""
+        self.step()
+        self.kube.finish("i0-preflight", result={"specKey": self.spec_key()})
+        return self
+
+    def spec_key(self) -> str:
+        from synpo_operator.api.preflight import spec_key
+
+        return spec_key(run_from_body(self.body).spec.to_api())
+
 
 RESULTS = {
     "i0-keywords": {"rows": 100},
@@ -242,34 +253,63 @@ def drive_to_success(h: Harness) -> list:
     raise AssertionError(f"no success: {h.status}")
 
 
-def test_first_reconcile_creates_first_stages_and_status():
+def test_first_reconcile_creates_the_preflight_alone_and_status():
     h = Harness()
     out = h.step()
     assert out.phase == "Running"
-    assert h.job_names() == ["demo-i0-evaluate", "demo-i0-keywords", "demo-i1-improver"]
-    # one write per stage: the Job, which carries its stage config (no ConfigMap)
-    assert sorted(h.kube.creates) == ["jobs/demo-i0-evaluate", "jobs/demo-i0-keywords", "jobs/demo-i1-improver"]
+    # one write: the pre-flight's Job, which carries its stage config (no ConfigMap); nothing else yet
+    assert h.job_names() == ["demo-i0-preflight"] and h.kube.creates == ["jobs/demo-i0-preflight"]
     st = h.status
     assert st["phase"] == "Running" and st["observedGeneration"] == 1
     assert st["startTime"] == ts(T0)
-    assert st["iteration"] == 0 and st["stage"] == "evaluate,keywords"
+    assert st["iteration"] == 0 and st["stage"] == "preflight"
     assert st["artifacts"] == "s3://b/runs/ns/demo"
     conds = {c["type"]: c for c in st["conditions"]}
     assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "StageRunning"
     assert conds["Failed"]["status"] == "False" and conds["Suspended"]["status"] == "False"
     assert all(c["observedGeneration"] == 1 for c in conds.values())
-    assert [s["name"] for s in st["stages"]] == ["i0-keywords", "i0-evaluate", "i1-improver"]
+    assert [s["name"] for s in st["stages"]] == ["i0-preflight"]
     assert {e.reason for e in out.events} == {"StageStarted"}
+
+
+def test_a_passed_preflight_starts_the_first_stages():
+    h = Harness().pass_preflight()
+    out = h.step()
     assert sorted(out.started) == ["i0-evaluate", "i0-keywords", "i1-improver"]
+    assert h.job_names() == ["demo-i0-evaluate", "demo-i0-keywords", "demo-i0-preflight", "demo-i1-improver"]
+    st = h.status
+    assert st["iteration"] == 0 and st["stage"] == "evaluate,keywords"
+    assert [s["name"] for s in st["stages"]] == ["i0-preflight", "i0-keywords", "i0-evaluate", "i1-improver"]
+    assert {s["name"]: s for s in st["stages"]}["i0-preflight"]["result"]["specKey"] == h.spec_key()  # recorded
+    assert {e.reason for e in out.events} == {"StageStarted", "StageSucceeded"}
+
+
+def test_a_failed_preflight_fails_the_run_with_its_reason_and_starts_nothing_else():
+    h = Harness()
+    h.step()
+    cause = "spec.evaluation.judges[0].endpoint: http://judge:8000/v1 does not answer (Connection error.)"
+    h.kube.fail("i0-preflight", exit_code=2, message=json.dumps({"error": cause, "exitCode": 2}), retries=0)
+    out = h.step()
+    st = h.status
+    assert st["phase"] == "Failed" and out.started == []
+    failed = {c["type"]: c for c in st["conditions"]}["Failed"]
+    assert failed["status"] == "True" and failed["reason"] == "PreflightFailed"
+    assert cause in failed["message"]
+    assert any(e.reason == "PreflightFailed" and cause in e.message for e in out.events)
+    assert [(s["name"], s["phase"]) for s in st["stages"]] == [("i0-preflight", "Failed")]
+    assert h.job_names() == ["demo-i0-preflight"]
+    for _ in range(2):
+        assert not h.step().started  # settled: nothing else ever starts
 
 
 def test_max_starts_starts_the_first_ready_stages_and_leaves_the_rest_for_later():
     h = Harness()
+    h.pass_preflight()
     out = h.step(max_starts=1)
-    assert out.started == ["i0-keywords"] and h.job_names() == ["demo-i0-keywords"]
+    assert out.started == ["i0-keywords"] and h.job_names() == ["demo-i0-keywords", "demo-i0-preflight"]
     out = h.step()  # the next reconcile starts the others, once
     assert sorted(out.started) == ["i0-evaluate", "i1-improver"]
-    assert h.job_names() == ["demo-i0-evaluate", "demo-i0-keywords", "demo-i1-improver"]
+    assert h.job_names() == ["demo-i0-evaluate", "demo-i0-keywords", "demo-i0-preflight", "demo-i1-improver"]
     assert not h.step().started
 
 
@@ -285,6 +325,7 @@ def test_merge_events_keeps_one_event_per_reason_in_order():
 
 def test_reconcile_is_idempotent_and_restart_safe():
     h = Harness()
+    h.pass_preflight()
     h.step()
     creates = list(h.kube.creates)
     writes = h.writes
@@ -342,7 +383,8 @@ def test_run_to_success_with_results_and_summaries():
     assert reasons[-1] == "RunSucceeded"
     # every Job was created exactly once
     jobs = [c for c in h.kube.creates if c.startswith("jobs/")]
-    assert len(jobs) == len(set(jobs)) == 10
+    assert len(jobs) == len(set(jobs)) == 11
+    assert jobs[0] == "jobs/demo-i0-preflight"
     # metrics followed
     text = h.metrics.render().decode()
     assert 'synpo_runs{phase="Succeeded"} 1.0' in text
@@ -362,6 +404,7 @@ def test_run_to_success_with_results_and_summaries():
 
 def test_stage_failure_fails_run_with_reason_and_stops_others():
     h = Harness()
+    h.pass_preflight()
     h.step()
     h.kube.fail("i0-keywords", exit_code=1, message='{"error": "corpus.jsonl: line 3 is not JSON"}')
     out = h.step()
@@ -374,7 +417,7 @@ def test_stage_failure_fails_run_with_reason_and_stops_others():
     stage = {s["name"]: s for s in st["stages"]}["i0-keywords"]
     assert stage["phase"] == "Failed" and stage["attempts"] == 3  # 3 pods, all failed
     # the other running stages were stopped, the failed Job kept for inspection
-    assert h.job_names() == ["demo-i0-keywords"]
+    assert h.job_names() == ["demo-i0-keywords", "demo-i0-preflight"]
     assert {e.reason for e in out.events} >= {"StageFailed", "StagesStopped"}
     assert out.retries == {"i0-keywords": 3}
     text = h.metrics.render().decode()
@@ -389,6 +432,7 @@ def test_stage_failure_fails_run_with_reason_and_stops_others():
 
 def test_deleting_a_failed_job_retries_the_stage():
     h = Harness()
+    h.pass_preflight()
     h.step()
     h.kube.fail("i0-keywords")
     h.step()
@@ -400,6 +444,7 @@ def test_deleting_a_failed_job_retries_the_stage():
 
 def test_disruptions_do_not_count():
     h = Harness()
+    h.pass_preflight()
     h.step()
     job = h.kube.jobs()["demo-i0-keywords"]
     h.kube.add_pod(job, phase="Failed", exit_code=137, disruption=True)
@@ -412,6 +457,7 @@ def test_disruptions_do_not_count():
 
 def test_suspend_and_resume_never_redoes_finished_stages():
     h = Harness()
+    h.pass_preflight()
     h.step()
     h.kube.finish("i0-keywords", result={"rows": 1})
     h.step()
@@ -422,21 +468,22 @@ def test_suspend_and_resume_never_redoes_finished_stages():
     assert st["phase"] == "Suspended"
     conds = {c["type"]: c for c in st["conditions"]}
     assert conds["Suspended"]["status"] == "True" and conds["Suspended"]["observedGeneration"] == 2
-    assert h.job_names() == ["demo-i0-keywords"]  # only the finished Job stays
+    assert h.job_names() == ["demo-i0-keywords", "demo-i0-preflight"]  # only the finished Jobs stay
     assert sorted(out.stopped) == ["i0-evaluate", "i0-prompt-generator", "i1-improver"]
-    assert [s["name"] for s in st["stages"]] == ["i0-keywords"]
+    assert [s["name"] for s in st["stages"]] == ["i0-preflight", "i0-keywords"]
     assert not h.step().started  # nothing starts while suspended
     h.body["spec"]["suspend"] = False
     h.body["metadata"]["generation"] = 3
     out = h.step()
     assert sorted(out.started) == ["i0-evaluate", "i0-prompt-generator", "i1-improver"]
-    assert "i0-keywords" not in out.started
+    assert "i0-keywords" not in out.started  # nor the pre-flight: suspend is not a change of what it checked
     assert {c["type"]: c for c in h.status["conditions"]}["Suspended"]["reason"] == "Resumed"
     assert any(e.reason == "Resumed" for e in out.events)
 
 
 def test_finished_stage_recorded_in_status_is_not_redone_when_its_job_vanishes():
     h = Harness()
+    h.pass_preflight()
     h.step()
     h.kube.finish("i0-keywords", result={"rows": 1})
     h.step()
@@ -449,12 +496,14 @@ def test_finished_stage_recorded_in_status_is_not_redone_when_its_job_vanishes()
 
 def test_run_deadline():
     h = Harness(activeDeadlineSeconds=600)
+    h.pass_preflight()
     h.step()
     h.now += timedelta(seconds=601)
     out = h.step()
     assert h.status["phase"] == "Failed"
     assert {c["type"]: c for c in h.status["conditions"]}["Failed"]["reason"] == "DeadlineExceeded"
-    assert h.job_names() == [] and sorted(out.stopped) == ["i0-evaluate", "i0-keywords", "i1-improver"]
+    assert h.job_names() == ["demo-i0-preflight"]  # finished: kept
+    assert sorted(out.stopped) == ["i0-evaluate", "i0-keywords", "i1-improver"]
 
 
 def test_ttl_after_finished():
@@ -495,6 +544,7 @@ def test_invalid_spec_fails_once_without_jobs(change, field):
 
 def test_delete_all_deletes_only_the_runs_jobs():
     h = Harness()
+    h.pass_preflight()
     h.step()
     paths = []
 
@@ -503,7 +553,7 @@ def test_delete_all_deletes_only_the_runs_jobs():
         return h.kube(method, path, body, **kw)
 
     deleted = JobExecutor("ns", "demo", uid="run-uid", request=recording).delete_all()
-    assert sorted(deleted) == ["demo-i0-evaluate", "demo-i0-keywords", "demo-i1-improver"]
+    assert sorted(deleted) == ["demo-i0-evaluate", "demo-i0-keywords", "demo-i0-preflight", "demo-i1-improver"]
     assert h.job_names() == [] and sorted(h.kube.deletes) == [f"jobs/{n}" for n in sorted(deleted)]
     assert not any("configmaps" in path for _, path in paths)
 
@@ -548,6 +598,7 @@ NO_QUOTA = "couldn't assign flavors to pod set main: insufficient unused quota f
 
 def test_queued_run_shows_kueues_message():
     h = Harness(queueName="team-a")
+    h.pass_preflight()
     h.step()
     for name in h.kube.jobs():
         workload_for(h, name, QuotaReserved=("False", "Pending", NO_QUOTA))
@@ -563,6 +614,7 @@ def test_queued_run_shows_kueues_message():
 
 def test_queued_without_kueue_api_still_says_queued():
     h = Harness(queueName="team-a")
+    h.pass_preflight()
     h.step()
 
     def no_kueue(method, path, body=None, **kw):
@@ -578,6 +630,7 @@ def test_queued_without_kueue_api_still_says_queued():
 
 def test_preempted_stage_returns_to_the_queue_without_counting_as_a_failure():
     h = Harness(queueName="team-a", backoffLimit=0)
+    h.pass_preflight()
     h.step()
     job = h.kube.jobs()["demo-i1-improver"]
     job["spec"]["suspend"] = False  # admitted
@@ -615,6 +668,7 @@ def test_preempted_stage_returns_to_the_queue_without_counting_as_a_failure():
 
 def test_run_deadline_does_not_count_time_queued():
     h = Harness(queueName="team-a", activeDeadlineSeconds=600)
+    h.pass_preflight()
     out = h.step()  # Jobs created suspended at T0: the run starts queued, its deadline clock stands still
     assert out.phase == "Pending" and h.status["startTime"] == h.status["queuedSince"] == ts(T0)
     assert out.requeue_after is None  # nothing due while queued
@@ -657,6 +711,7 @@ def test_active_seconds():
 
 def test_terminating_job_is_not_observed_and_not_duplicated():
     h = Harness()
+    h.pass_preflight()
     h.step()
     h.kube.jobs()["demo-i0-keywords"]["metadata"]["deletionTimestamp"] = ts(T0)
     out = h.step()
@@ -742,13 +797,14 @@ def test_examples_reconcile_first_step():
     run = run_from_body(doc)
     out = reconcile(doc, JobExecutor("alignment", "llama3-synpo", run=run, uid="u", request=kube), T0)
     assert out.phase == "Pending"  # Jobs created suspended for Kueue
-    assert sorted(out.started) == ["i0-evaluate", "i0-keywords", "i1-improver"]
+    assert out.started == ["i0-preflight"]
 
 
 def test_a_job_the_api_server_refuses_fails_the_run_once_naming_the_run_field():
     """A 422 on a Job create (a field the API server or a cluster policy refuses) is not retried forever: the run
     fails with JobRefused, naming the stage and the run field behind the Job field; a new generation retries."""
     h = Harness()
+    h.pass_preflight()
     refuse = {"demo-i0-keywords"}
     kube = h.kube
 
@@ -769,7 +825,7 @@ def test_a_job_the_api_server_refuses_fails_the_run_once_naming_the_run_field():
     assert failed["message"].startswith("stage i0-keywords: the API server refused its Job (HTTP 422 Invalid)")
     assert "set by spec.resources.tolerations" in failed["message"]
     assert [e.reason for e in out.events] == ["JobRefused"]
-    assert h.job_names() == []  # the stages started beside it are stopped
+    assert h.job_names() == ["demo-i0-preflight"]  # the stages started beside it are stopped
     writes, creates = h.writes, list(kube.creates)
     again = h.step()
     assert again.phase == "Failed" and not again.events and h.writes == writes and kube.creates == creates
@@ -819,3 +875,49 @@ def test_the_report_uri_stays_under_the_artifacts():
     for bad in ("../../etc/passwd", "/etc/passwd", "a/../../x", 5):
         assert report_uri("s3://b/ns/r", [{"report": bad}]) is None, bad
     assert report_uri("s3://b/ns/r", [{"reportError": "OSError: read-only"}]) is None
+
+
+def test_a_passed_preflight_is_checked_again_when_the_spec_changes_and_holds_everything_back():
+    h = Harness().pass_preflight()
+    h.step()
+    h.kube.finish("i0-keywords", result={"rows": 1})
+    h.step()  # the prompt generator starts
+    h.kube.finish("i0-prompt-generator", result={"rows": 1})
+    old_uid = h.kube.jobs()["demo-i0-preflight"]["metadata"]["uid"]
+    h.body["spec"]["suspend"] = True  # run control: not a change of what the pre-flight checked
+    h.body["metadata"]["generation"] = 2
+    h.step()
+    h.body["spec"]["suspend"] = False
+    h.body["metadata"]["generation"] = 3
+    out = h.step()
+    assert "i0-preflight" not in out.started and h.kube.jobs()["demo-i0-preflight"]["metadata"]["uid"] == old_uid
+    assert "i1-prompts" in out.started
+    h.kube.finish("i1-prompts")
+    h.body["spec"]["data"]["eval"] = "s3://b/eval-v2.jsonl"
+    h.body["metadata"]["generation"] = 4
+    out = h.step()
+    assert out.started == ["i0-preflight"]  # i1-base-responses was ready, but waits for the new pre-flight
+    assert "jobs/demo-i0-preflight" in h.kube.deletes
+    assert h.kube.jobs()["demo-i0-preflight"]["metadata"]["uid"] != old_uid
+    assert {s["name"]: s["phase"] for s in h.status["stages"]}["i0-preflight"] == "Running"
+    assert not h.step().started  # nothing else while it runs
+    h.kube.finish("i0-preflight", result={"specKey": h.spec_key()})
+    out = h.step()
+    assert "i1-base-responses" in out.started and "i0-preflight" not in out.started
+
+
+def test_a_spec_edit_after_preflight_failed_checks_again():
+    h = Harness()
+    h.step()
+    h.kube.fail("i0-preflight", exit_code=2, retries=0, message=json.dumps(
+        {"error": "spec.data.seed: s3://b/seed.jsonl: file not found", "exitCode": 2}))
+    h.step()
+    assert h.status["phase"] == "Failed"
+    assert not h.step().started  # the same generation: settled
+    h.body["spec"]["data"]["seed"] = "s3://b/seed-v2.jsonl"
+    h.body["metadata"]["generation"] = 2
+    out = h.step()
+    assert out.started == ["i0-preflight"] and h.status["phase"] == "Running"
+    assert "jobs/demo-i0-preflight" in h.kube.deletes
+    h.kube.finish("i0-preflight", result={"specKey": h.spec_key()})
+    assert sorted(h.step().started) == ["i0-evaluate", "i0-keywords", "i1-improver"]

@@ -170,6 +170,7 @@ def _add(h, p):
 
 def test_unschedulable_stage_condition_event_then_failure_after_the_timeout():
     h = Harness(stuckPodTimeoutSeconds=300)
+    h.pass_preflight()
     h.step()
     assert _stuck_condition(h) is None  # never stuck: no condition at all
     keywords = h.kube.jobs()["demo-i0-keywords"]
@@ -209,6 +210,7 @@ def test_unschedulable_stage_condition_event_then_failure_after_the_timeout():
 
 def test_the_condition_clears_when_the_stage_moves_on():
     h = Harness()
+    h.pass_preflight()
     h.step()
     keywords = h.kube.jobs()["demo-i0-keywords"]
     keywords["status"] = {"startTime": ts(T0), "active": 1}
@@ -225,6 +227,7 @@ def test_the_condition_clears_when_the_stage_moves_on():
 
 def test_refused_pods_are_read_from_the_jobs_events():
     h = Harness(stuckPodTimeoutSeconds=60)
+    h.pass_preflight()
     h.step()
     uid = h.kube.jobs()["demo-i0-keywords"]["metadata"]["uid"]
     h.kube.objects.setdefault("/api/v1/namespaces/ns/events", {})["e1"] = {
@@ -242,6 +245,7 @@ def test_refused_pods_are_read_from_the_jobs_events():
 
 def test_an_invalid_image_name_fails_at_once():
     h = Harness()
+    h.pass_preflight()
     h.step()
     keywords = h.kube.jobs()["demo-i0-keywords"]
     keywords["status"] = {"startTime": ts(T0), "active": 1}
@@ -254,6 +258,7 @@ def test_an_invalid_image_name_fails_at_once():
 
 def test_a_busy_cluster_is_reported_not_failed():
     h = Harness(stuckPodTimeoutSeconds=60)
+    h.pass_preflight()
     h.step()
     keywords = h.kube.jobs()["demo-i0-keywords"]
     keywords["status"] = {"startTime": ts(T0), "active": 1}
@@ -268,6 +273,7 @@ def test_a_busy_cluster_is_reported_not_failed():
 
 def test_without_rbac_to_patch_jobs_the_stage_stays_reported_stuck():
     h = Harness(stuckPodTimeoutSeconds=60)
+    h.pass_preflight()
     h.step()
     keywords = h.kube.jobs()["demo-i0-keywords"]
     keywords["status"] = {"startTime": ts(T0), "active": 1}

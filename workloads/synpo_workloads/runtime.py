@@ -26,6 +26,7 @@ from .errors import ConfigError, UserError
 log = logging.getLogger("synpo_workloads")
 
 STAGE_MODULES = {
+    "preflight": "preflight",
     "keywords": "keywords",
     "prompt-generator": "prompt_generator",
     "prompts": "prompts",

@@ -22,6 +22,7 @@ WAITING_FOR_CAPACITY = "WaitingForCapacity"
 QUEUED = "Queued"
 STAGE_RUNNING = "StageRunning"
 STAGE_FAILED = "StageFailed"
+PREFLIGHT_FAILED = "PreflightFailed"  # the pre-flight stage found a reference, data file or storage unusable
 RUN_SUCCEEDED = "RunSucceeded"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 SUSPENDED = "Suspended"

@@ -415,6 +415,12 @@ class JobExecutor:
                 stopped.append(rec.key)
         return stopped
 
+    def discard(self, keys: Sequence[str]) -> None:
+        """Delete the Jobs of these stages, finished or not; they are created again once gone."""
+        for job in self.jobs():
+            if ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_STAGE_KEY) in keys:
+                self._delete(f"{self._jobs}/{job['metadata']['name']}")
+
     def delete_all(self) -> list[str]:
         """Delete every Job and JobSet of the run (run deletion); returns the names deleted."""
         deleted = []

@@ -186,6 +186,13 @@ class LocalExecutor:
             del self._attempts[key]
         return sorted(stopped)
 
+    def discard(self, keys: Sequence[str]) -> None:
+        """Forget these stages' attempts and results (a pre-flight of an older spec: its output is keyed by the
+        spec, so the new one writes elsewhere)."""
+        for key in keys:
+            self._attempts.pop(key, None)
+            self._results.pop(key, None)
+
     # --- helpers --------------------------------------------------------------------------------------
 
     def output(self, node: StageNode) -> str:

@@ -37,7 +37,7 @@ from ..api.results import BAD_INPUT_EXIT_CODE
 from ..api.run import SynPORun, SynPORunSpec
 from ..modelinfo import model_size
 from ..plan.cache import cache_plan
-from ..plan.graph import STAGES, StageNode, stage_graph
+from ..plan.graph import EVALUATE, PREFLIGHT, STAGES, StageNode, stage_graph
 from ..plan.launch import launch_command
 from ..plan.planner import Start, plan
 from ..plan.resources import gpus_for, pod_shape, shared_memory, stage_kind
@@ -160,7 +160,7 @@ def _container_env(spec: SynPORunSpec, node: StageNode) -> list[dict[str, Any]]:
                 "name": var.secret_key_ref.name, "key": var.secret_key_ref.key}}})
         else:
             env.append({"name": var.name, "value": var.value or ""})
-    if node.id.name == "evaluate":
+    if node.id.name in (EVALUATE, PREFLIGHT):  # the pre-flight asks each judge with its own key
         first = True
         for index, judge in enumerate(spec.evaluation.judges):
             ref = judge.api_key_secret_ref

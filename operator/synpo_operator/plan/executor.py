@@ -84,3 +84,8 @@ class Executor(Protocol):
         """Stop every unfinished stage (suspend, failure, deletion); returns the keys stopped. A stopped stage
         is forgotten (absent from `records`, started again on resume), never reported as failed."""
         ...
+
+    def discard(self, keys: Sequence[str]) -> None:
+        """Forget these stages, finished or not (their objects deleted), so that they start afresh: a pre-flight
+        that checked an older spec."""
+        ...

@@ -1,5 +1,10 @@
 """The SynPO stage graph of a run: which stages exist, what each reads and writes, what it waits for.
 
+The pre-flight (iteration 0) comes first and every other stage waits for it: it checks every model, data
+source, judge endpoint and the storage without loading weights, so a configuration error fails the run
+before any GPU stage starts. Its output is keyed by the spec (api/preflight.spec_key): a changed spec is
+checked again, an unchanged one never.
+
 Iteration 0 holds the once-per-run stages (keywords, the prompt generator, the M0 baseline evaluation).
 Iteration t = 1..T: prompts → responses (M_{t-1}) and base-responses (M0) → improver R_t → refine →
 pairs (accumulated with pairs of t-1) → train (from M0 on all pairs) → evaluate.
@@ -9,10 +14,12 @@ second generation pass runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from ..api.preflight import spec_key
 from ..api.run import SynPORunSpec
 
+PREFLIGHT = "preflight"
 KEYWORDS = "keywords"
 PROMPT_GENERATOR = "prompt-generator"
 PROMPTS = "prompts"
@@ -24,7 +31,7 @@ PAIRS = "pairs"
 TRAIN = "train"
 EVALUATE = "evaluate"
 
-STAGES = (KEYWORDS, PROMPT_GENERATOR, PROMPTS, BASE_RESPONSES, RESPONSES, IMPROVER, REFINE, PAIRS, TRAIN,
+STAGES = (PREFLIGHT, KEYWORDS, PROMPT_GENERATOR, PROMPTS, BASE_RESPONSES, RESPONSES, IMPROVER, REFINE, PAIRS, TRAIN,
           EVALUATE)
 SHARDED = frozenset({BASE_RESPONSES, RESPONSES, REFINE})
 """Stages split by prompt index across `generation.shards` pods (Indexed Jobs)."""
@@ -69,6 +76,8 @@ class StageNode:
     """Input data files from the spec, by role."""
     shards: int = 1
     gpu: bool = True
+    output_dir: Artifact | None = None
+    """Where it writes, when not `iter-<t>/<stage>` (the pre-flight's output is keyed by the spec)."""
 
     @property
     def key(self) -> str:
@@ -76,7 +85,7 @@ class StageNode:
 
     @property
     def output(self) -> Artifact:
-        return self.id.output
+        return self.output_dir or self.id.output
 
 
 def model_artifact(stage: StageId) -> Artifact:
@@ -91,8 +100,22 @@ def evaluated_iterations(spec: SynPORunSpec) -> list[int]:
     return ([0] if spec.evaluation.baseline else []) + chosen
 
 
+def preflight_node(spec: SynPORunSpec) -> StageNode:
+    """The pre-flight: reads the whole spec (every model, data file, judge and the storage), on a CPU."""
+    sid = StageId(0, PREFLIGHT)
+    return StageNode(sid, (), models={"base": spec.model.base},
+                     data={"seed": spec.data.seed, "corpus": spec.data.corpus, "eval": spec.data.eval},
+                     gpu=False, output_dir=Artifact(f"{sid.output}/{spec_key(spec.to_api())}"))
+
+
 def stage_graph(spec: SynPORunSpec) -> list[StageNode]:
-    """All stages of the run in a valid execution order (each after everything it needs)."""
+    """All stages of the run in a valid execution order (each after everything it needs): the pre-flight
+    first, and every stage that needs nothing else needs it."""
+    preflight = preflight_node(spec)
+    return [preflight, *(replace(n, needs=n.needs or (preflight.id,)) for n in _synpo_stages(spec))]
+
+
+def _synpo_stages(spec: SynPORunSpec) -> list[StageNode]:
     base = spec.model.base
     shards = spec.generation.shards
     keywords = StageId(0, KEYWORDS)

@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from ..api import conditions as reasons
 from ..api.run import SynPORunSpec
-from .graph import StageNode, stage_graph
+from .graph import PREFLIGHT, StageNode, stage_graph
 
 
 class StagePhase(StrEnum):
@@ -82,6 +82,9 @@ def plan(
         seen = state[node.key]
         if seen and seen.phase is StagePhase.FAILED and (seen.attempts >= max_attempts or not seen.retryable):
             detail = f": {seen.message}" if seen.message else ""
+            if node.id.name == PREFLIGHT:  # nothing else has started: the message names the spec field
+                return Decision("Failed", reasons.PREFLIGHT_FAILED, f"pre-flight check failed{detail}",
+                                iteration=0, stage=PREFLIGHT)
             return Decision("Failed", reasons.STAGE_FAILED,
                             f"stage {node.key} failed after {seen.attempts} attempt(s){detail}",
                             iteration=node.id.iteration, stage=node.id.name)
@@ -103,12 +106,13 @@ def plan(
         seen = state.get(key)
         return bool(seen and seen.phase is StagePhase.SUCCEEDED)
 
+    checked = done(graph[0].key)  # the pre-flight: until it passes (again, after a spec change) nothing else starts
     ready: list[Start] = []
     for node in graph:
         seen = state[node.key]
         if seen and seen.phase is not StagePhase.FAILED:
             continue
-        if all(done(need.key) for need in node.needs):
+        if (checked or node.id.name == PREFLIGHT) and all(done(need.key) for need in node.needs):
             ready.append(Start(node, attempt=(seen.attempts + 1) if seen else 1))
     if max_parallel is not None:
         ready = ready[: max(0, max_parallel - len(running))]

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..api.run import SynPORunSpec
-from .graph import IMPROVER, PAIRS, PROMPT_GENERATOR, TRAIN, Artifact, StageId, StageNode
+from .graph import IMPROVER, PAIRS, PREFLIGHT, PROMPT_GENERATOR, TRAIN, Artifact, StageId, StageNode
 from .resources import pod_shape, stage_kind
 
 GIB = 1 << 30
@@ -161,7 +161,9 @@ def _fetched(ref: str, spec: SynPORunSpec) -> bool:
 
 def stage_models(spec: SynPORunSpec, node: StageNode, sizer: Sizer) -> list[LoadedModel]:
     """Every model the stage loads: its graph models, the filter scorer (improver, pairs), the reward-model and
-    similarity judges (evaluate), DPO's frozen reference (train)."""
+    similarity judges (evaluate), DPO's frozen reference (train). The pre-flight reads metadata only."""
+    if node.id.name == PREFLIGHT:
+        return []
     base = spec.model.base
     base_size = sizer(base)
     factor = trained_factor(spec)
