@@ -11,16 +11,15 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
-from wl_helpers import DATA, tiny_spec
+from wl_helpers import DATA, run_attempt, tiny_spec
 
 from synpo_operator.api.run import SynPORunSpec
 from synpo_operator.executors.local import LocalExecutor
 from synpo_operator.plan.graph import stage_graph
-from synpo_operator.plan.planner import StagePhase, Start
+from synpo_operator.plan.planner import StagePhase
 from synpo_operator.plan.stage_config import stage_config
 from synpo_workloads import store
 from synpo_workloads.runtime import run_stage
@@ -57,17 +56,6 @@ def _train_stage(spec: SynPORunSpec, storage: Path):
     return node, config
 
 
-def _run(executor: LocalExecutor, node, attempt: int, timeout: float = 600):
-    assert executor.start([Start(node, attempt)]) == [True]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = executor.records()[node.key]
-        if record.state.phase != StagePhase.RUNNING:
-            return record
-        executor.wait(2)
-    executor.stop()
-    raise AssertionError(f"{node.key} still running after {timeout}s")
-
 
 def _step_losses(checkpoints: Path) -> list[float]:
     """Per-step training losses, from the newest checkpoint's log history (kept: SYNPO_KEEP_CHECKPOINTS)."""
@@ -95,7 +83,7 @@ def test_two_nodes_killed_rank_resumes_and_matches_one_process(tiny_model, tmp_p
     fault = {"SYNPO_FAULT_AFTER_STEP": "3", "SYNPO_FAULT_RANK": "1"}
     executor = LocalExecutor(spec, name="dist", storage_root=str(tmp_path / "two"),
                              extra_env={**CHECKPOINT_EVERY_STEP, **fault})
-    failed = _run(executor, node, 1)
+    failed = run_attempt(executor, node, 1)
     assert failed.state.phase == StagePhase.FAILED and failed.state.retryable, failed.state.message
     assert "i1-train-node-1.log" in failed.state.message  # the killed rank's log, not the stopped survivor's
     assert not store.stage_done(config["output"])
@@ -106,7 +94,7 @@ def test_two_nodes_killed_rank_resumes_and_matches_one_process(tiny_model, tmp_p
     assert (checkpoints / "checkpoint-2" / "trainer_state.json").is_file()  # complete before step 3 began
 
     executor.extra_env = dict(CHECKPOINT_EVERY_STEP)  # the retry, as synpo run's next reconcile starts it
-    record = _run(executor, node, 2)
+    record = run_attempt(executor, node, 2)
     assert record.state.phase == StagePhase.SUCCEEDED, record.state.message
     result = record.result
     assert result["resumedFrom"] in ("checkpoint-2", "checkpoint-3")
@@ -137,7 +125,7 @@ def test_improver_on_two_nodes_generates_on_both_and_trains_on_both(tiny_model, 
         generation={"maxNewTokens": 8}, resources={"gpusPerPod": 0, "training": {"nodes": 2}}))
     node = next(n for n in stage_graph(spec) if n.key == "i1-improver")
     executor = LocalExecutor(spec, name="dist", storage_root=str(storage))
-    record = _run(executor, node, 1)
+    record = run_attempt(executor, node, 1)
     assert record.state.phase == StagePhase.SUCCEEDED, record.state.message
     assert record.result["examplesTotal"] == 8 and record.result["steps"] == -(-record.result["rows"] // 4)
     logs = executor.logs_dir

@@ -8,16 +8,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 import uuid
 
 import pytest
-from wl_helpers import DATA, tiny_spec
+from wl_helpers import DATA, run_attempt, tiny_spec
 
 from synpo_operator.api.run import SynPORunSpec
 from synpo_operator.executors.local import LocalExecutor
 from synpo_operator.plan.graph import stage_graph
-from synpo_operator.plan.planner import StagePhase, Start
+from synpo_operator.plan.planner import StagePhase
 from synpo_operator.plan.stage_config import stage_config
 from synpo_workloads import checkpoints, store
 from synpo_workloads.runtime import run_stage
@@ -43,17 +42,6 @@ def _train_stage(model: str, root: str, nodes: int, run: str = "ckpt"):
     return spec, node, config
 
 
-def _run(executor: LocalExecutor, node, attempt: int, timeout: float = 600):
-    assert executor.start([Start(node, attempt)]) == [True]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = executor.records()[node.key]
-        if record.state.phase != StagePhase.RUNNING:
-            return record
-        executor.wait(2)
-    executor.stop()
-    raise AssertionError(f"{node.key} still running after {timeout}s")
-
 
 def _shape(manifest: dict) -> tuple:
     return sorted(manifest["files"]), manifest["rows"], sorted(set(manifest["result"]) - {"resumedFrom", "seconds"})
@@ -76,7 +64,7 @@ def test_killed_two_node_stage_resumes_from_its_checkpoint_on_the_store(tiny_mod
     out, ckpts = config["output"], store.join(config["output"], store.CHECKPOINTS)
     executor = LocalExecutor(spec, name=f"ckpt-{bucket}", storage_root=root, extra_env={
         "SYNPO_SAVE_STEPS": "1", "SYNPO_FAULT_AFTER_STEP": "1", "SYNPO_FAULT_RANK": "0"})
-    failed = _run(executor, node, 1)
+    failed = run_attempt(executor, node, 1)
     assert failed.state.phase == StagePhase.FAILED and failed.state.retryable, failed.state.message
     assert "simulated kill after step 1" in (executor.logs_dir / f"{node.key}-node-0.log").read_text()
     assert not executor.running() and not store.stage_done(out)
@@ -95,7 +83,7 @@ def test_killed_two_node_stage_resumes_from_its_checkpoint_on_the_store(tiny_mod
     assert checkpoints.newest_complete(ckpts) == "checkpoint-1"
 
     executor.extra_env = {"SYNPO_SAVE_STEPS": "1"}
-    record = _run(executor, node, 2)
+    record = run_attempt(executor, node, 2)
     assert record.state.phase == StagePhase.SUCCEEDED, record.state.message
     assert record.result["resumedFrom"] == "checkpoint-1"  # resumed at step 1, not from step 0
     assert record.result["steps"] == whole["steps"] == PAIRS // BATCH

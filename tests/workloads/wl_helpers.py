@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from synpo_operator.api.run import SynPORunSpec
@@ -152,3 +153,18 @@ def run_graph(spec: dict, storage_root: str, *, stop_after: str | None = None, t
         if node.key == stop_after:
             break
     return out
+
+
+def run_attempt(executor, node, attempt: int, timeout: float = 600):
+    """Start one attempt of `node` on a LocalExecutor and wait until it is no longer running; its record."""
+    from synpo_operator.plan.planner import StagePhase, Start
+
+    assert executor.start([Start(node, attempt)]) == [True]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = executor.records()[node.key]
+        if record.state.phase != StagePhase.RUNNING:
+            return record
+        executor.wait(2)
+    executor.stop()
+    raise AssertionError(f"{node.key} still running after {timeout}s")
