@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from ..api.run import SynPORunSpec
 from .graph import IMPROVER, PAIRS, PREFLIGHT, PROMPT_GENERATOR, TRAIN, Artifact, StageId, StageNode
+from .quantity import parse_quantity
 from .resources import pod_shape, stage_kind
 
 GIB = 1 << 30
@@ -55,9 +56,6 @@ CPU_PROCESS_OVERHEAD = GIB // 2
 """The same for a CPU pod's one process (no CUDA context): the interpreter, torch (~0.35 GiB resident) and data."""
 SIMILARITY_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _SIZE = re.compile(r"(?:^|[-_./])(?:(\d+)x)?(\d+(?:\.\d+)?)([bBmM])(?=$|[-_./])")
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
-_UNITS = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
-          "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60}
 
 
 @dataclass(frozen=True)
@@ -110,11 +108,8 @@ def config_parameters(config: dict) -> int | None:
 
 
 def quantity_bytes(quantity: str) -> int:
-    """A Kubernetes quantity ("512Gi", "1.5T", "64G") in bytes."""
-    match = _QUANTITY.match(quantity.strip())
-    if not match:
-        raise ValueError(f"not a quantity: {quantity!r}")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
+    """A Kubernetes quantity ("512Gi", "1.5T", "64G") in whole bytes."""
+    return int(parse_quantity(quantity.strip()))
 
 
 def gib(nbytes: int) -> str:
