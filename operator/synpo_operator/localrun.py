@@ -175,7 +175,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--storage", metavar="DIR", help="artifact root (default: the spec's storage.uri)")
     run.add_argument("--parallel", type=int, default=1, metavar="N",
                      help="stages run at once (default 1: stages share this machine's cores)")
-    run.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+    run.add_argument("--no-report", action="store_true",
+                     help="skip writing the report at the end (each evaluate stage still writes it as it finishes)")
     run.add_argument("--set", action="append", metavar="FIELD=VALUE",
                      help="override a field of the file, e.g. --set spec.generation.engine=vllm (repeatable)")
     run.set_defaults(func=_run_command)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 
 def model_problems(spec) -> list[str]:
-    """Plan-time checks that need the model's config (tensor parallelism; plan/resources.py)."""
-    from .plan.resources import tensor_parallel_problems
+    """Plan-time checks that need the model's config (tensor parallelism; plan/engines.py)."""
+    from .plan.engines import tensor_parallel_problems
 
     if spec.generation.engine != "vllm":
         return []

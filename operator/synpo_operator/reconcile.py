@@ -19,7 +19,7 @@ from . import clock
 from .api import conditions as reasons
 from .api.common import Condition
 from .api.conditions import STAGE_STUCK, clip, ready_reason, run_conditions, stuck_condition
-from .api.evaluation import evaluation_fields
+from .api.evaluation import evaluation_fields, report_uri
 from .api.loader import SpecError, parse_resource
 from .api.results import LC_WIN_RATE, MODEL, PAIRS_KEPT, PAIRS_TOTAL, SCORE, WIN_RATE, number
 from .api.run import IterationSummary, StageStatus, SynPORun, SynPORunStatus
@@ -343,9 +343,13 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
     )
     summaries = iteration_summaries(run, ordered, artifacts, gpu)
     status.iterations = summaries[-32:]
-    win_rates = [s.win_rate for s in summaries if s.win_rate is not None and s.index > 0] or [
-        s.win_rate for s in summaries if s.win_rate is not None]
-    status.latest_win_rate = win_rates[-1] if win_rates else None
+    evaluated = [s for s in summaries if s.win_rate is not None and s.index > 0] or [
+        s for s in summaries if s.win_rate is not None]
+    if evaluated:
+        latest = evaluated[-1]
+        status.latest_win_rate, status.latest_win_rate_against, status.latest_win_rate_n = (
+            latest.win_rate, latest.against, latest.n)
+    status.report = report_uri(artifacts, [st.result for key, st in ordered.items() if key.endswith("-evaluate")])
     status.conditions = [Condition.model_validate(c) for c in run_conditions(
         phase, reason, message, generation, previous.get("conditions") or [], now)]
     stuck_parts = _stuck_parts(records) if phase in ("Running", "Pending") else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .api.run import SynPORun, SynPORunSpec
 from .api.schedule import SynPOSchedule
+from .plan.engines import tensor_parallel_size
 from .plan.graph import Artifact, stage_graph
 from .plan.resources import pod_shape
 from .plan.stage_config import run_root, storage_uri
@@ -32,6 +33,11 @@ def describe_spec(spec: SynPORunSpec, name: str, namespace: str) -> list[str]:
         shape = pod_shape(spec, node)
         nodes = f"{shape.nodes} nodes x " if shape.nodes > 1 else ""
         device = f"{shape.kind}, {nodes}{shape.gpus} gpu" if shape.gpus else f"{shape.kind}, cpu"
+        if shape.kind == "generation" and shape.gpus and spec.generation.engine == "vllm":
+            tp = tensor_parallel_size(spec)
+            device += f": {shape.gpus // tp} engine(s) x tensor parallel {tp}"
+        if shape.cpu or shape.memory:
+            device += f"; {shape.cpu or '-'} cpu, {shape.memory or '-'}"
         lines.append(f"  {node.key}{shards}  ({device})")
         lines.append(f"      after:  {', '.join(n.key for n in node.needs) or '-'}")
         reads = [f"{k}={v}" for k, v in node.data.items()]

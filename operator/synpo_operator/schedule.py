@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 
 from .api import conditions as reasons
-from .api.conditions import ready_reason, schedule_conditions
+from .api.conditions import clip, ready_reason, schedule_conditions
 from .api.schedule import PromotedModel, SynPOScheduleSpec
 from .clock import parse_time, rfc3339
 
@@ -108,48 +108,67 @@ def runs_to_prune(finished: list[FinishedRun], *, successful_limit: int, failed_
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The numbers of one finished run the gate looks at."""
+    """What the gate looks at in one finished run: its first judge's figures against its own M0."""
 
     run: str
     model: str
-    win_rate: float | None = None
-    lc_win_rate: float | None = None
+    """The run's newest trained model (the candidate)."""
+    base: str = ""
+    """The run's M0 (spec.model.base): the opponent of its figures."""
+    m0: dict = field(default_factory=dict)
+    """The last evaluated iteration's comparison with M0 (camelCase keys of WinRateFigure: n, winRate,
+    winRateLow, winRateHigh, lcWinRate, …); empty when the run reports none."""
     score: float | None = None
-    baseline_score: float | None = None
-    """The run's M0 (iteration 0) score: the incumbent's score when nothing is promoted yet."""
+    """The last evaluated iteration's mean score (recorded with a promotion, not judged)."""
 
 
 @dataclass(frozen=True)
 class PromotionDecision:
     promote: bool
     candidate: float | None
-    incumbent: float | None
     message: str
-    details: dict = field(default_factory=dict)
+    evidence: dict = field(default_factory=dict)
+    """status.lastPromotion (camelCase)."""
+
+
+CONFIDENCE = "95%"
 
 
 def promotion_decision(spec: SynPOScheduleSpec, candidate: Evaluation,
                        promoted: PromotedModel | None) -> PromotionDecision:
-    """The promotion gate. Pairwise metrics are against the run's own M0 (the promoted model in continual
-    mode), so the incumbent is 0.5; score compares absolute mean scores."""
+    """The promotion gate: the lower end of the metric's 95% interval against the model the candidate would
+    replace must exceed 0.5 + minImprovement. That opponent is the run's M0, which in continual mode is the
+    promoted model; a run that started from another model (one created before the last promotion) is not
+    judged against it, and neither point estimates nor figures against the references count."""
     metric = spec.promotion.metric
-    margin = spec.promotion.min_improvement
-    value = {"winRate": candidate.win_rate, "lcWinRate": candidate.lc_win_rate, "score": candidate.score}[metric]
-    if metric == "score":
-        incumbent = promoted.score if promoted and promoted.score is not None else candidate.baseline_score
-    else:
-        incumbent = 0.5
+    threshold = round(0.5 + spec.promotion.min_improvement, 6)
+    rule = (f"promote when the lower end of the {CONFIDENCE} interval of {metric} vs M0 > 0.5 + minImprovement "
+            f"= {threshold:.3f}")
+    fig = candidate.m0
+    evidence = {"run": candidate.run, "promoted": False, "metric": metric, "against": candidate.base or None,
+                "n": fig.get("n"), "value": fig.get(metric), "low": fig.get(metric + "Low"),
+                "high": fig.get(metric + "High"), "threshold": threshold, "rule": rule}
+
+    def refuse(why: str) -> PromotionDecision:
+        return PromotionDecision(False, evidence["value"], f"not promoted {candidate.run}: {why}; rule: {rule}",
+                                 evidence)
+
+    if promoted is not None and candidate.base and candidate.base != promoted.model:
+        return refuse(f"its M0 is {candidate.base}, not the promoted model {promoted.model} (it started before "
+                      f"{promoted.run} was promoted), so its figures are not against the model it would replace")
+    if not fig:
+        return refuse("it reports no comparison with M0 (is spec.evaluation.baseline true?)")
+    value, low, high, n = evidence["value"], evidence["low"], evidence["high"], evidence["n"]
     if value is None:
-        return PromotionDecision(False, None, incumbent,
-                                 f"not promoted: run {candidate.run} has no {metric} (is a judge reporting it?)")
-    if incumbent is None:
-        return PromotionDecision(True, value, None, f"promoted {candidate.run}: {metric} {value:.4f}, "
-                                                    f"nothing to compare with")
-    beats = value > incumbent + margin
-    verdict = "promoted" if beats else "not promoted"
-    return PromotionDecision(beats, value, incumbent,
-                             f"{verdict} {candidate.run}: {metric} {value:.4f} vs incumbent {incumbent:.4f} "
-                             f"(needs > {incumbent + margin:.4f})")
+        reason = fig.get(metric + "Reason")
+        return refuse(f"no {metric} vs M0" + (f" ({reason})" if reason else ""))
+    if low is None or high is None:
+        return refuse(f"{metric} vs M0 {value:.4f} (n = {n}) has no {CONFIDENCE} interval")
+    stated = f"{metric} vs M0 {value:.4f}, {CONFIDENCE} interval [{low:.4f}, {high:.4f}], n = {n}"
+    if low > threshold:
+        evidence["promoted"] = True
+        return PromotionDecision(True, value, f"promoted {candidate.run}: {stated}; rule: {rule}", evidence)
+    return refuse(f"{stated}: the lower end {low:.4f} does not exceed {threshold:.3f}")
 
 
 # ---- the whole reconcile step, pure: (schedule, its runs, now) → what to do --------------------------------
@@ -181,14 +200,17 @@ class ScheduleOutcome:
 def _evaluation(run: dict) -> Evaluation:
     status = run.get("status") or {}
     iterations = [i for i in status.get("iterations") or [] if isinstance(i, dict)]
-    evaluated = [i for i in iterations if i.get("index", 0) > 0 and
-                 any(i.get(k) is not None for k in ("winRate", "lcWinRate", "score"))]
+    evaluated = [i for i in iterations if i.get("index", 0) > 0 and (i.get("comparisons") or
+                 any(i.get(k) is not None for k in ("winRate", "lcWinRate", "score")))]
     last = evaluated[-1] if evaluated else {}
+    m0 = next((c for c in last.get("comparisons") or [] if isinstance(c, dict) and c.get("against") == "M0"), None)
+    if m0 is None and last.get("against") == "M0":  # the headline figure is the M0 one
+        m0 = {k: last.get(k) for k in ("n", "winRate", "winRateLow", "winRateHigh", "lcWinRate",
+                                       "lcWinRateReason")}
     trained = [i for i in iterations if i.get("index", 0) > 0 and i.get("model")]
-    baseline = next((i for i in iterations if i.get("index") == 0), {})
     return Evaluation(run=run["metadata"]["name"], model=(trained[-1]["model"] if trained else ""),
-                      win_rate=last.get("winRate"), lc_win_rate=last.get("lcWinRate"), score=last.get("score"),
-                      baseline_score=baseline.get("score"))
+                      base=((run.get("spec") or {}).get("model") or {}).get("base") or "",
+                      m0={k: v for k, v in (m0 or {}).items() if v is not None}, score=last.get("score"))
 
 
 def reconcile_schedule(body: dict, runs: list[dict], *, now: datetime,
@@ -209,6 +231,7 @@ def reconcile_schedule(body: dict, runs: list[dict], *, now: datetime,
     # 1. The promotion gate, once per finished successful run, oldest first.
     last_success = parse_time(old.get("lastSuccessfulTime"))
     decision_text = old.get("lastPromotionDecision")
+    evidence = old.get("lastPromotion")
     succeeded = sorted((r for r in runs if phase(r) == "Succeeded"),
                        key=lambda r: (r.get("status") or {}).get("completionTime") or "")
     for run in succeeded:
@@ -225,17 +248,17 @@ def reconcile_schedule(body: dict, runs: list[dict], *, now: datetime,
         candidate = _evaluation(run)
         verdict = promotion_decision(spec, candidate, promoted)
         if verdict.promote and not candidate.model:
-            verdict = PromotionDecision(False, verdict.candidate, verdict.incumbent,
-                                        f"not promoted {name}: the run reports no trained model")
-        decision_text = verdict.message
+            verdict = PromotionDecision(False, verdict.candidate, f"not promoted {name}: the run reports no "
+                                        f"trained model", {**verdict.evidence, "promoted": False})
+        decision_text = clip(verdict.message, 1024)
+        evidence = verdict.evidence
         out.annotate[name] = "promoted" if verdict.promote else "refused"
         out.promotions.append((name, verdict.promote))
         out.events.append(("Normal" if verdict.promote else "Warning",
-                           "ModelPromoted" if verdict.promote else "PromotionRefused", verdict.message))
+                           "ModelPromoted" if verdict.promote else "PromotionRefused", clip(verdict.message)))
         if verdict.promote:
-            score = candidate.score if candidate.score is not None else (promoted.score if promoted else None)
             promoted = PromotedModel(model=candidate.model, run=name, metric=spec.promotion.metric,
-                                     value=verdict.candidate, score=score, promoted_at=rfc3339(now))
+                                     value=verdict.candidate, score=candidate.score, promoted_at=rfc3339(now))
 
     # 2. History limits.
     finished = [FinishedRun(r["metadata"]["name"], phase(r) == "Succeeded",
@@ -294,6 +317,7 @@ def reconcile_schedule(body: dict, runs: list[dict], *, now: datetime,
         "lastSuccessfulTime": rfc3339(last_success) if last_success else None,
         "promoted": promoted.to_api() if promoted else None,
         "lastPromotionDecision": decision_text,
+        "lastPromotion": evidence,
         "conditions": schedule_conditions(
             ready, decision.reason or reasons.WAITING,
             decision.skipped or (f"next run at {rfc3339(decision.requeue_at)}" if decision.requeue_at else ""),

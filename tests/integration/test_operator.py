@@ -72,7 +72,8 @@ def run_doc(name: str, *, pods: dict[str, dict[str, str]] | None = None, **spec:
             "pairsPerIteration": 10,
             "generation": {"shards": 2, "engine": "transformers"},
             "storage": {"uri": "s3://bucket/runs"},
-            "resources": {"image": "synpo-workloads:test", "gpusPerPod": 1, "cpu": "1", "memory": "1Gi"},
+            "resources": {"image": "synpo-workloads:test", "gpusPerPod": 1, "cpu": "1", "memory": "1Gi",
+                          "cpuStages": {"cpu": "1", "memory": "1Gi"}},
             "env": [{"name": "HF_TOKEN", "secretKeyRef": {"name": "hf", "key": "token"}}],
             "backoffLimit": 1,
         },
@@ -510,15 +511,23 @@ def test_ttl_after_finished_deletes_the_run(kube, operator, namespace):
     kube.wait_for(JOBS.format(ns=namespace), lambda o: not o["items"], timeout=30)
 
 
-def test_manifests_are_accepted_by_the_api_server(kube, crds, namespace):
-    """Every object `synpo plan --manifests --all` renders passes server-side validation (dry run)."""
+@pytest.mark.parametrize("example", ["cluster-llama3.yaml", "cluster-llama3-70b.yaml"])
+def test_manifests_are_accepted_by_the_api_server(kube, crds, namespace, example):
+    """Every object `synpo plan --manifests --all` renders passes server-side validation (dry run); a JobSet's
+    Job (the 70B example's training stages: RDMA resource, Multus annotation, IPC_LOCK) as a Job."""
     from synpo_operator.api.loader import parse_resource
     from synpo_operator.executors.manifests import render_run_manifests
 
-    doc = yaml.safe_load((ROOT / "examples" / "cluster-llama3.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "examples" / example).read_text())
     doc["metadata"]["namespace"] = namespace
+    kinds = set()
     for manifest in render_run_manifests(parse_resource(doc), all_stages=True):
         manifest = copy.deepcopy(manifest)
         manifest["metadata"]["ownerReferences"][0]["uid"] = "00000000-0000-0000-0000-000000000000"
+        kinds.add(manifest["kind"])
+        if manifest["kind"] == "JobSet":
+            manifest = {"apiVersion": "batch/v1", "kind": "Job", "metadata": manifest["metadata"],
+                        "spec": manifest["spec"]["replicatedJobs"][0]["template"]["spec"]}
         assert manifest["kind"] == "Job"  # one object per stage: the Job carries its stage config
         kube.post(JOBS.format(ns=namespace), manifest, dryRun="All", fieldValidation="Strict")
+    assert kinds == ({"Job", "JobSet"} if "70b" in example else {"Job"})

@@ -263,6 +263,14 @@ NEW_USER_MISTAKES = [  # (path, value, field the API server's message names)
     (("spec", "data", "seed"), "s3://data/seed.jsonl\nx", "spec.data.seed"),
     (("spec", "resources", "nodeSelector"), {"a": "b c"}, "spec.resources.nodeSelector"),
     (("spec", "resources", "nodeSelector"), {"bad key!": "x"}, "spec.resources.nodeSelector"),
+    (("spec", "evaluation", "judges"), [{"type": "pairRM"}], "spec.evaluation.judges"),  # a filter scorer only
+    (("spec", "resources", "training"), {"extraResources": {"kubernetes.io/x": 1}},
+     "spec.resources.training.extraResources"),
+    (("spec", "resources", "training"), {"extraResources": {"cpu": 1}}, "spec.resources.training.extraResources"),
+    (("spec", "resources", "training"), {"podAnnotations": {"synpo.dev/stage-config": "{}"}},
+     "spec.resources.training.podAnnotations"),
+    (("spec", "resources", "training"), {"podLabels": {"a.kubernetes.io/x": "y"}}, "spec.resources.training.podLabels"),
+    (("spec", "resources", "training"), {"extraResources": {"nvidia.com/gpu": 1}}, "spec.resources"),
 ]
 
 

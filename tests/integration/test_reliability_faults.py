@@ -120,6 +120,7 @@ def test_node_not_ready_evicts_pods_without_counting_failures(kube, dev_cluster,
                  "tolerationSeconds": 0}]
     doc = run_doc("nodeloss", pods={"*": {"synpo.dev/fake-duration": "3s"}}, backoffLimit=0)
     doc["spec"]["resources"]["tolerations"] = tolerate
+    doc["spec"]["resources"]["cpuStages"] = {"tolerations": tolerate}  # keywords is a CPU stage
     ledger = JobLedger(kube, namespace)
     kube.post(RUNS.format(ns=namespace), doc)
     kwok = component_pid(dev_cluster.state_dir, "kwok")

@@ -295,40 +295,63 @@ def test_missed_window_after_an_outage(kube, namespace, start_operator, clock):
     wait_until("strict's next run", lambda: run_name("strict", h(6)) in runs(kube, namespace))
 
 
+def evaluate_result(win_rate: float, n: int) -> dict:
+    """The evaluate stage's result for M_1 winning `win_rate` of `n` comparisons with M0 (its Wilson interval and
+    keys as the stage writes them), beside a large win over the references that the gate must ignore."""
+    from synpo_operator.api.evaluation import flatten
+    from synpo_workloads.winrate import wilson_interval
+
+    def fig(p: float, k: int) -> dict:
+        low, high = wilson_interval(p, k)
+        return {"n": k, "winRate": p, "winRateLow": round(low, 4), "winRateHigh": round(high, 4)}
+
+    return {"rows": n, "score": 0.25, **flatten({"references": fig(0.95, 400), "M0": fig(win_rate, n)}, "M0")}
+
+
 def test_promotion_gate_promotes_then_refuses(kube, namespace, start_operator, clock):
     op = start_operator()
-    create_schedule(kube, namespace, schedule_doc("continual", concurrencyPolicy="Forbid",
+    better = {"evaluate": {"synpo.dev/fake-termination-message": json.dumps(evaluate_result(0.75, 200))}}
+    create_schedule(kube, namespace, schedule_doc("continual", concurrencyPolicy="Forbid", pods=better,
                                                   promotion={"metric": "winRate", "minImprovement": 0.05}))
     path = f"{SCHEDULES.format(ns=namespace)}/continual"
     h = clock.hour
     first, second = run_name("continual", h(1)), run_name("continual", h(2))
 
-    clock.set(h(1) + timedelta(seconds=5))  # evaluate reports winRate 0.625 (test_operator.RESULTS)
+    clock.set(h(1) + timedelta(seconds=5))  # 0.75 on 200 prompts: 95% interval [0.686, 0.805] > 0.55
     st = wait_schedule(kube, namespace, "continual", lambda s: s.get("promoted"), timeout=90)["status"]
     model = f"s3://bucket/runs/{namespace}/{first}/iter-1/train/model"
     assert st["promoted"]["model"] == model and st["promoted"]["run"] == first
-    assert st["promoted"]["value"] == 0.625 and st["lastSuccessfulTime"]
-    assert "promoted" in st["lastPromotionDecision"] and "0.6250" in st["lastPromotionDecision"]
-    wait_for_event(kube, namespace, "continual", "ModelPromoted")
+    assert st["promoted"]["value"] == 0.75 and st["lastSuccessfulTime"]
+    assert st["lastPromotionDecision"].startswith(f"promoted {first}: winRate vs M0 0.7500, 95% interval "
+                                                  f"[0.6857, 0.8049], n = 200")
+    assert st["lastPromotion"]["against"] == "org/tiny-sft" and st["lastPromotion"]["n"] == 200
+    assert "n = 200" in wait_for_event(kube, namespace, "continual", "ModelPromoted")["message"]
     wait_until("run marked promoted", lambda: runs(kube, namespace)[first]["metadata"]["annotations"]
                .get("synpo.dev/promotion") == "promoted")
     assert metric_line(op, f'synpo_promotions_total{{decision="promoted",namespace="{namespace}",'
                            f'schedule="continual"}}').endswith(" 1.0")
     assert metric_line(op, f'synpo_promoted_score{{namespace="{namespace}",schedule="continual"}}') \
-        .endswith(" 0.625")
+        .endswith(" 0.75")
 
-    # the next run starts from the promoted model, and is worse: 0.52 is not above 0.5 + 0.05
-    worse = pod_annotations({"evaluate": {"synpo.dev/fake-termination-message": json.dumps(
-        {"winRate": 0.52, "lcWinRate": 0.5, "score": 0.2})}})
-    kube.patch(path, {"spec": {"runTemplate": {"metadata": {"annotations": worse}}}})
+    # the next run starts from the promoted model and wins 0.56 on 20 prompts: a point estimate above 0.55,
+    # but its interval [0.351, 0.750] reaches far below: no evidence, not promoted
+    weak = pod_annotations({"evaluate": {"synpo.dev/fake-termination-message": json.dumps(evaluate_result(0.56, 20))}})
+    kube.patch(path, {"spec": {"runTemplate": {"metadata": {"annotations": weak}}}})
     clock.set(h(2) + timedelta(seconds=5))
     run2 = wait_until("the second run", lambda: runs(kube, namespace).get(second))
     assert run2["spec"]["model"]["base"] == model
-    st = wait_schedule(kube, namespace, "continual", lambda s: "0.5200" in (s.get("lastPromotionDecision") or ""),
+    st = wait_schedule(kube, namespace, "continual", lambda s: (s.get("lastPromotion") or {}).get("run") == second,
                        timeout=90)["status"]
-    assert st["lastPromotionDecision"].startswith("not promoted") and "0.5500" in st["lastPromotionDecision"]
+    assert st["lastPromotionDecision"] == (
+        f"not promoted {second}: winRate vs M0 0.5600, 95% interval [0.3508, 0.7498], n = 20: the lower end "
+        f"0.3508 does not exceed 0.550; rule: promote when the lower end of the 95% interval of winRate vs M0 > "
+        f"0.5 + minImprovement = 0.550")
+    assert st["lastPromotion"] == {"run": second, "promoted": False, "metric": "winRate", "against": model,
+                                   "n": 20, "value": 0.56, "low": 0.3508, "high": 0.7498, "threshold": 0.55,
+                                   "rule": "promote when the lower end of the 95% interval of winRate vs M0 > "
+                                           "0.5 + minImprovement = 0.550"}
     assert st["promoted"]["run"] == first and st["promoted"]["model"] == model
-    assert "0.5200" in wait_for_event(kube, namespace, "continual", "PromotionRefused")["message"]
+    assert "n = 20" in wait_for_event(kube, namespace, "continual", "PromotionRefused")["message"]
     assert metric_line(op, f'synpo_promotions_total{{decision="refused",namespace="{namespace}",'
                            f'schedule="continual"}}').endswith(" 1.0")
     assert runs(kube, namespace)[second]["metadata"]["annotations"].get("synpo.dev/promotion") == "refused"
@@ -336,6 +359,16 @@ def test_promotion_gate_promotes_then_refuses(kube, namespace, start_operator, c
     clock.set(h(3) + timedelta(seconds=5))
     run3 = wait_until("the third run", lambda: runs(kube, namespace).get(run_name("continual", h(3))))
     assert run3["spec"]["model"]["base"] == model
+
+
+def test_a_gate_without_its_opponent_is_refused_by_the_api_server(kube, crds, namespace):  # noqa: F811
+    doc = schedule_doc("nobaseline", run={"evaluation": {"baseline": False}})
+    with pytest.raises(ApiError) as err:
+        create_schedule(kube, namespace, doc)
+    assert err.value.status == 422
+    assert "spec.runTemplate.spec.evaluation.baseline must be true" in str(err.value.body)
+    doc["spec"]["promotion"] = {"enabled": False}  # no gate: nothing to compare
+    create_schedule(kube, namespace, doc)
 
 
 def test_concurrency_cap_holds_across_schedules_and_hand_made_runs(kube, namespace, start_operator, clock):

@@ -212,9 +212,10 @@ def test_a_job_a_cluster_policy_refuses_fails_the_run_once(kube, operator, names
             return False
 
         wait_until("the policy in force", in_force, timeout=30)
+        forbidden = [{"key": FORBIDDEN, "operator": "Exists", "effect": "NoSchedule"}]
         doc = run_doc("refused", resources={"image": "synpo-workloads:test", "gpusPerPod": 1, "cpu": "1",
-                                            "memory": "1Gi", "tolerations": [
-                                                {"key": FORBIDDEN, "operator": "Exists", "effect": "NoSchedule"}]})
+                                            "memory": "1Gi", "tolerations": forbidden,
+                                            "cpuStages": {"tolerations": forbidden}})  # every first Job has it
         apply(kube, namespace, doc)
         status = wait_run(kube, namespace, "refused", lambda s: s.get("phase") == "Failed", timeout=60)["status"]
         failed = conditions(status)["Failed"]

@@ -89,7 +89,10 @@ def test_crds_have_status_printer_columns_short_names_and_cel():
     version = run["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Phase", "Iteration", "Stage", "WinRate", "Age"]
+        "Phase", "Iteration", "Stage", "WinRate", "Against", "N", "Report", "Age"]
+    # a win rate is never shown without its opponent; -o wide adds its n and the report's URI
+    wide = {c["name"]: c for c in version["additionalPrinterColumns"] if c.get("priority")}
+    assert set(wide) == {"N", "Report"} and wide["Report"]["jsonPath"] == ".status.report"
     assert run["spec"]["names"]["shortNames"] == ["spr"]
     assert schedule["spec"]["names"]["shortNames"] == ["sps"]
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]

@@ -217,14 +217,18 @@ def test_resources_per_kind_of_stage():
               for key in ("i1-train", "i0-prompt-generator", "i1-refine", "i1-pairs", "i0-keywords")}
     assert limits["i1-train"] == {"cpu": "32", "memory": "256Gi", "nvidia.com/mig-3g.40gb": "4"}
     assert limits["i0-prompt-generator"] == limits["i1-train"]
-    assert limits["i1-refine"] == {"cpu": "16", "memory": "512Gi", "nvidia.com/mig-3g.40gb": "2"}
-    assert limits["i1-pairs"] == limits["i0-keywords"] == {"cpu": "32", "memory": "512Gi"}
+    # memory unset for generation: 2 of the node's 4 GPUs, half of resources.memory
+    assert limits["i1-refine"] == {"cpu": "16", "memory": "256Gi", "nvidia.com/mig-3g.40gb": "2"}
+    assert limits["i1-pairs"] == {"cpu": "32", "memory": "512Gi"}  # a GPU stage on the CPU: the whole pod
+    assert limits["i0-keywords"] == {"cpu": "2", "memory": "8Gi"}  # resources.cpuStages' defaults
     shape = pod_shape(run.spec, node_of(run, "i1-train"))
     assert (shape.kind, shape.nodes, shape.processes_per_pod, shape.world_size) == ("training", 2, 4, 8)
     assert pod_shape(run.spec, node_of(run, "i1-evaluate")).processes_per_pod == 1  # vLLM: tensor parallel
     # a reward-model scorer gets one GPU by default, never more
     default = run_of(filter={"scorer": {"type": "rewardModel", "model": "org/rm"}})
     assert container(render_job(default, node_of(default, "i1-pairs")))["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    pairrm = run_of(filter={"scorer": {"type": "pairRM"}})  # PairRM's DeBERTa too
+    assert container(render_job(pairrm, node_of(pairrm, "i1-pairs")))["resources"]["limits"]["nvidia.com/gpu"] == "1"
     with pytest.raises(ValueError, match="scoring.gpusPerPod"):
         run_of(resources={"scoring": {"gpusPerPod": 2}})
     with pytest.raises(ValueError, match="training.nodes"):
@@ -261,8 +265,8 @@ def test_affinity_and_image_pull_secrets_reach_every_stage_pod():
     for node in stage_graph(run.spec):
         pod = render_job(run, node)["spec"]["template"]["spec"]
         assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror.example"}]
-        # passed through as written: no empty lists or maps added by the models' defaults
-        assert pod["affinity"] == {**GPU_MODEL, **SPREAD_SHARDS}
+        # passed through as written: no empty lists or maps added by the models' defaults; GPU stages only
+        assert pod.get("affinity") == (None if node.id.name == "keywords" else {**GPU_MODEL, **SPREAD_SHARDS})
     plain = run_of()
     pod = render_job(plain, node_of(plain, "i1-train"))["spec"]["template"]["spec"]
     assert "affinity" not in pod and "imagePullSecrets" not in pod

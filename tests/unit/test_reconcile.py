@@ -208,7 +208,7 @@ class Harness:
 RESULTS = {
     "i0-keywords": {"rows": 100},
     "i0-prompt-generator": {"rows": 50},
-    "i0-evaluate": {"winRate": 0.5, "score": 0.1},
+    "i0-evaluate": {"winRate": 0.5, "score": 0.1, "report": "report.md"},
     "i1-prompts": {"rows": 10},
     "i1-base-responses": {"rows": 10},
     "i1-improver": {"rows": 30},
@@ -221,7 +221,8 @@ RESULTS = {
                     "vsM0LcWinRate": 0.6, "vsReferencesN": 16, "vsReferencesWinRate": 0.25,
                     "vsReferencesWinRateLow": 0.102, "vsReferencesWinRateHigh": 0.495,
                     "vsReferencesLcWinRateReason": "length alone separates the verdicts",
-                    "positionBiased": True, "vsM0PositionBiased": True, "vsM0PositionConsistency": 0.5},
+                    "positionBiased": True, "vsM0PositionBiased": True, "vsM0PositionConsistency": 0.5,
+                    "report": "report.md"},
 }
 
 
@@ -330,7 +331,8 @@ def test_run_to_success_with_results_and_summaries():
     assert stages["i1-evaluate"]["result"]["vsM0PositionBiased"] is True  # the judge's bias, in the status
     assert one["model"] == "s3://b/runs/ns/demo/iter-1/train/model"
     assert one["gpuSeconds"] > 0
-    assert st["latestWinRate"] == 0.625
+    assert st["latestWinRate"] == 0.625 and st["latestWinRateAgainst"] == "M0" and st["latestWinRateN"] == 16
+    assert st["report"] == "s3://b/runs/ns/demo/report.md"  # the evaluate stage's report, under the artifacts
     reasons = [e.reason for o in outcomes for e in o.events]
     for o in outcomes:  # one Event per reason and reconcile
         assert len({e.reason for e in o.events}) == len(o.events)
@@ -807,3 +809,13 @@ def test_stuck_metric_follows_the_stagestuck_condition():
     observe("Unschedulable")
     metrics.forget("ns", "r")
     assert 'synpo_run_stuck{' not in metrics.render().decode()
+
+
+def test_the_report_uri_stays_under_the_artifacts():
+    from synpo_operator.api.evaluation import report_uri
+
+    assert report_uri("pvc://ws/ns/r", [{"report": "report.md"}, None, {"rows": 3}]) == "pvc://ws/ns/r/report.md"
+    assert report_uri("s3://b/ns/r/", [{"report": "a/./report.md"}]) == "s3://b/ns/r/a/report.md"
+    for bad in ("../../etc/passwd", "/etc/passwd", "a/../../x", 5):
+        assert report_uri("s3://b/ns/r", [{"report": bad}]) is None, bad
+    assert report_uri("s3://b/ns/r", [{"reportError": "OSError: read-only"}]) is None

@@ -6,14 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from synpo_operator.api.schedule import PromotedModel, SynPOScheduleSpec
+from synpo_operator.api.schedule import SynPOScheduleSpec
 from synpo_operator.schedule import (
     PROMOTION_ANNOTATION,
     SCHEDULE_LABEL,
-    Evaluation,
     FinishedRun,
     decide,
-    promotion_decision,
     reconcile_schedule,
     run_name,
     runs_to_prune,
@@ -96,21 +94,118 @@ def test_history_limits_prune_oldest_first():
         "ok0", "ok1", "ok2", "ok3", "ok4", "bad0", "bad1", "bad2"]
 
 
-def test_promotion_gate_on_win_rate():
-    s = spec(promotion={"metric": "winRate", "minImprovement": 0.05})
-    assert promotion_decision(s, Evaluation("r1", "/m1", win_rate=0.6), None).promote
-    refused = promotion_decision(s, Evaluation("r1", "/m1", win_rate=0.54), None)
-    assert not refused.promote and "0.5400" in refused.message and "0.5500" in refused.message
-    assert not promotion_decision(s, Evaluation("r1", "/m1"), None).promote
+def evaluated(win_rate: float, n: int, *, model: str = "/m1", against_references: tuple | None = None,
+              baseline: bool = True) -> list[dict]:
+    """status.iterations of a run whose M_1 won `win_rate` of `n` comparisons with M0, as the operator writes
+    them from the evaluate stage's result (the stage's Wilson interval, the result contract, the status model)."""
+    from synpo_operator.api.evaluation import evaluation_fields, flatten
+    from synpo_operator.api.run import IterationSummary
+    from synpo_workloads.winrate import wilson_interval
+
+    def fig(p: float, k: int) -> dict:
+        low, high = wilson_interval(p, k)
+        return {"n": k, "winRate": p, "winRateLow": low, "winRateHigh": high}
+
+    comparisons = {"references": fig(*against_references)} if against_references else {}
+    if baseline:
+        comparisons["M0"] = fig(win_rate, n)
+    result = {"winRate": win_rate, **flatten(comparisons, "M0" if baseline else "references")}
+    summary = IterationSummary(index=1, win_rate=result["winRate"], model=model, **evaluation_fields(result))
+    return [{"index": 0, "model": "m"}, summary.to_api()]
 
 
-def test_promotion_gate_on_score_compares_with_the_promoted_model():
-    s = spec(promotion={"metric": "score", "minImprovement": 0.01})
-    first = promotion_decision(s, Evaluation("r1", "/m1", score=0.70, baseline_score=0.60), None)
-    assert first.promote and first.incumbent == 0.60
-    promoted = PromotedModel(model="/m1", run="r1", metric="score", value=0.70, score=0.70)
-    assert not promotion_decision(s, Evaluation("r2", "/m2", score=0.705), promoted).promote
-    assert promotion_decision(s, Evaluation("r2", "/m2", score=0.72), promoted).promote
+def gate(s: SynPOScheduleSpec, iterations: list[dict], promoted: dict | None = None, base: str = "m"):
+    """The gate's verdict on a finished run of schedule spec `s` (through the pure reconcile step)."""
+    run = run_body("hourly-1", "Succeeded", "2026-11-02T00:50:00Z", iterations=iterations)
+    run["spec"] = {"model": {"base": base}}
+    body = {**schedule_body(), "spec": s.to_api(), **({"status": {"promoted": promoted}} if promoted else {})}
+    out = reconcile_schedule(body, [run], now=T0 + timedelta(minutes=55))
+    return out.annotate["hourly-1"] == "promoted", out
+
+
+def test_a_win_rate_of_0_56_on_20_prompts_is_not_promoted():
+    promote, out = gate(spec(), evaluated(0.56, 20))
+    assert not promote and out.status["promoted"] is None
+    text, evidence = out.status["lastPromotionDecision"], out.status["lastPromotion"]
+    assert text.startswith("not promoted hourly-1: winRate vs M0 0.5600, 95% interval [0.3") and "n = 20" in text
+    assert "lower end of the 95% interval of winRate vs M0 > 0.5 + minImprovement = 0.500" in text
+    assert evidence["n"] == 20 and evidence["low"] < 0.5 < evidence["high"] and evidence["threshold"] == 0.5
+    assert evidence["against"] == "m" and not evidence["promoted"]
+    assert out.events[0][:2] == ("Warning", "PromotionRefused") and "n = 20" in out.events[0][2]
+
+
+def test_a_win_rate_of_0_75_on_200_prompts_is_promoted():
+    promote, out = gate(spec(), evaluated(0.75, 200))
+    assert promote and out.status["promoted"]["model"] == "/m1" and out.status["promoted"]["value"] == 0.75
+    evidence = out.status["lastPromotion"]
+    assert evidence["promoted"] and evidence["n"] == 200 and evidence["low"] > 0.68
+    assert out.status["lastPromotionDecision"].startswith("promoted hourly-1: winRate vs M0 0.7500, 95% interval")
+    assert out.events[0][:2] == ("Normal", "ModelPromoted")
+
+
+def test_min_improvement_raises_the_bar_for_the_lower_end():
+    assert gate(spec(promotion={"minImprovement": 0.15}), evaluated(0.75, 200))[0]  # lower end 0.686 > 0.65
+    promote, out = gate(spec(promotion={"minImprovement": 0.2}), evaluated(0.75, 200))
+    assert not promote and "does not exceed 0.700" in out.status["lastPromotionDecision"]
+
+
+def test_only_the_comparison_with_m0_counts():
+    # a large win over the references says nothing about the model the candidate would replace
+    promote, out = gate(spec(), evaluated(0, 0, against_references=(0.95, 400), baseline=False))
+    assert not promote and "no comparison with M0" in out.status["lastPromotionDecision"]
+    promote, _ = gate(spec(), evaluated(0.56, 20, against_references=(0.95, 400)))
+    assert not promote
+
+
+def test_a_run_that_started_before_the_last_promotion_is_not_judged_against_the_wrong_model():
+    promoted = {"model": "/m0-promoted", "run": "hourly-0", "metric": "winRate", "value": 0.8}
+    promote, out = gate(spec(), evaluated(0.9, 500), promoted=promoted, base="m")
+    assert not promote and "not the promoted model /m0-promoted" in out.status["lastPromotionDecision"]
+    assert gate(spec(), evaluated(0.9, 500), promoted=promoted, base="/m0-promoted")[0]
+
+
+def test_lc_win_rate_gate_uses_the_lc_interval_and_says_why_lc_is_missing():
+    iterations = evaluated(0.75, 200)
+    m0 = next(c for c in iterations[1]["comparisons"] if c["against"] == "M0")
+    m0.update(lcWinRate=0.7, lcWinRateLow=0.52, lcWinRateHigh=0.8)
+    assert gate(spec(promotion={"metric": "lcWinRate"}), iterations)[0]
+    m0.update(lcWinRateLow=0.45)
+    assert not gate(spec(promotion={"metric": "lcWinRate"}), iterations)[0]
+    for key in ("lcWinRate", "lcWinRateLow", "lcWinRateHigh"):
+        del m0[key]
+    m0["lcWinRateReason"] = "all weights are zero"
+    promote, out = gate(spec(promotion={"metric": "lcWinRate"}), iterations)
+    assert not promote and "no lcWinRate vs M0 (all weights are zero)" in out.status["lastPromotionDecision"]
+
+
+def test_a_figure_without_an_interval_is_not_promoted():
+    iterations = [{"index": 1, "winRate": 0.9, "against": "M0", "n": 500, "model": "/m1"}]
+    promote, out = gate(spec(), iterations)
+    assert not promote and "has no 95% interval" in out.status["lastPromotionDecision"]
+
+
+def test_a_gate_without_its_opponent_is_refused_at_apply_time():
+    from pydantic import ValidationError
+
+    body = {"schedule": "0 * * * *", "runTemplate": {"spec": {
+        "model": {"base": "m"}, "data": {"seed": "s", "corpus": "c", "eval": "e"}, "storage": {"uri": "/r"},
+        "evaluation": {"baseline": False}}}}
+    with pytest.raises(ValidationError, match="spec.runTemplate.spec.evaluation.baseline must be true"):
+        SynPOScheduleSpec.model_validate(body)
+    assert SynPOScheduleSpec.model_validate({**body, "promotion": {"enabled": False}})
+    with pytest.raises(ValidationError, match="promotion.metric"):
+        spec(promotion={"metric": "score"})  # a mean score has no interval and no opponent
+
+
+def test_the_crd_carries_the_same_rule():
+    from synpo_operator.api.crd import crds
+    from synpo_operator.api.schedule import GATE_NEEDS_BASELINE
+
+    crd = next(c for c in crds() if c["spec"]["names"]["kind"] == "SynPOSchedule")
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    (rule,) = [r for r in spec_schema["x-kubernetes-validations"] if r["message"] == GATE_NEEDS_BASELINE]
+    assert "self.runTemplate.spec.evaluation.baseline" in rule["rule"] and "self.promotion.enabled" in rule["rule"]
+    assert spec_schema["properties"]["promotion"]["properties"]["metric"]["enum"] == ["winRate", "lcWinRate"]
 
 
 # --- the pure reconcile step ------------------------------------------------------------------------------
@@ -140,13 +235,12 @@ def test_reconcile_creates_an_owned_run_with_the_template():
 
 def test_reconcile_promotes_then_starts_from_the_promoted_model():
     done = run_body("hourly-1", "Succeeded", "2026-11-02T00:50:00Z",
-                    iterations=[{"index": 0, "score": 0.5}, {"index": 1, "winRate": 0.7, "score": 0.6,
-                                                             "model": "/ws/ns/hourly-1/iter-1/train/model"}])
+                    iterations=evaluated(0.7, 300, model="/ws/ns/hourly-1/iter-1/train/model"))
     out = reconcile_schedule(schedule_body(), [done], now=T0 + timedelta(hours=1, seconds=1))
     assert out.annotate == {"hourly-1": "promoted"} and out.promotions == [("hourly-1", True)]
     assert out.status["promoted"]["model"] == "/ws/ns/hourly-1/iter-1/train/model"
     assert out.create[0]["spec"]["model"]["base"] == "/ws/ns/hourly-1/iter-1/train/model"
-    assert "promoted hourly-1: winRate 0.7000" in out.status["lastPromotionDecision"]
+    assert "promoted hourly-1: winRate vs M0 0.7000" in out.status["lastPromotionDecision"]
     assert ("Normal", "ModelPromoted") == out.events[0][:2]
     # Judged once: the annotation stops a second verdict.
     done["metadata"]["annotations"][PROMOTION_ANNOTATION] = "promoted"
@@ -157,7 +251,7 @@ def test_reconcile_promotes_then_starts_from_the_promoted_model():
 
 def test_reconcile_refuses_a_worse_model_and_keeps_the_old_base():
     worse = run_body("hourly-2", "Succeeded", "2026-11-02T00:50:00Z",
-                     iterations=[{"index": 1, "winRate": 0.4, "model": "/m2"}])
+                     iterations=evaluated(0.4, 300, model="/m2"))
     out = reconcile_schedule(schedule_body(), [worse], now=T0 + timedelta(hours=1, seconds=1))
     assert out.annotate == {"hourly-2": "refused"} and out.status["promoted"] is None
     assert out.create[0]["spec"]["model"]["base"] == "m"
@@ -194,9 +288,9 @@ def test_reconcile_counts_the_missed_times_folded_into_one_run():
 
 def test_a_promoted_run_whose_mark_was_lost_is_not_judged_again():
     done = run_body("hourly-1", "Succeeded", "2026-11-02T00:50:00Z",
-                    iterations=[{"index": 1, "score": 0.6, "model": "/m1"}])
-    promoted = {"model": "/m1", "run": "hourly-1", "metric": "score", "value": 0.6, "score": 0.6}
-    body = {**schedule_body(promotion={"metric": "score"}), "status": {"promoted": promoted}}
+                    iterations=evaluated(0.7, 300))
+    promoted = {"model": "/m1", "run": "hourly-1", "metric": "winRate", "value": 0.7}
+    body = {**schedule_body(), "status": {"promoted": promoted}}
     out = reconcile_schedule(body, [done], now=T0 + timedelta(minutes=55))
     assert out.annotate == {"hourly-1": "promoted"} and out.promotions == [] and out.events == []
     assert out.status["promoted"]["run"] == "hourly-1"
@@ -204,7 +298,7 @@ def test_a_promoted_run_whose_mark_was_lost_is_not_judged_again():
 
 def test_a_run_without_a_trained_model_is_not_promoted():
     done = run_body("hourly-1", "Succeeded", "2026-11-02T00:50:00Z",
-                    iterations=[{"index": 0, "model": "m"}, {"index": 1, "winRate": 0.9}])
+                    iterations=[{**i, "model": None} for i in evaluated(0.9, 300)])
     out = reconcile_schedule(schedule_body(), [done], now=T0 + timedelta(minutes=55))
     assert out.annotate == {"hourly-1": "refused"} and out.status["promoted"] is None
     assert "reports no trained model" in out.status["lastPromotionDecision"]
@@ -215,7 +309,7 @@ def test_schedule_metrics():
 
     m = Metrics()
     done = run_body("hourly-1", "Succeeded", "2026-11-02T00:50:00Z",
-                    iterations=[{"index": 1, "winRate": 0.7, "model": "/m1"}])
+                    iterations=evaluated(0.7, 300))
     out = reconcile_schedule({**schedule_body(), "status": {"lastScheduleTime": "2026-11-01T21:00:00Z"}}, [done],
                              now=T0 + timedelta(hours=1, seconds=1))
     m.observe_schedule("ns", "hourly", out, created=1)

@@ -128,9 +128,9 @@ def test_two_nodes_killed_rank_resumes_and_matches_one_process(tiny_model, tmp_p
     assert AutoModelForCausalLM.from_pretrained(output / "model").num_parameters() > 0
 
 
-def test_improver_on_two_nodes_generates_on_rank_zero_and_trains_on_both(tiny_model, tmp_path):
-    """The improver generates and scores (rank 0 alone: the pod's GPUs are its engine's), then both ranks SFT on
-    the examples rank 0 wrote."""
+def test_improver_on_two_nodes_generates_on_both_and_trains_on_both(tiny_model, tmp_path):
+    """The improver generates on both ranks (half the seed prompts each, ranks.py), rank 0 scores and writes the
+    examples, then both ranks SFT on them."""
     storage = tmp_path / "improver"
     spec = SynPORunSpec.model_validate(tiny_spec(
         tiny_model, str(storage), improver={"batchSize": 4, "maxSeedExamples": 8, "epochs": 1},
@@ -142,6 +142,8 @@ def test_improver_on_two_nodes_generates_on_rank_zero_and_trains_on_both(tiny_mo
     assert record.result["examplesTotal"] == 8 and record.result["steps"] == -(-record.result["rows"] // 4)
     logs = executor.logs_dir
     assert "training on 2 processes (rank 1" in (logs / "i1-improver-node-1.log").read_text()
+    assert "generating prompts 0-4 of 8 on rank 0" in (logs / "i1-improver-node-0.log").read_text()
+    assert "generating prompts 4-8 of 8 on rank 1" in (logs / "i1-improver-node-1.log").read_text()
     output = Path(executor.output(node))
     assert store.verify(str(output))
     assert len(list(store.iter_jsonl(str(output / "examples.jsonl")))) == 8

@@ -40,7 +40,8 @@ def _batch(vocab: int, lengths: list[int], prompt: int, width: int):
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("average", [True, False])
-def test_packed_logps_and_gradients_equal_trls(tiny_model, attention, average):
+@pytest.mark.parametrize("through_forward", [False, True])  # True: as with several processes (the model's forward)
+def test_packed_logps_and_gradients_equal_trls(tiny_model, attention, average, through_forward):
     from transformers import AutoModelForCausalLM
     from trl.experimental.cpo import CPOTrainer
 
@@ -55,7 +56,8 @@ def test_packed_logps_and_gradients_equal_trls(tiny_model, attention, average):
     ref_grads = [p.grad.clone() for p in model.parameters()]
 
     model.zero_grad()
-    got, mean_logit, processed = packed_logps(model, ids, mask, labels, average=average)
+    got, mean_logit, processed = packed_logps(model, ids, mask, labels, average=average,
+                                              wrapped=model if through_forward else None)
     got.sum().backward()
     assert torch.allclose(got, ref, atol=1e-4), (got, ref)
     for g, r in zip((p.grad for p in model.parameters()), ref_grads, strict=True):

@@ -185,6 +185,17 @@ def load_tokenizer(ref: str, padding_side: str = "left"):
     tok.padding_side = padding_side
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if isinstance(tok.chat_template, str) and tok.bos_token:
+        from jinja2 import TemplateError
+
+        from .templates import with_bos
+
+        try:
+            rendered = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
+                                               add_generation_prompt=True)
+        except TemplateError:  # a template that refuses this conversation (raise_exception): left as it is
+            rendered = tok.bos_token
+        tok.chat_template = with_bos(tok.chat_template, tok.bos_token, rendered)
     return tok
 
 

@@ -45,9 +45,15 @@ def packable(attention_mask) -> bool:
 
 
 def packed_logps(model, input_ids, attention_mask, labels, *, average: bool,
-                 label_pad: int = -100) -> tuple[Any, Any, int]:
+                 label_pad: int = -100, wrapped=None) -> tuple[Any, Any, int]:
     """Per-sequence log-probability of the labels (mean over labelled tokens when `average`, else sum), as
     TRL's `get_batch_logps` (token t+1's label scored from position t), computed on packed rows.
+
+    `wrapped`: the model as the training processes share it (DDP, or FSDP's sharded root), when there are
+    several. The packed rows then go through its own forward — DDP syncs gradients and FSDP gathers the root's
+    shards (embeddings, final norm, output layer) only there, so calling the decoder and the output layer
+    apart, as one process does, would skip both — with logits kept only at the columns some row scores
+    (`logits_to_keep`), not at each scored position alone.
 
     Returns (logps [n], mean logit of the scored positions per sequence [n], tokens processed)."""
     import torch
@@ -81,10 +87,17 @@ def packed_logps(model, input_ids, attention_mask, labels, *, average: bool,
     dtype = next(model.parameters()).dtype
     if model.config._attn_implementation != "sdpa":  # eager attention adds the mask to its scores
         mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
-    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask[:, None], position_ids=positions,
-                                 use_cache=False).last_hidden_state
     at, tokens, who = torch.cat(scored_at), torch.cat(scored_tokens), torch.cat(scored_owner)
-    logits = model.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[at]).float()
+    if wrapped is None:
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask[:, None], position_ids=positions,
+                                     use_cache=False).last_hidden_state
+        logits = model.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[at]).float()
+    else:
+        columns = torch.unique(at % width)  # sorted
+        kept = wrapped(input_ids=ids, attention_mask=mask[:, None], position_ids=positions, use_cache=False,
+                       logits_to_keep=columns).logits
+        row_of, column_of = at // width, torch.searchsorted(columns, at % width)
+        logits = kept.reshape(-1, kept.shape[-1])[row_of * len(columns) + column_of].float()
     token_logps = logits.gather(1, tokens[:, None]).squeeze(1) - logits.logsumexp(dim=-1)
     sums = torch.zeros(n, dtype=token_logps.dtype, device=device).index_add(0, who, token_logps)
     counts = torch.bincount(who, minlength=n).clamp(min=1)

@@ -1,5 +1,8 @@
 """`write_report(run_dir)`: per-iteration tables (report.md) and a plot (report.png).
 
+`stage_report(ctx, result)`: the same report, written by a cluster run's evaluate stage next to the run's
+artifacts as the stage finishes (so it includes that evaluation), and the result keys that name it.
+
 Reads only the stage manifests under <run_dir>/iter-<t>/<stage>/ (no torch). Iteration 0 is M0 (the baseline
 evaluation); iterations 1..T are M_t with their pair counts. Win rates are listed and drawn per opponent
 (references, M0), each with n and its 95% interval, never on one line. matplotlib runs on the Agg backend.
@@ -7,16 +10,23 @@ evaluation); iterations 1..T are M_t with their pair counts. Win rates are liste
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
+import time
+from collections.abc import Mapping
 from typing import Any
 
 from synpo_operator.api.evaluation import OPPONENTS, unflatten
 
 from . import store
 
+log = logging.getLogger("synpo_workloads")
+
 _ITER = re.compile(r"^iter-(\d+)$")
+REPORT = "report.md"
+"""The report's name in the run's artifact root (report.png beside it)."""
 COLUMNS = ("iteration", "score", "judgeErrors", "pairsKept", "pairsAdded", "pairsTotal", "trainLoss",
            "rewardAccuracy", "rewardMargin", "heldOutRewardAccuracy", "heldOutRewardMargin", "seconds")
 TRAIN_KEYS = ("rewardAccuracy", "rewardMargin", "heldOutRewardAccuracy", "heldOutRewardMargin")
@@ -39,16 +49,18 @@ def _result(stage_dir: str) -> dict[str, Any] | None:
     return store.merge_results(results)
 
 
-def collect(run_dir: str) -> list[dict[str, Any]]:
-    """One row per iteration found under run_dir, from its stage manifests."""
+def collect(run_dir: str, pending: Mapping[tuple[int, str], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per iteration found under run_dir, from its stage manifests; `pending`: {(iteration, stage):
+    result} of stages about to finish (no manifest yet) to include as if done."""
+    pending = pending or {}
     rows = []
     iterations = sorted(int(m.group(1)) for n in store._listdir(run_dir) if (m := _ITER.match(n)))
     for t in iterations:
         it_dir = store.join(run_dir, f"iter-{t}")
         row: dict[str, Any] = {"iteration": t}
         seconds = 0.0
-        for stage in store._listdir(it_dir):
-            res = _result(store.join(it_dir, stage))
+        for stage in dict.fromkeys([*store._listdir(it_dir), *(s for i, s in pending if i == t)]):
+            res = pending.get((t, stage)) or _result(store.join(it_dir, stage))
             if res is None:
                 continue
             seconds += float(res.get("_seconds") or 0.0)
@@ -174,11 +186,12 @@ def _series(figs: list[tuple[int, dict[str, Any]]], key: str):
     return x, y, [low, high]
 
 
-def write_report(run_dir: str) -> str:
-    """Write report.md and report.png into run_dir (local or fsspec); returns the report.md path."""
-    rows = collect(run_dir)
+def write_report(run_dir: str, pending: Mapping[tuple[int, str], dict[str, Any]] | None = None) -> str:
+    """Write report.md and report.png into run_dir (local or fsspec); returns the report.md path. `pending`:
+    as in `collect`."""
+    rows = collect(run_dir, pending)
     title = f"SynPO run {os.path.basename(run_dir.rstrip('/'))}"
-    md_path = store.join(run_dir, "report.md")
+    md_path = store.join(run_dir, REPORT)
     png_path = store.join(run_dir, "report.png")
     if store.is_uri(run_dir):
         import tempfile
@@ -193,3 +206,20 @@ def write_report(run_dir: str) -> str:
     body = markdown(rows, title) + "\n![metrics per iteration](report.png)\n"
     store.write_bytes_atomic(md_path, body.encode("utf-8"))
     return md_path
+
+
+def stage_report(ctx, result: dict[str, Any]) -> dict[str, Any]:
+    """The run's report, written by a stage about to finish (ctx: its StageContext; result: its result) into the
+    run's artifact root with that stage's result in it. Returns the result with a key naming it: `report`, the
+    path relative to the artifact root (the operator shows the full URI as status.report), or `reportError` when
+    it could not be written — a plot that fails never fails the evaluation it describes."""
+    run_dir = ctx.config.get("runRoot")
+    if not run_dir:
+        return result
+    seconds = round(time.time() - ctx.writer.started, 1)
+    try:
+        write_report(run_dir, {(ctx.iteration, ctx.stage): {**result, "_seconds": seconds}})
+    except Exception as err:  # noqa: BLE001 - reported in the result, the stage's own outputs stand
+        log.warning("the run report could not be written to %s: %s", run_dir, err)
+        return {**result, "reportError": f"{type(err).__name__}: {err}"[:300]}
+    return {**result, "report": REPORT}

@@ -104,6 +104,20 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
         raise
 
 
+def upload_file(src: str, dest: str) -> dict[str, Any]:
+    """Put a local file at an fsspec URI (one object); returns the {sha256, bytes} a manifest records."""
+    digest, size = file_digest(src)
+    fs, inner = _fs(dest)
+    fs.put_file(src, inner)
+    return {"sha256": digest, "bytes": size}
+
+
+def download_file(src: str, dest: str) -> None:
+    fs, inner = _fs(src)
+    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+    fs.get_file(inner, dest)
+
+
 def _list_files(root: str) -> list[str]:
     """Relative paths of all files under a local root, except the manifest, temp files and checkpoints/."""
     out: list[str] = []
@@ -393,15 +407,17 @@ class StageWriter:
 
     def _upload(self, name: str, local: str) -> None:
         """Put every file of a local scratch directory, one object each, hashing the local bytes."""
-        fs, _ = _fs(self.directory)
         for dirpath, _dirs, filenames in os.walk(local):
             for filename in sorted(filenames):
                 src = os.path.join(dirpath, filename)
                 rel = posixpath.join(name, os.path.relpath(src, local).replace(os.sep, "/"))
-                digest, size = file_digest(src)
-                fs.put_file(src, _fs(self.path(rel))[1])
-                self._sent[rel] = {"sha256": digest, "bytes": size}
+                self._sent[rel] = upload_file(src, self.path(rel))
                 self._after_put()
+
+    def record_objects(self, sent: dict[str, dict[str, Any]]) -> None:
+        """Objects other processes put into this directory ({relative path: {sha256, bytes}}, as `upload_file`
+        returns), listed in the manifest like this writer's own (fsspec outputs)."""
+        self._sent.update(sent)
 
     def _object_files(self) -> dict[str, dict[str, Any]]:
         """The objects this writer put, checked against one listing (size) and stamped with their ETags."""

@@ -2,11 +2,18 @@
 
 Both become the user turn of a chat, rendered with the model's own chat template; targets are the assistant
 turn. Pure functions.
+
+`with_bos`: the chat template every stage renders with (models.load_tokenizer applies it, so generation on both
+engines, SFT and preference training agree). A template that puts no BOS first (Zephyr's) gets one when the
+tokenizer defines one: zephyr-7b-sft-full was trained with BOS first, and TRL's CPO/DPO trainers put it first
+anyway, so without it generation alone would differ from training.
 """
 
 from __future__ import annotations
 
 from .text import format_tagged
+
+BOS_PREFIX = "{{ bos_token }}"
 
 GENERATOR_INSTRUCTION = (
     "Design one question or instruction that a user might ask an AI assistant, and its correct solution. "
@@ -39,3 +46,11 @@ def improver_prompt(question: str, answer: str) -> list[dict]:
 
 def policy_prompt(question: str) -> list[dict]:
     return [{"role": "user", "content": question}]
+
+
+def with_bos(template: str | None, bos_token: str | None, rendered: str) -> str | None:
+    """The chat template with BOS_PREFIX put first when the tokenizer defines a BOS and the template's
+    rendering (`rendered`, of any conversation) does not start with it; otherwise the template as it is."""
+    if not isinstance(template, str) or not bos_token or rendered.startswith(bos_token):
+        return template
+    return BOS_PREFIX + template

@@ -9,7 +9,8 @@ up torchrun's environment. Every batch size of the spec is the GLOBAL batch: eac
 takes batchSize / WORLD_SIZE examples per optimizer step, in micro-batches of microBatchSize (default: the
 largest divisor up to 8) with gradient accumulation making up the rest, so the optimizer sees the same examples
 per step whatever the number of processes. On GPUs the model is fully sharded with FSDP2 (layers wrapped by the
-model's own `_no_split_modules`, full state dicts so rank 0 alone writes checkpoints and the model); on the CPU
+model's own `_no_split_modules`, full state dicts so rank 0 alone writes checkpoints and the model; only rank 0
+reads the weights, the others get their shards from it: `load_trained_model`); on the CPU
 (gloo) plain data parallelism. Only rank 0 writes the model, the manifest and the result (runtime.py).
 
 Test hook: env SYNPO_FAULT_AFTER_STEP=N kills the process (exit 137, like SIGKILL) right after the checkpoint
@@ -26,6 +27,7 @@ import signal
 from contextlib import contextmanager
 from typing import Any
 
+from . import checkpoints as durable
 from . import models, progress
 
 log = logging.getLogger(__name__)
@@ -122,7 +124,9 @@ def _timed_checkpoints():
             self.last = time.monotonic()
 
         def on_step_end(self, args, state, control, **kwargs):
-            if time.monotonic() - self.last >= interval and state.global_step < state.max_steps:
+            # rank 0's clock decides for all: a save is collective (FSDP state dicts, the checkpoint upload)
+            due = time.monotonic() - self.last >= interval and state.global_step < state.max_steps
+            if durable.from_rank_zero(due):
                 control.should_save = True
                 self.last = time.monotonic()
 
@@ -145,8 +149,11 @@ def last_checkpoint(checkpoints: str) -> str | None:
     return None
 
 
-def callbacks() -> list:
-    return [_timed_checkpoints(), progress.trainer_callback(), *_fault_callback()]
+def callbacks(checkpoints: str | None = None) -> list:
+    """The trainers' callbacks; the checkpoint uploader (object storage) before the fault hook, so a simulated
+    kill comes after the checkpoint is committed."""
+    upload = durable.trainer_callback(checkpoints) if checkpoints else None
+    return [_timed_checkpoints(), progress.trainer_callback(), *([upload] if upload else []), *_fault_callback()]
 
 
 def _fault_callback():
@@ -166,6 +173,32 @@ def _fault_callback():
     return [FaultAfterSave()] if limit and rank in (None, os.environ.get("RANK", "0")) else []
 
 
+def fsdp_sharded() -> bool:
+    """Whether training shards the model with FSDP: several processes on GPUs (see `sharding`)."""
+    import torch
+
+    return torch.cuda.is_available() and world_size() > 1
+
+
+def load_trained_model(ref: str, dtype: str = "auto", *, sharded: bool | None = None):
+    """The model to train, on the CPU. Sharded (FSDP, default `fsdp_sharded()`): only rank 0 reads the weights;
+    every other process builds the model on the meta device (parameters without storage; buffers such as the
+    rotary tables, which checkpoints do not hold, real) and FSDP fills its shard from rank 0's copy (fsdp_config
+    `cpu_ram_efficient_loading`: accelerate broadcasts rank 0's state dict into the sharded model). Host memory
+    per pod is then one copy of the model, not one per process; transformers' own switch for it
+    (FSDP_CPU_RAM_EFFICIENT_LOADING in from_pretrained) still allocates a zero-filled full copy per process."""
+    if sharded is None:
+        sharded = fsdp_sharded()
+    if not sharded or int(os.environ.get("RANK", "0")) == 0:
+        return models.load_causal_lm(ref, dtype, to_device=False)
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(models.resolve(ref))
+    with init_empty_weights(include_buffers=False):
+        return AutoModelForCausalLM.from_config(config, dtype=models.torch_dtype(dtype))
+
+
 def sharding(gpu: bool, world: int, checkpointing: bool) -> dict[str, Any]:
     """TrainingArguments for how the model is spread over the processes: FSDP2 full sharding on several GPUs
     (activation checkpointing inside FSDP, which avoids the extra all-gather of gradient_checkpointing),
@@ -176,6 +209,7 @@ def sharding(gpu: bool, world: int, checkpointing: bool) -> dict[str, Any]:
         "version": 2, "reshard_after_forward": True,  # full shard: parameters re-sharded after each forward
         "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",  # wraps the model's _no_split_modules (its decoder layers)
         "state_dict_type": "FULL_STATE_DICT",  # rank 0 writes whole checkpoints and a loadable model
+        "cpu_ram_efficient_loading": True,  # the other ranks' models are empty (load_trained_model)
         "activation_checkpointing": checkpointing}}
 
 
@@ -196,7 +230,7 @@ def common_args(section, *, examples: int, checkpoints: str, seed: int, dtype: s
     gpu = torch.cuda.is_available()
     bf16 = models.torch_dtype(dtype) == torch.bfloat16 and gpu
     return dict(
-        output_dir=checkpoints,
+        output_dir=durable.local_dir(checkpoints),  # on object storage: uploaded after each save
         num_train_epochs=section.epochs,
         learning_rate=section.learning_rate,
         per_device_train_batch_size=micro,
@@ -224,7 +258,7 @@ def _finish(trainer, model_dir: str, tokenizer, checkpoints: str) -> dict[str, A
     if dist.is_initialized():
         log.info("training on %d processes (rank %d, torch.distributed backend %s)", dist.get_world_size(),
                  dist.get_rank(), dist.get_backend())
-    resume = last_checkpoint(checkpoints)
+    resume = durable.resume_point(checkpoints)  # on object storage: downloaded from the run's storage
     if resume:
         log.info("resuming from %s", resume)
     out = trainer.train(resume_from_checkpoint=resume)
@@ -242,11 +276,11 @@ def sft(base_ref: str, examples: list[dict], section, *, model_dir: str, checkpo
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = models.load_tokenizer(base_ref, padding_side="right")
-    model = models.load_causal_lm(base_ref, dtype, to_device=False)
+    model = load_trained_model(base_ref, dtype)
     args = SFTConfig(**common_args(section, examples=len(examples), checkpoints=checkpoints, seed=seed, dtype=dtype),
                      completion_only_loss=True, packing=False, dataset_num_proc=None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                         processing_class=tokenizer, callbacks=callbacks())
+                         processing_class=tokenizer, callbacks=callbacks(checkpoints))
     return _finish(trainer, model_dir, tokenizer, checkpoints)
 
 
@@ -306,7 +340,7 @@ def preference_trainer(base_ref: str, pairs: list[dict], section, *, checkpoints
 
     tokenizer = models.load_tokenizer(base_ref, padding_side="right")
     if model is None:
-        model = models.load_causal_lm(base_ref, dtype, to_device=False)
+        model = load_trained_model(base_ref, dtype)
     common = common_args(section, examples=len(pairs), checkpoints=checkpoints, seed=seed, dtype=dtype)
     # SimPO only: CPOTrainer keeps extra dataset columns (remove_unused_columns=False), DPOTrainer would drop
     # the `length` column before the sampler reads it.
@@ -320,15 +354,16 @@ def preference_trainer(base_ref: str, pairs: list[dict], section, *, checkpoints
         args = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, simpo_gamma=section.gamma, beta=section.beta,
                          max_completion_length=section.max_length)
         trainer = packed_cpo_trainer()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                       callbacks=callbacks())
+                                       callbacks=callbacks(checkpoints))
     else:
         from trl import DPOConfig, DPOTrainer
 
         # The policy object was not loaded from a hub id, so DPOTrainer cannot rebuild the reference itself.
+        # Loaded whole on every rank: TRL shards the frozen reference without broadcasting it from rank 0.
         ref_model = models.load_causal_lm(base_ref, dtype, to_device=False)
         args = DPOConfig(**common, beta=section.beta)
         trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
-                             processing_class=tokenizer, callbacks=callbacks())
+                             processing_class=tokenizer, callbacks=callbacks(checkpoints))
     if group_by_length:
         _add_length_column(trainer)
     return trainer, tokenizer
@@ -336,9 +371,10 @@ def preference_trainer(base_ref: str, pairs: list[dict], section, *, checkpoints
 
 def packed_cpo_trainer():
     """TRL's CPOTrainer with its forward on packed rows (`packing.packed_logps`): the same SimPO loss, computed
-    on the real tokens only, and output logits only where a completion token is scored. TRL's own forward
-    serves what packing does not cover (an NLL term, encoder-decoders, several processes, attention kernels
-    without 4-D masks, left-padded batches)."""
+    on the real tokens only, and output logits only where a completion token is scored (with several
+    processes: at the columns some packed row scores, through the shared model's forward). TRL's own forward
+    serves what packing does not cover (an NLL term, encoder-decoders, attention kernels without 4-D masks,
+    left-padded batches)."""
     import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl.experimental.cpo import CPOTrainer
@@ -358,15 +394,18 @@ def packed_cpo_trainer():
             return sampler
 
         def concatenated_forward(self, model, batch):
-            if (self.is_encoder_decoder or self.aux_loss_enabled or self.cpo_alpha != 0 or world_size() > 1
-                    or model.config._attn_implementation not in ("sdpa", "eager")):
+            # several processes: `model` is the shared one (DDP / FSDP), its forward runs the packed rows
+            inner = self.accelerator.unwrap_model(model)
+            if (self.is_encoder_decoder or self.aux_loss_enabled or self.cpo_alpha != 0
+                    or inner.config._attn_implementation not in ("sdpa", "eager")):
                 return super().concatenated_forward(model, batch)  # before concatenating: TRL does it again
             cat = self.concatenated_inputs(batch, padding_value=self.pad_token_id, device=self.accelerator.device)
             if not packing.packable(cat["concatenated_attention_mask"]):
                 return super().concatenated_forward(model, batch)
             logps, mean_logit, processed = packing.packed_logps(
-                model, cat["concatenated_input_ids"], cat["concatenated_attention_mask"], cat["concatenated_labels"],
-                average=self.loss_type in ("ipo", "simpo"))  # TRL pads labels with -100
+                inner, cat["concatenated_input_ids"], cat["concatenated_attention_mask"], cat["concatenated_labels"],
+                average=self.loss_type in ("ipo", "simpo"),  # TRL pads labels with -100
+                wrapped=model if world_size() > 1 else None)
             self.processed_tokens += processed
             chosen = batch["chosen_labels"].shape[0]
             nll = torch.tensor(0.0, device=logps.device)

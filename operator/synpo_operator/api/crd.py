@@ -153,6 +153,9 @@ def crds() -> list[dict[str, Any]]:
             {"name": "Iteration", "type": "integer", "jsonPath": ".status.iteration"},
             {"name": "Stage", "type": "string", "jsonPath": ".status.stage"},
             {"name": "WinRate", "type": "number", "jsonPath": ".status.latestWinRate"},
+            {"name": "Against", "type": "string", "jsonPath": ".status.latestWinRateAgainst"},
+            {"name": "N", "type": "integer", "jsonPath": ".status.latestWinRateN", "priority": 1},
+            {"name": "Report", "type": "string", "jsonPath": ".status.report", "priority": 1},
         ]),
         _crd(SynPOSchedule, "SynPOSchedule", "synposchedules", ["sps"], [
             {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},

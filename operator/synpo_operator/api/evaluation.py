@@ -10,7 +10,8 @@ results of the status (IterationSummary's figures are the win rates).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import posixpath
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .results import number
@@ -74,3 +75,16 @@ def evaluation_fields(result: Mapping[str, Any] | None) -> dict[str, Any]:
         "judge_errors": number(result.get("judgeErrors"), integer=True),
         "comparisons": figures,
     }
+
+
+def report_uri(artifacts: str, results: Sequence[Mapping[str, Any] | None]) -> str | None:
+    """status.report: the report named by the newest evaluate result that names one (`report`, relative to the
+    run's artifact root, which is the same in every evaluation), as a URI under `artifacts`."""
+    for result in reversed(results):
+        name = (result or {}).get("report")
+        if isinstance(name, str) and name:
+            name = posixpath.normpath(name)
+            if name.startswith(("/", "..")):
+                return None  # not under the artifact root: never point users elsewhere
+            return f"{artifacts.rstrip('/')}/{name}"[:2048]
+    return None

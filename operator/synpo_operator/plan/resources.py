@@ -1,19 +1,16 @@
-"""What each stage pod gets, and the one rule that ties vLLM's tensor parallelism to it (pure).
-
-A generation stage (prompts, responses, refine, evaluate) runs vLLM with tensor_parallel_size = the GPUs its pod
-gets, so every GPU of the pod holds a slice of the model. vLLM splits attention heads across GPUs, so the
-model's head count must divide by that number: `tensor_parallel_problems` says so at plan time when the model's
-config is readable, and the vLLM engine checks it again at stage start (a bad-input exit) when it is not.
-"""
+"""What each stage pod gets (pure): GPUs, CPU and memory per kind of stage, /dev/shm, and the training
+processes' global batch. How a generation pod's GPUs are split between engines: plan/engines.py."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal
 
-from ..api.parallelism import global_batch_problem, tensor_parallel_problem
+from ..api.parallelism import global_batch_problem
 from ..api.run import SynPORunSpec
 from .graph import IMPROVER, PROMPT_GENERATOR, TRAIN, StageNode, stage_graph
+from .quantity import memory_quantity, parse_quantity, share
 
 StageKind = Literal["training", "generation", "scoring", "cpu"]
 
@@ -52,24 +49,37 @@ def stage_kind(node: StageNode) -> StageKind:
     return "scoring" if node.gpu else "cpu"
 
 
+def _kind_gpus(spec: SynPORunSpec, kind: StageKind) -> int:
+    """GPUs of each pod of a kind: its own field, else the spec-wide gpusPerPod (a scorer: at most 1)."""
+    r = spec.resources
+    if kind == "training":
+        return r.gpus_per_pod if r.training.gpus_per_node is None else r.training.gpus_per_node
+    if kind == "generation":
+        return r.generation_gpus()
+    if kind == "scoring":
+        return min(r.gpus_per_pod, 1) if r.scoring.gpus_per_pod is None else r.scoring.gpus_per_pod
+    return 0
+
+
+def node_gpus(spec: SynPORunSpec) -> int:
+    """The most GPUs any stage pod asks for: the GPU node whose CPU and memory resources.cpu / memory are."""
+    return max(_kind_gpus(spec, kind) for kind in ("training", "generation", "scoring"))
+
+
 def pod_shape(spec: SynPORunSpec, node: StageNode) -> PodShape:
-    """The one rule for a stage's pods: its kind's resources, each unset field falling back to the spec-wide
-    gpusPerPod / cpu / memory."""
+    """The one rule for a stage's pods. CPU stages: resources.cpuStages. GPU stages: their kind's fields; an
+    unset cpu / memory is the pod's GPU share of the spec-wide cpu / memory (which are a pod with node_gpus
+    GPUs), so a 1-GPU scorer on an 8-GPU node leaves 7/8 of the node to the pods that use the other GPUs."""
     r = spec.resources
     kind = stage_kind(node)
-    if kind == "training":
-        t = r.training
-        gpus = r.gpus_per_pod if t.gpus_per_node is None else t.gpus_per_node
-        return PodShape(kind, gpus, t.cpu or r.cpu, t.memory or r.memory, nodes=t.nodes)
-    if kind == "generation":
-        g = r.generation
-        return PodShape(kind, r.gpus_per_pod if g.gpus_per_pod is None else g.gpus_per_pod,
-                        g.cpu or r.cpu, g.memory or r.memory)
-    if kind == "scoring":
-        s = r.scoring
-        return PodShape(kind, min(r.gpus_per_pod, 1) if s.gpus_per_pod is None else s.gpus_per_pod,
-                        s.cpu or r.cpu, s.memory or r.memory)
-    return PodShape(kind, 0, r.cpu, r.memory)
+    if kind == "cpu":
+        return PodShape(kind, 0, r.cpu_stages.cpu, r.cpu_stages.memory)
+    own = {"training": r.training, "generation": r.generation, "scoring": r.scoring}[kind]
+    gpus, whole = _kind_gpus(spec, kind), node_gpus(spec)
+    part = gpus if gpus else whole  # a GPU stage run on the CPU (0 GPUs) keeps the whole pod's share
+    cpu = own.cpu or share(r.cpu, part, whole, memory=False)
+    memory = own.memory or share(r.memory, part, whole, memory=True)
+    return PodShape(kind, gpus, cpu, memory, nodes=r.training.nodes if kind == "training" else 1)
 
 
 def gpus_for(spec: SynPORunSpec, node: StageNode) -> int:
@@ -80,17 +90,6 @@ def gpus_for(spec: SynPORunSpec, node: StageNode) -> int:
 def generation_gpus(spec: SynPORunSpec) -> int:
     """The most GPUs a generation stage's pod gets (what vLLM's tensor parallelism spans)."""
     return max(gpus_for(spec, node) for node in stage_graph(spec) if node.id.name in GENERATION_STAGES)
-
-
-def tensor_parallel_problems(spec: SynPORunSpec, heads: int | None) -> list[str]:
-    """Plan-time check of the generation stages' tensor parallelism; `heads` None: the model's config is not
-    readable here (a hub id, object storage) and the stage checks it when it starts."""
-    if spec.generation.engine != "vllm" or heads is None:
-        return []
-    field = ("spec.resources.generation.gpusPerPod" if spec.resources.generation.gpus_per_pod is not None
-             else "spec.resources.gpusPerPod")
-    problem = tensor_parallel_problem(heads, generation_gpus(spec), field)
-    return [problem] if problem else []
 
 
 def global_batch_problems(spec: SynPORunSpec) -> list[str]:
@@ -104,3 +103,21 @@ def global_batch_problems(spec: SynPORunSpec) -> list[str]:
                 ("spec.improver.batchSize", spec.improver.batch_size),
                 ("spec.training.batchSize", spec.training.batch_size))
     return [p for field, batch in sections if (p := global_batch_problem(batch, processes, field))]
+
+
+SHM_PER_GPU = 2 * 2**30
+"""/dev/shm per GPU unless resources.sharedMemory says: NCCL's shared-memory transport and proxy buffers, vLLM's
+worker message queues and torch's tensor sharing each need a few hundred MiB per process (the 64 MiB container
+default makes NCCL fail on its first collective)."""
+
+
+def shared_memory(spec: SynPORunSpec, shape: PodShape) -> str | None:
+    """Size limit of the pod's memory-backed /dev/shm (None: the pod has no GPU and keeps the default)."""
+    if not shape.gpus:
+        return None
+    if spec.resources.shared_memory:
+        return spec.resources.shared_memory
+    size = Fraction(SHM_PER_GPU * shape.gpus)
+    if shape.memory:  # it counts against the pod's memory limit: leave the rest to the processes
+        size = min(size, parse_quantity(shape.memory) / 2)
+    return memory_quantity(size)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..api.common import API_VERSION
 from ..api.run import SynPORun, SynPORunSpec
+from .engines import tensor_parallel_size
 from .graph import Artifact, StageNode
 from .resources import gpus_for
 
@@ -51,7 +52,8 @@ def stage_config(spec: SynPORunSpec, node: StageNode, *, namespace: str, run: st
         "stage": node.id.name,
         "iteration": node.id.iteration,
         "shards": node.shards,
-        "gpus": gpus_for(spec, node),  # vLLM's tensor-parallel size follows it (plan/resources.py)
+        "gpus": gpus_for(spec, node),  # split into gpus / tensorParallelSize engines (plan/resources.py)
+        "tensorParallelSize": tensor_parallel_size(spec),
         "runRoot": root,
         "output": _resolve(root, node.output),
         "inputs": {role: _resolve(root, path) for role, path in node.inputs.items()},

