@@ -25,7 +25,9 @@ certificates it manages itself):
   throwaway self-signed pair is written there when absent (the metrics endpoint itself is disabled).
 - CRDs are installed as the module ships them, without the conversion-webhook patches: everything here speaks
   the storage version, kueue.x-k8s.io/v1beta2.
-- VisibilityOnDemand (an aggregated API server) and MultiKueue are off; integrations: batch/job only.
+- VisibilityOnDemand (an aggregated API server) and MultiKueue are off; integrations: batch/job and JobSet
+  (`FRAMEWORKS`; Kueue sets up the JobSet one once the JobSet API exists, and leaves JobSets without the
+  queue-name label alone). A manager started with other integrations is restarted by ``up``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ NAMESPACE = "kueue-system"
 API = "kueue.x-k8s.io/v1beta2"
 METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")  # hard-coded in Kueue's cmd/kueue/main.go
 START_TIMEOUT = float(os.environ.get("SYNPO_DEVCLUSTER_START_TIMEOUT", "120"))
+FRAMEWORKS = ["batch/job", "jobset.x-k8s.io/jobset"]
 
 
 @dataclass
@@ -139,8 +142,17 @@ def _ready(port: int) -> bool:
 def running(info: _cluster.ClusterInfo) -> KueueInfo | None:
     """The Kueue manager of this cluster when it runs and answers /readyz."""
     st = _read(info)
-    if st and _cluster._pid_alive(st.pid) and _ready(st.health_port):
+    if st and _cluster._pid_alive(st.pid) and _ready(st.health_port) and _frameworks(info) == FRAMEWORKS:
         return st
+    return None
+
+
+def _frameworks(info: _cluster.ClusterInfo) -> list[str] | None:
+    """The integrations the running manager was started with (its config file)."""
+    import yaml
+
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        return yaml.safe_load((_state(info) / "config.yaml").read_text())["integrations"]["frameworks"]
     return None
 
 
@@ -194,7 +206,7 @@ def _config(health: int, webhook: int, cert_dir: Path) -> dict:
         "leaderElection": {"leaderElect": False},
         "internalCertManagement": {"enable": False},
         "manageJobsWithoutQueueName": False,
-        "integrations": {"frameworks": ["batch/job"]},
+        "integrations": {"frameworks": list(FRAMEWORKS)},
         "featureGates": {"VisibilityOnDemand": False, "MultiKueue": False},
         "clientConnection": {"qps": 50, "burst": 100},
     }

@@ -39,6 +39,7 @@ from typing import Any
 from . import build as _build
 from .client import ApiError, KubeClient
 from .kwok_stages import KWOK_NODE_ANNOTATION, KWOK_NODE_ANNOTATION_VALUE, STAGES_FILE
+from .nodes import NodeShape, node_manifest
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 SERVICE_CIDR = "10.96.0.0/16"
@@ -345,41 +346,11 @@ def _http_ok(url: str, insecure_tls: bool = True) -> bool:
 
 # ---- up / down ---------------------------------------------------------------------------------
 def _node_manifest(name: str) -> dict:
-    resources = {
-        "cpu": "64",
-        "memory": "512Gi",
-        "pods": "110",
-        "nvidia.com/gpu": str(NODE_GPUS),
-        "ephemeral-storage": "1Ti",
-    }
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {
-                KWOK_NODE_ANNOTATION: KWOK_NODE_ANNOTATION_VALUE,
-                "node.alpha.kubernetes.io/ttl": "0",
-            },
-            "labels": {
-                "type": "kwok",
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
-                "node-role.kubernetes.io/agent": "",
-                "nvidia.com/gpu.present": "true",
-                "nvidia.com/gpu.product": "H100",
-                "nvidia.com/gpu.count": str(NODE_GPUS),
-                "nvidia.com/gpu.memory": "81559",
-            },
-        },
-        "spec": {},
-        "status": {
-            "allocatable": resources,
-            "capacity": resources,
-            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux"},
-        },
-    }
+    return node_manifest(name, NodeShape(
+        resources={"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": str(NODE_GPUS),
+                   "ephemeral-storage": "1Ti"},
+        labels={"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "H100",
+                "nvidia.com/gpu.count": str(NODE_GPUS), "nvidia.com/gpu.memory": "81559"}))
 
 
 def _start(name: str, args: list[str], logs: Path, procs: dict[str, subprocess.Popen]) -> None:

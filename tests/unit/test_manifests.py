@@ -110,6 +110,18 @@ def test_owner_reference_labels_and_queue():
     assert LABEL_PRIORITY_CLASS not in labels  # no workload priority unless the spec names one
 
 
+def test_sharded_stage_is_partially_admissible_by_kueue():
+    """8 shards x 8 GPUs would never be admitted whole by a queue of 4 GPU nodes: Kueue may admit fewer."""
+    run = run_of()
+    refine = render_job(run, node_of(run, "i2-refine"))
+    assert refine["spec"]["parallelism"] == 8
+    assert refine["metadata"]["annotations"]["kueue.x-k8s.io/job-min-parallelism"] == "1"
+    one_pod = render_job(run, node_of(run, "i2-pairs"))
+    assert "kueue.x-k8s.io/job-min-parallelism" not in one_pod["metadata"]["annotations"]
+    no_queue = render_job(run_of(queueName=None), node_of(run, "i2-refine"))
+    assert "kueue.x-k8s.io/job-min-parallelism" not in no_queue["metadata"]["annotations"]
+
+
 def test_workload_priority_class_label():
     run = run_of(workloadPriorityClassName="team-a.high")
     for node in stage_graph(run.spec):

@@ -20,6 +20,9 @@ Choices (see docs/operator.md):
   expects (it unsuspends the Job on admission); without a queue `suspend` is left unset. The operator
   never changes `spec.suspend` of an existing Job. `spec.workloadPriorityClassName` becomes the
   `kueue.x-k8s.io/priority-class` label (Kueue reads it from the Job when it creates the Workload).
+  A sharded stage's Job also says `kueue.x-k8s.io/job-min-parallelism: "1"` (partial admission): Kueue
+  admits as many shards at a time as the queue's quota holds, the Job runs the rest as those finish. Whole
+  admission would wait forever when shards x GPUs exceed the quota (8 shards x 8 GPUs on 4 GPU nodes).
 - Pods run with the restricted Pod Security profile; nothing a user sets can add a hostPath or privileges,
   and the only capability a run can add is IPC_LOCK to training pods (`resources.training.ipcLock`, opt-in, for
   RDMA; it needs a namespace whose Pod Security level allows it).
@@ -51,6 +54,7 @@ LABEL_STAGE_KEY = "synpo.dev/stage-key"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "synpo-operator"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+ANNOTATION_MIN_PARALLELISM = "kueue.x-k8s.io/job-min-parallelism"
 LABEL_PRIORITY_CLASS = "kueue.x-k8s.io/priority-class"
 ANNOTATION_ATTEMPT = "synpo.dev/attempt"
 ANNOTATION_GPUS = "synpo.dev/gpus-per-pod"
@@ -409,6 +413,8 @@ def render_job(run: SynPORun, node: StageNode, *, attempt: int = 1, uid: str | N
         ANNOTATION_GPUS: str(gpus_for(spec, node)),
         ANNOTATION_CONFIG_HASH: hashlib.sha256(config_text.encode()).hexdigest(),
     }
+    if spec.queue_name and node.shards > 1:
+        annotations[ANNOTATION_MIN_PARALLELISM] = "1"  # partial admission (module docstring)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
