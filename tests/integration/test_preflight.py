@@ -125,10 +125,14 @@ def assert_failed_in_preflight(kube, namespace: str, name: str, field: str, caus
 
 @pytest.mark.parametrize("kind", CASES)
 def test_the_job_path_fails_the_run_in_the_preflight(kind, kube, dev_cluster, crds, namespace, tmp_path,  # noqa: F811
-                                                     tiny_model, bucket, s3_env):
+                                                     tiny_model, bucket, s3, s3_env):
     spec, field, cause = case(kind, tiny_model, f"s3://{bucket}/runs")
     name = f"pf-{kind}"[:40]
-    code, message, ran = real_preflight(spec, name, namespace, tmp_path, s3_env)
+    env = s3_env
+    if kind == "unwritable-storage":  # wrong credentials too: SeaweedFS creates a bucket on a signed write
+        env = {**s3_env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+        cause = "signature" if s3.kind == "seaweedfs" else cause
+    code, message, ran = real_preflight(spec, name, namespace, tmp_path, env)
     assert code == 2 and field in message and cause in message, message
     pods = {"*": {"synpo.dev/fake-duration": "300ms"},
             "preflight": {"synpo.dev/fake-exit-code": str(code), "synpo.dev/fake-termination-message": message,

@@ -166,14 +166,17 @@ def run_stage(stage: str, config: dict[str, Any], shard: int = 0) -> dict[str, A
     module = importlib.import_module(f"synpo_workloads.stages.{module_for(stage)}")
     ctx = StageContext(config, shard)
     part = ctx.writer.directory
-    manifest = store.load_manifest(part)
-    if manifest is not None and store.verify(part, manifest):
-        log.info("%s: already done (%s); not redone", stage, part)
-        result = dict(manifest.get("result") or {})
-        emit(result)
-        return result
-    if is_main_process():
-        store.discard_partial(part)  # a half-written attempt; checkpoints/ survive for resume
+    try:
+        manifest = store.load_manifest(part)
+        if manifest is not None and store.verify(part, manifest):
+            log.info("%s: already done (%s); not redone", stage, part)
+            result = dict(manifest.get("result") or {})
+            emit(result)
+            return result
+        if is_main_process():
+            store.discard_partial(part)  # a half-written attempt; checkpoints/ survive for resume
+    except PermissionError as e:  # the store refuses us: the pre-flight's check names spec.storage.uri, and
+        log.warning("%s: the run's storage refuses access (%s)", stage, e)  # any other stage fails writing
     _ = ctx.spec  # validate the spec before any work
     started = time.time()
     result = dict(module.run(ctx) or {})

@@ -112,7 +112,7 @@ class LocalExecutor:
                 continue
             if current and current.finished is None:
                 current.finished = clock.rfc3339(clock.now())
-            if key in self._results or store.stage_done(self.output(node), node.shards):
+            if key in self._results or self._done(store, node):
                 if key not in self._results:  # verified once (model checksums are not cheap), then trusted
                     result = store.stage_result(self.output(node), node.shards)
                     self._results[key] = {k: v for k, v in result.items() if isinstance(v, SCALAR)}
@@ -122,6 +122,15 @@ class LocalExecutor:
             elif current:
                 out[key] = StageRecord(key, self._failed(current), completion_time=current.finished, **times)
         return out
+
+    def _done(self, store: Any, node: StageNode) -> bool:
+        """Whether the stage's manifest is there. A store that refuses the read (wrong credentials) counts as
+        holding nothing, so the pre-flight runs and fails the run naming spec.storage.uri; a crash here would
+        not say which field is wrong."""
+        try:
+            return store.stage_done(self.output(node), node.shards)
+        except PermissionError:
+            return False
 
     def start(self, starts: Sequence[Start]) -> list[bool]:
         return [self._spawn(s) for s in starts]
