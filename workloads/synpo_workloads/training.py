@@ -10,8 +10,9 @@ takes batchSize / WORLD_SIZE examples per optimizer step, in micro-batches of mi
 largest divisor up to 8) with gradient accumulation making up the rest, so the optimizer sees the same examples
 per step whatever the number of processes. On GPUs the model is fully sharded with FSDP2 (layers wrapped by the
 model's own `_no_split_modules`, full state dicts so rank 0 alone writes checkpoints and the model; only rank 0
-reads the weights, the others get their shards from it: `load_trained_model`); on the CPU
-(gloo) plain data parallelism. Only rank 0 writes the model, the manifest and the result (runtime.py).
+reads the weights, the others get their shards from it: `load_trained_model`, and DPO's reference likewise:
+`sharded_reference_dpo_trainer`); on the CPU (gloo) plain data parallelism. Only rank 0 writes the model, the
+manifest and the result (runtime.py).
 
 Test hook: env SYNPO_FAULT_AFTER_STEP=N kills the process (exit 137, like SIGKILL) right after the checkpoint
 of step ≥ N is written — a preemption at the worst moment, used by the resume tests; with SYNPO_FAULT_RANK=r
