@@ -109,7 +109,15 @@ def test_each_stage_sizes_every_model_it_loads(tmp_path):
     dpo = run_of(EXAMPLE_8B, lambda s: (edit(s), s["training"].update(loss="dpo", beta=0.1)))
     train = stage_needs(dpo.spec, next(n for n in stage_graph(dpo.spec) if n.key == "i1-train"), model_size)
     assert {m.role for m in train.models} == {"base", "reference"}
-    assert train.memory == 4 * 2 * w + 8 * PROCESS_OVERHEAD and train.cache == 2 * GIB + 9 * 2 * w  # no files
+    # the reference is on the GPUs, sharded, before training: rank 0's peak is still the save (3·P)
+    assert train.memory == 3 * 2 * w + 8 * PROCESS_OVERHEAD and train.cache == 2 * GIB + 9 * 2 * w  # no files
+    cpu = {loss: run_of(EXAMPLE_8B, lambda s, loss=loss: (
+        edit(s), s["training"].update(loss=loss, beta=0.1),
+        s["resources"].update(gpusPerPod=0, training={"nodes": 1}, generation={"gpusPerPod": 0})))
+        for loss in ("simpo", "dpo")}
+    cpu_train = {loss: stage_needs(r.spec, next(n for n in stage_graph(r.spec) if n.key == "i1-train"), model_size)
+                 for loss, r in cpu.items()}
+    assert cpu_train["dpo"].memory - cpu_train["simpo"].memory == w  # a CPU process keeps the reference whole
     one_gpu = run_of(EXAMPLE_8B, lambda s: (edit(s), s["resources"].update(gpusPerPod=1, training={"nodes": 1},
                                                                             generation={"gpusPerPod": 1})))
     train = stage_needs(one_gpu.spec, next(n for n in stage_graph(one_gpu.spec) if n.key == "i1-train"), model_size)

@@ -1,11 +1,15 @@
 """FSDP loading that fits host memory: with two training processes (torchrun, gloo on the CPU) only rank 0 reads
-the model; rank 1 builds it empty and gets its shard from rank 0 (training.load_trained_model, fsdp_config
-cpu_ram_efficient_loading), so its resident memory grows by about its shard, not by a whole copy.
+the model to train and DPO's reference; rank 1 builds both empty and gets its shards from rank 0
+(training.load_trained_model / load_reference_model, fsdp_config cpu_ram_efficient_loading; the reference sharded
+by training.sharded_reference_dpo_trainer inside TRL's DPOTrainer), so its resident memory grows by about its
+shards, not by whole copies.
 
 The model (~390 MB of float32, no tensor over 7% of it, so one broadcast tensor in flight stays small) is
-random-initialised here; fsdp_rss_probe.py is each process, sharding it with accelerate's FSDP2 preparation.
-Rank 1's peak RSS growth over loading and sharding, as a share of the model's 389 MB (2 shared cores):
-the old way (`--before`: from_pretrained in every process, no cpu_ram_efficient_loading) 1.26, now 0.59.
+random-initialised here and serves as both policy and reference; fsdp_rss_probe.py is each process, building
+the DPO trainer and sharding the policy as Trainer.train does. Rank 1's peak RSS growth, as a share of the
+model's 389 MB (2 shared cores), the old way (`--before`: from_pretrained in every process, no
+cpu_ram_efficient_loading, TRL preparing the reference) → now: policy 1.17 → 0.58, reference 1.17 → 0.59,
+both (peak over the two, as a share of two copies) 0.85 → 0.56.
 """
 
 from __future__ import annotations
@@ -18,19 +22,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from wl_helpers import build_tiny_model
 
 pytestmark = pytest.mark.workloads
 
 PROBE = Path(__file__).with_name("fsdp_rss_probe.py")
 MAX_SHARE = 0.75
-"""Rank 1's peak growth, as a share of the model's bytes: its half (the shard) plus one tensor in flight and
-allocator slack; every process holding a full copy again is 1.0 or more."""
+"""Rank 1's peak growth for one model, as a share of the model's bytes: its half (the shard) plus one tensor in
+flight and allocator slack; every process holding a full copy again is 1.0 or more."""
 
 
 @pytest.fixture(scope="module")
 def model_300mb(tmp_path_factory) -> tuple[Path, int, float]:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=8000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
@@ -41,6 +46,8 @@ def model_300mb(tmp_path_factory) -> tuple[Path, int, float]:
     assert size >= 300e6
     path = tmp_path_factory.mktemp("llama-390mb")
     model.save_pretrained(path)
+    tokenizer = build_tiny_model(tmp_path_factory.mktemp("tokenizer"))  # its vocabulary fits the model's
+    AutoTokenizer.from_pretrained(tokenizer).save_pretrained(path)
     return path, size, checksum
 
 
@@ -60,7 +67,16 @@ def _probe(model: Path, out: Path, *extra: str) -> dict[int, dict]:
 def test_only_rank_zero_holds_a_full_copy(model_300mb, tmp_path):
     model, size, checksum = model_300mb
     ranks = _probe(model, tmp_path / "after")
-    assert ranks[0]["sharded"] and ranks[1]["sharded"]
+    for rank in ranks.values():
+        assert rank["sharded"] and rank["referenceIsOurs"] and rank["referenceFrozen"], rank
+        # sharded layer by layer like the policy (TRL's own preparation: one unit, the whole model gathered at once)
+        assert rank["referenceFsdpUnits"] > 12, rank
+        # TRL's reference forward (fused LM head) on the sharded reference: the policy's log-probs, same checkpoint
+        assert rank["logpsMaxDiff"] == pytest.approx(0, abs=1e-5), rank
     # rank 1 never read the checkpoint, yet the shards gathered back are the checkpoint's weights
-    assert ranks[1]["checksum"] == pytest.approx(checksum, rel=1e-9, abs=1e-6)
-    assert ranks[1]["growthBytes"] < MAX_SHARE * size, (ranks[1]["growthBytes"] / size, ranks)
+    assert ranks[1]["policyChecksum"] == pytest.approx(checksum, rel=1e-9, abs=1e-6)
+    assert ranks[1]["referenceChecksum"] == pytest.approx(checksum, rel=1e-9, abs=1e-6)
+    share = {key: ranks[1][key] / size for key in ("policyGrowthBytes", "referenceGrowthBytes", "growthBytes")}
+    assert share["policyGrowthBytes"] < MAX_SHARE, (share, ranks)
+    assert share["referenceGrowthBytes"] < MAX_SHARE, (share, ranks)
+    assert share["growthBytes"] < 2 * MAX_SHARE, (share, ranks)  # policy and reference: two copies the old way

@@ -10,8 +10,9 @@ takes batchSize / WORLD_SIZE examples per optimizer step, in micro-batches of mi
 largest divisor up to 8) with gradient accumulation making up the rest, so the optimizer sees the same examples
 per step whatever the number of processes. On GPUs the model is fully sharded with FSDP2 (layers wrapped by the
 model's own `_no_split_modules`, full state dicts so rank 0 alone writes checkpoints and the model; only rank 0
-reads the weights, the others get their shards from it: `load_trained_model`); on the CPU
-(gloo) plain data parallelism. Only rank 0 writes the model, the manifest and the result (runtime.py).
+reads the weights, the others get their shards from it: `load_trained_model`, and DPO's reference likewise:
+`sharded_reference_dpo_trainer`); on the CPU (gloo) plain data parallelism. Only rank 0 writes the model, the
+manifest and the result (runtime.py).
 
 Test hook: env SYNPO_FAULT_AFTER_STEP=N kills the process (exit 137, like SIGKILL) right after the checkpoint
 of step ≥ N is written — a preemption at the worst moment, used by the resume tests; with SYNPO_FAULT_RANK=r
@@ -199,6 +200,49 @@ def load_trained_model(ref: str, dtype: str = "auto", *, sharded: bool | None = 
         return AutoModelForCausalLM.from_config(config, dtype=models.torch_dtype(dtype))
 
 
+def load_reference_model(ref: str, dtype: str = "auto", *, sharded: bool | None = None):
+    """DPO's frozen reference, loaded like the model to train (`load_trained_model`: under FSDP only rank 0 reads
+    the weights) and without gradients, so FSDP's mixed precision keeps it in its checkpoint's dtype (accelerate
+    upcasts trainable parameters only)."""
+    return load_trained_model(ref, dtype, sharded=sharded).requires_grad_(False)
+
+
+def shard_reference(accelerator, ref_model):
+    """DPO's reference sharded the way accelerate shards the policy (fsdp2_prepare_model, in place: layers wrapped
+    by the fsdp_config's policy, rank 0's weights broadcast into the shards with `cpu_ram_efficient_loading`).
+    TRL's own preparation of a reference (trl.models.prepare_fsdp) has no broadcast, so the other ranks' empty
+    models would stay empty, and it wraps only the root (the whole model gathered at once on every GPU); it
+    leaves a model that is already sharded as it is."""
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    return fsdp2_prepare_model(accelerator, ref_model)
+
+
+def sharded_reference_dpo_trainer(base=None):
+    """TRL's DPOTrainer (or `base`, a subclass of it) whose reference model is sharded by `shard_reference` as soon
+    as the Trainer has made its accelerator (Trainer.__init__ → create_accelerator_and_postprocess), before
+    DPOTrainer's __init__ prepares it."""
+    if base is None:
+        from trl import DPOTrainer as base
+
+    class ShardedReferenceDPOTrainer(base):
+        def __init__(self, *args, ref_model, **kwargs):
+            self._reference_to_shard = ref_model
+            super().__init__(*args, ref_model=ref_model, **kwargs)
+
+        def create_accelerator_and_postprocess(self):
+            super().create_accelerator_and_postprocess()
+            ref = self.__dict__.pop("_reference_to_shard", None)
+            if ref is None:
+                return
+            if self.is_fsdp_enabled:
+                shard_reference(self.accelerator, ref)
+            elif any(p.is_meta for p in ref.parameters()):
+                raise RuntimeError("the DPO reference model was built empty (FSDP loading) but FSDP is off")
+
+    return ShardedReferenceDPOTrainer
+
+
 def sharding(gpu: bool, world: int, checkpointing: bool) -> dict[str, Any]:
     """TrainingArguments for how the model is spread over the processes: FSDP2 full sharding on several GPUs
     (activation checkpointing inside FSDP, which avoids the extra all-gather of gradient_checkpointing),
@@ -356,14 +400,13 @@ def preference_trainer(base_ref: str, pairs: list[dict], section, *, checkpoints
         trainer = packed_cpo_trainer()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                        callbacks=callbacks(checkpoints))
     else:
-        from trl import DPOConfig, DPOTrainer
+        from trl import DPOConfig
 
         # The policy object was not loaded from a hub id, so DPOTrainer cannot rebuild the reference itself.
-        # Loaded whole on every rank: TRL shards the frozen reference without broadcasting it from rank 0.
-        ref_model = models.load_causal_lm(base_ref, dtype, to_device=False)
         args = DPOConfig(**common, beta=section.beta)
-        trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
-                             processing_class=tokenizer, callbacks=callbacks(checkpoints))
+        trainer = sharded_reference_dpo_trainer()(
+            model=model, ref_model=load_reference_model(base_ref, dtype), args=args, train_dataset=dataset,
+            processing_class=tokenizer, callbacks=callbacks(checkpoints))
     if group_by_length:
         _add_length_column(trainer)
     return trainer, tokenizer

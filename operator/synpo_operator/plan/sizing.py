@@ -19,10 +19,14 @@ Disk (per stage pod):
 - scratch (/tmp): a training stage on an object store saves its finished model there before the upload.
 
 Host memory (per pod; the formula of `stage_needs`):
-- training (FSDP, full sharding): the first rank of each pod loads the weights on the CPU and the others on the
-  meta device, so loading takes ONE copy per pod (W), not one per process; a checkpoint save gathers the full
-  state on rank 0's CPU: weights plus two Adam moments = 3·P, the peak. DPO's frozen reference adds P.
-  memory = 3·P (+ P with DPO) + processes × PROCESS_OVERHEAD (3 GiB; CPU_PROCESS_OVERHEAD, 0.5 GiB, on a CPU pod);
+- training (FSDP, full sharding): rank 0 loads the weights on the CPU and every other rank on the meta device,
+  so loading takes at most ONE copy per pod (W), not one per process; a checkpoint save gathers the full
+  state on rank 0's CPU: weights plus two Adam moments = 3·P, the peak. DPO's frozen reference (W, not
+  upcast) is loaded the same way next to the policy and is on the GPUs, sharded, before training starts: rank 0
+  holds 2·W ≤ 3·P while loading, so it adds nothing on a GPU pod; on a CPU pod the one process keeps it whole
+  beside the weights and moments: + P.
+  memory = 3·P (+ P with DPO on a CPU pod) + processes × PROCESS_OVERHEAD (3 GiB; CPU_PROCESS_OVERHEAD, 0.5 GiB,
+  on a CPU pod);
 - inference (generation, scoring, evaluation): models are loaded one at a time (an engine is closed before the
   scorer loads), so memory = the largest model loaded + max(GPUs, 1) × PROCESS_OVERHEAD. On a CPU pod with
   dtype auto the weights load as float32: twice the bf16 bytes.
@@ -231,7 +235,8 @@ def stage_needs(spec: SynPORunSpec, node: StageNode, sizer: Sizer) -> StageNeeds
                     default=0)
     if training:
         assert p is not None
-        copies = SAVE_FACTOR + (1 if any(m.role == "reference" for m in models) else 0)
+        reference = not shape.gpus and any(m.role == "reference" for m in models)  # on GPUs: sharded on them
+        copies = SAVE_FACTOR + (1 if reference else 0)
         memory = max(copies * p, inference) + shape.processes_per_pod * overhead
     else:
         memory = max(inference, max((_weights(m, spec, shape.gpus) for m in models), default=0)) + \
