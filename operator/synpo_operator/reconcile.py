@@ -25,6 +25,7 @@ from .api.preflight import SPEC_KEY, spec_key
 from .api.results import LC_WIN_RATE, MODEL, PAIRS_KEPT, PAIRS_TOTAL, SCORE, WIN_RATE, number
 from .api.run import IterationSummary, StageStatus, SynPORun, SynPORunStatus
 from .clock import parse_time, rfc3339
+from .executors.stuck import stuck_timeout
 from .plan.executor import Executor, StageRecord, StageRefused
 from .plan.graph import PREFLIGHT, STAGES, StageId, model_artifact
 from .plan.planner import Decision, StagePhase, StageState, plan
@@ -410,11 +411,12 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
           and not decision.finished and run.spec.active_deadline_seconds is not None and status.start_time):
         active_for = active_seconds(status.to_api(), now) or 0.0
         outcome.requeue_after = max(0.0, run.spec.active_deadline_seconds - active_for) + 0.5
-    # a stuck stage fails stuckPodTimeoutSeconds after it got stuck, whether or not anything else happens
-    for rec in records.values():
+    # a stuck stage fails stuckPodTimeoutSeconds (the pre-flight: its grace) after it got stuck, whether or not
+    # anything else happens
+    for key, rec in records.items():
         if rec.stuck is not None and not rec.stuck.waits and not rec.finished and not decision.finished:
             since = parse_time(rec.stuck.since) or now
-            left = run.spec.stuck_pod_timeout_seconds - (now - since).total_seconds() + 0.5
+            left = stuck_timeout(rec.stuck, key, run.spec.stuck_pod_timeout_seconds) - (now - since).total_seconds() + 0.5
             due = left if outcome.requeue_after is None else min(left, outcome.requeue_after)
             outcome.requeue_after = max(0.5, due)
     return outcome

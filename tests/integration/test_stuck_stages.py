@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from synpo_devcluster.client import KubeClient
+from synpo_operator.executors.stuck import PREFLIGHT_GRACE_SECONDS
 
 from .test_operator import (  # noqa: F401 - fixtures
     PODS,
@@ -152,6 +153,31 @@ def test_missing_secret_container_config_error(kube, operator, namespace):  # no
     assert "container stage: CreateContainerConfigError: secret \"hf\" not found" in cond["message"]
     wait_for_event(kube, namespace, "nosecret", "ContainerConfigError", message)
     fails_with(kube, namespace, "nosecret", message)
+
+
+def test_a_preflight_pod_without_its_judge_key_fails_the_run_within_the_grace(kube, operator, namespace):  # noqa: F811
+    """The pre-flight's pod held by a missing Secret: PreflightFailed after PREFLIGHT_GRACE_SECONDS (the stuck
+    timeout is the default 900 s here), naming the judge's apiKeySecretRef and the kubelet's words."""
+    field = "spec.evaluation.judges[0].apiKeySecretRef"
+    message = 'secret "judge-key" not found'
+    start = time.monotonic()
+    apply(kube, namespace, run_doc("nokey", evaluation={"judges": [
+        {"type": "openai", "endpoint": "http://judge.invalid/v1", "model": "judge",
+         "apiKeySecretRef": {"name": "judge-key", "key": "api-key"}}]}, pods={"preflight": {
+            "synpo.dev/fake-waiting-reason": "CreateContainerConfigError", "synpo.dev/fake-waiting-message": message}}))
+    stuck_condition(kube, namespace, "nokey", "ContainerConfigError", message, start)
+    status = wait_run(kube, namespace, "nokey", lambda s: s.get("phase") == "Failed",
+                      timeout=PREFLIGHT_GRACE_SECONDS + 45)["status"]
+    seconds = time.monotonic() - start
+    print(f"\n[missing judge key] apply -> PreflightFailed {seconds:.1f} s (grace {PREFLIGHT_GRACE_SECONDS} s)")
+    failed = conditions(status)["Failed"]
+    assert failed["reason"] == "PreflightFailed", failed
+    assert f"{field}: ContainerConfigError: " in failed["message"] and message in failed["message"], failed
+    # the grace runs from the pod's creationTimestamp (whole seconds): it waited, and not for the stuck timeout
+    assert PREFLIGHT_GRACE_SECONDS - 1 <= seconds < PREFLIGHT_GRACE_SECONDS + 45
+    assert [(s["name"], s["phase"]) for s in status["stages"]] == [("i0-preflight", "Failed")]  # nothing else started
+    assert set(jobs(kube, namespace, "nokey")) == {"nokey-i0-preflight"}
+    wait_for_event(kube, namespace, "nokey", "PreflightFailed", field)
 
 
 def test_image_pull_failures(kube, operator, namespace):  # noqa: F811

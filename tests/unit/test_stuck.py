@@ -9,18 +9,23 @@ from datetime import timedelta
 import pytest
 
 from synpo_operator.api import conditions as reasons
+from synpo_operator.api.run import SynPORunSpec
 from synpo_operator.executors.manifests import ANNOTATION_STUCK_FAILURE
 from synpo_operator.executors.stuck import (
+    PREFLIGHT_GRACE_SECONDS,
+    PREFLIGHT_KEY,
     failed_create,
     fits_when_free,
     pod_stuck,
+    spec_fields,
     stage_stuck,
     stuck_failure,
+    stuck_timeout,
 )
 from synpo_operator.kube import KubeError
 from synpo_operator.plan.executor import Stuck
 
-from .test_reconcile import T0, Harness, ts
+from .test_reconcile import RUN_DOC, T0, Harness, ts
 
 # the real scheduler's words (k8s v1.36, the dev cluster): a request no node can hold, then a node that could
 # hold it once other pods are gone
@@ -156,6 +161,107 @@ def test_timeout():
         "Unschedulable: pod p cannot be scheduled: no node (stuck for 61 s; spec.stuckPodTimeoutSeconds is 60)")
     invalid = Stuck(reasons.IMAGE_PULL_FAILED, "pod p, container stage: InvalidImageName", ts(T0), permanent=True)
     assert stuck_failure(invalid, 900, T0).endswith("(waiting cannot fix this)")
+
+
+# ---- the pre-flight: a configuration cause fails it after PREFLIGHT_GRACE_SECONDS, naming the field -----------
+
+SECRETS = {  # a judge's key, an HF token and the object store's credentials, all from Secrets
+    "env": [{"name": "HF_TOKEN", "secretKeyRef": {"name": "hf", "key": "token"}},
+            {"name": "LOG_LEVEL", "value": "info"},
+            {"name": "AWS_ACCESS_KEY_ID", "secretKeyRef": {"name": "s3", "key": "id"}},
+            {"name": "AWS_SECRET_ACCESS_KEY", "secretKeyRef": {"name": "s3", "key": "secret"}}],
+    "evaluation": {"judges": [
+        {"type": "openai", "endpoint": "http://judge/v1", "model": "j", "apiKeySecretRef": {"name": "judge", "key": "k"}},
+        {"type": "openai", "endpoint": "http://other/v1", "model": "j", "apiKeySecretRef": {"name": "s3", "key": "id"}},
+    ]},
+}
+
+
+def _spec(**extra) -> SynPORunSpec:
+    return SynPORunSpec.model_validate({**RUN_DOC["spec"], **SECRETS, **extra})
+
+
+def _config(message: str) -> Stuck:
+    return Stuck(reasons.CONTAINER_CONFIG_ERROR, f"pod p, container stage: CreateContainerConfigError: {message}",
+                 ts(T0))
+
+
+@pytest.mark.parametrize("message, fields", [
+    ('secret "judge" not found', ["spec.evaluation.judges[0].apiKeySecretRef"]),
+    ('secrets "hf" is forbidden: User "system:node:n1" cannot get resource "secrets"',
+     ["spec.env[0].secretKeyRef (HF_TOKEN)"]),
+    # the kubelet names the key: only the fields reading that key of that Secret
+    ("couldn't find key secret in Secret ns/s3", ["spec.env[3].secretKeyRef (AWS_SECRET_ACCESS_KEY)"]),
+    ("couldn't find key id in Secret ns/s3",
+     ["spec.env[2].secretKeyRef (AWS_ACCESS_KEY_ID)", "spec.evaluation.judges[1].apiKeySecretRef"]),
+    ('secret "s3" not found', ["spec.env[2].secretKeyRef (AWS_ACCESS_KEY_ID)",
+                               "spec.env[3].secretKeyRef (AWS_SECRET_ACCESS_KEY)",
+                               "spec.evaluation.judges[1].apiKeySecretRef"]),
+    ('secret "nobody-names-this" not found', []),
+    ('configmap "x" not found', []),
+])
+def test_the_field_behind_a_secret_the_kubelet_cannot_read(message, fields):
+    assert spec_fields(_config(message), _spec(), PREFLIGHT_KEY) == fields
+
+
+def test_judge_keys_are_read_only_by_the_stages_that_ask_judges():
+    # the keywords stage's pods get no judge key: a missing one cannot be what holds them
+    assert spec_fields(_config('secret "judge" not found'), _spec(), "i0-keywords") == []
+    assert spec_fields(_config('secret "hf" not found'), _spec(), "i0-keywords") == [
+        "spec.env[0].secretKeyRef (HF_TOKEN)"]
+
+
+def test_the_field_behind_an_image_that_cannot_be_pulled():
+    pull = Stuck(reasons.IMAGE_PULL_FAILED, 'pod p, container stage: ErrImagePull: pull access denied', ts(T0))
+    assert spec_fields(pull, _spec(), PREFLIGHT_KEY) == ["spec.resources.image"]
+    private = _spec(resources={"image": "reg/synpo:1", "imagePullSecrets": ["reg"]})
+    assert spec_fields(pull, private, PREFLIGHT_KEY) == ["spec.resources.image", "spec.resources.imagePullSecrets"]
+    unschedulable = Stuck(reasons.UNSCHEDULABLE, "pod p cannot be scheduled: no node", ts(T0))
+    assert spec_fields(unschedulable, _spec(), PREFLIGHT_KEY) == []
+
+
+def test_the_preflight_waits_a_short_grace_on_configuration_causes_only():
+    config = _config('secret "judge" not found')
+    pull = Stuck(reasons.IMAGE_PULL_FAILED, "pod p, container stage: ImagePullBackOff: Back-off", ts(T0))
+    unschedulable = Stuck(reasons.UNSCHEDULABLE, "pod p cannot be scheduled: no node", ts(T0))
+    assert stuck_timeout(config, PREFLIGHT_KEY, 900) == stuck_timeout(pull, PREFLIGHT_KEY, 900) == 60
+    assert PREFLIGHT_GRACE_SECONDS == 60
+    assert stuck_timeout(config, PREFLIGHT_KEY, 30) == 30  # a shorter stuck timeout still holds
+    assert stuck_timeout(config, "i0-keywords", 900) == 900  # other stages: a Secret may come later
+    assert stuck_timeout(unschedulable, PREFLIGHT_KEY, 900) == 900  # capacity is no configuration error
+    fields = ["spec.evaluation.judges[0].apiKeySecretRef"]
+    assert stuck_failure(config, 900, T0 + timedelta(seconds=59), stage_key=PREFLIGHT_KEY, fields=fields) is None
+    assert stuck_failure(config, 900, T0 + timedelta(seconds=61), stage_key=PREFLIGHT_KEY, fields=fields) == (
+        'spec.evaluation.judges[0].apiKeySecretRef: ContainerConfigError: pod p, container stage: '
+        'CreateContainerConfigError: secret "judge" not found (the pre-flight\'s pod could not start for 61 s; '
+        "the pre-flight waits 60 s on its image and Secrets)")
+    assert stuck_failure(config, 900, T0 + timedelta(seconds=61), stage_key="i0-keywords") is None
+    assert stuck_failure(config, 30, T0 + timedelta(seconds=31), stage_key=PREFLIGHT_KEY).endswith(
+        "(stuck for 31 s; spec.stuckPodTimeoutSeconds is 30)")
+
+
+def test_a_preflight_pod_without_its_secret_fails_the_run_with_preflight_failed():
+    h = Harness(**SECRETS)  # stuckPodTimeoutSeconds: the default (900)
+    h.step()
+    assert h.job_names() == ["demo-i0-preflight"]
+    preflight = h.kube.jobs()["demo-i0-preflight"]
+    preflight["status"] = {"startTime": ts(T0), "active": 1}
+    _add(h, pod("demo-i0-preflight-abcde", job_uid=preflight["metadata"]["uid"],
+                waiting={"reason": "CreateContainerConfigError", "message": 'secret "judge" not found'}))
+    h.now = T0 + timedelta(seconds=5)
+    out = h.step()
+    assert _stuck_condition(h)["reason"] == reasons.CONTAINER_CONFIG_ERROR
+    assert out.requeue_after == pytest.approx(60 - 5 + 0.5)  # the grace, not stuckPodTimeoutSeconds
+    h.now = T0 + timedelta(seconds=61)
+    h.step()
+    h.step()
+    assert h.status["phase"] == "Failed"
+    failed = next(c for c in h.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == reasons.PREFLIGHT_FAILED
+    assert failed["message"].startswith("pre-flight check failed: spec.evaluation.judges[0].apiKeySecretRef: "
+                                        "ContainerConfigError: pod demo-i0-preflight-abcde, container stage: "
+                                        'CreateContainerConfigError: secret "judge" not found')
+    assert h.job_names() == ["demo-i0-preflight"]  # nothing else started
 
 
 # ---- reconcile ----------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from .manifests import (
     stage_config_problems,
     uses_jobset,
 )
-from .stuck import FAILED_CREATE, awaits_pods, stage_stuck, stuck_failure
+from .stuck import FAILED_CREATE, PREFLIGHT_KEY, awaits_pods, spec_fields, stage_stuck, stuck_failure
 
 Request = Callable[..., Any]
 log = logging.getLogger("synpo.operator")
@@ -307,7 +307,10 @@ class JobExecutor:
                 stuck = stage_stuck(job, own, events)
                 failure = None
                 if stuck is not None and self.run is not None:
-                    failure = stuck_failure(stuck, self.run.spec.stuck_pod_timeout_seconds, now)
+                    key = ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_STAGE_KEY, "")
+                    spec = self.run.spec
+                    failure = stuck_failure(stuck, spec.stuck_pod_timeout_seconds, now, stage_key=key,
+                                            fields=spec_fields(stuck, spec, key) if key == PREFLIGHT_KEY else ())
                 failed = self._fail_stuck(job, failure, now) if failure is not None else None
                 if failed is not None:
                     rec = job_record(failed, own, now)

@@ -35,7 +35,7 @@ import json
 import re
 from typing import Any
 
-from ..api.common import API_VERSION, STAGE_CONFIG_ANNOTATION
+from ..api.common import API_VERSION, STAGE_CONFIG_ANNOTATION, SecretKeyRef
 from ..api.results import BAD_INPUT_EXIT_CODE
 from ..api.run import SynPORun, SynPORunSpec
 from ..modelinfo import model_size
@@ -148,6 +148,22 @@ def extra_pod_annotations(run: SynPORun, node: StageNode) -> dict[str, str]:
     return merged
 
 
+def _judge_key_refs(spec: SynPORunSpec, node: StageNode) -> list[tuple[int, SecretKeyRef]]:
+    """(judge index, its API key's Secret key) of the judges whose key the stage's pods read."""
+    if node.id.name not in (EVALUATE, PREFLIGHT):  # the pre-flight asks each judge with its own key
+        return []
+    return [(index, judge.api_key_secret_ref) for index, judge in enumerate(spec.evaluation.judges)
+            if judge.type == "openai" and judge.api_key_secret_ref is not None]
+
+
+def secret_refs(spec: SynPORunSpec, node: StageNode) -> list[tuple[str, SecretKeyRef]]:
+    """(the run field, the Secret key) of every Secret the stage's container reads (_container_env): the
+    kubelet names only the Secret and key when one is missing, the user wrote the field."""
+    refs = [(f"spec.env[{i}].secretKeyRef ({var.name})", var.secret_key_ref)
+            for i, var in enumerate(spec.env) if var.secret_key_ref is not None]
+    return refs + [(f"spec.evaluation.judges[{i}].apiKeySecretRef", ref) for i, ref in _judge_key_refs(spec, node)]
+
+
 def _container_env(spec: SynPORunSpec, node: StageNode) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": "/tmp"},
@@ -164,17 +180,11 @@ def _container_env(spec: SynPORunSpec, node: StageNode) -> list[dict[str, Any]]:
                 "name": var.secret_key_ref.name, "key": var.secret_key_ref.key}}})
         else:
             env.append({"name": var.name, "value": var.value or ""})
-    if node.id.name in (EVALUATE, PREFLIGHT):  # the pre-flight asks each judge with its own key
-        first = True
-        for index, judge in enumerate(spec.evaluation.judges):
-            ref = judge.api_key_secret_ref
-            if judge.type != "openai" or ref is None:
-                continue
-            by_ref = {"valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
-            if first and JUDGE_API_KEY_ENV not in user_names:
-                env.append({"name": JUDGE_API_KEY_ENV, **by_ref})
-            first = False
-            env.append({"name": f"SYNPO_JUDGE_{index}_API_KEY", **by_ref})
+    for n, (index, ref) in enumerate(_judge_key_refs(spec, node)):
+        by_ref = {"valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        if n == 0 and JUDGE_API_KEY_ENV not in user_names:
+            env.append({"name": JUDGE_API_KEY_ENV, **by_ref})
+        env.append({"name": f"SYNPO_JUDGE_{index}_API_KEY", **by_ref})
     return env
 
 
@@ -459,5 +469,5 @@ __all__ = [
     "ANNOTATION_STAGE_CONFIG", "LABEL_ITERATION", "LABEL_MANAGED_BY", "LABEL_PRIORITY_CLASS", "LABEL_QUEUE",
     "LABEL_RUN", "LABEL_STAGE", "LABEL_STAGE_KEY", "MAX_STAGE_CONFIG_BYTES", "STAGES", "TEST_POD_ANNOTATIONS", "StageConfigTooLarge",
     "gpus_for", "job_name", "render_job", "render_run_manifests", "render_stage",
-    "stage_config_problems", "stage_config_text", "storage_root", "uses_jobset",
+    "secret_refs", "stage_config_problems", "stage_config_text", "storage_root", "uses_jobset",
 ]

@@ -13,7 +13,9 @@ Kubernetes says it in four places, none of which changes the Job's status:
 - the kubelet cannot build the container's config (a missing Secret, ConfigMap or key): the container waits with
   CreateContainerConfigError.
 `reconcile` turns a stuck stage into the StageStuck condition and an Event; after spec.stuckPodTimeoutSeconds
-(`stuck_failure`) the Jobs executor fails the stage's Job with the cause.
+(`stuck_failure`) the Jobs executor fails the stage's Job with the cause. The pre-flight's pod held by a
+configuration cause (a missing Secret or key, an image that cannot be pulled) fails after PREFLIGHT_GRACE_SECONDS
+instead, naming the run field behind it (`spec_fields`): the run then fails with PreflightFailed.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from typing import Any
 
 from ..api import conditions as reasons
 from ..api.conditions import clip
+from ..api.run import SynPORunSpec
 from ..clock import parse_time
 from ..plan.executor import Stuck
+from ..plan.graph import PREFLIGHT, StageId, stage_graph
+from .manifests import secret_refs
 
 FAILED_CREATE = "FailedCreate"
 """The reason of the Job controller's Event when the API server refuses a pod."""
@@ -34,7 +39,18 @@ IMAGE_PULL = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageN
 PERMANENT = {"InvalidImageName", "ErrImageNeverPull"}
 """Waiting reasons no wait can fix (the image reference cannot be parsed; pull policy Never and no image)."""
 CONFIG = {"CreateContainerConfigError"}
+CONFIGURATION = frozenset({reasons.IMAGE_PULL_FAILED, reasons.CONTAINER_CONFIG_ERROR})
+"""Stuck reasons a run's own spec causes (its image, its Secrets): the pre-flight fails on them promptly."""
+PREFLIGHT_GRACE_SECONDS = 60
+"""How long the pre-flight's pod may wait on a configuration cause before the run fails with PreflightFailed
+(spec.stuckPodTimeoutSeconds when shorter): a Secret another controller syncs a moment after the apply still
+works, and a misconfigured run fails within minutes, not after the stuck timeout meant for busy clusters."""
+PREFLIGHT_KEY = StageId(0, PREFLIGHT).key
 _COMBINED = "(combined from similar events): "
+# the kubelet's words for a Secret it cannot read (pkg/kubelet: the Secret manager's NotFound or the authorizer's
+# Forbidden; makeEnvironmentVariables for a missing key)
+_SECRET = re.compile(r'secrets? "([^"]+)" (?:not found|is forbidden)')
+_SECRET_KEY = re.compile(r"couldn't find key (\S+) in Secret [^/\s]+/([^\s:]+)")
 _PREEMPTION = re.compile(r"preemption: 0/(\d+) nodes are available: (.*)", re.DOTALL)
 _NOT_HELPFUL = re.compile(r"(\d+) Preemption is not helpful for scheduling")
 
@@ -139,10 +155,37 @@ def stage_stuck(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]],
     return failed_create(job, pods, events)
 
 
-def stuck_failure(stuck: Stuck, timeout: int, now: datetime) -> str | None:
-    """The failure message of a stage stuck for `timeout` seconds (at once for a cause waiting cannot fix),
+def stuck_timeout(stuck: Stuck, stage_key: str, timeout: int) -> int:
+    """Seconds the stage may stay stuck before it fails: spec.stuckPodTimeoutSeconds (`timeout`), at most
+    PREFLIGHT_GRACE_SECONDS for the pre-flight held by a configuration cause."""
+    if stage_key == PREFLIGHT_KEY and stuck.reason in CONFIGURATION:
+        return min(timeout, PREFLIGHT_GRACE_SECONDS)
+    return timeout
+
+
+def spec_fields(stuck: Stuck, spec: SynPORunSpec, stage_key: str) -> list[str]:
+    """The run fields behind a configuration cause, as far as the kubelet's words tell: the image (and its pull
+    Secrets), or the fields referencing the Secret (and key) it cannot read; [] when none can be named."""
+    if stuck.reason == reasons.IMAGE_PULL_FAILED:
+        return ["spec.resources.image"] + (["spec.resources.imagePullSecrets"]
+                                           if spec.resources.image_pull_secrets else [])
+    if stuck.reason != reasons.CONTAINER_CONFIG_ERROR:
+        return []
+    node = next((n for n in stage_graph(spec) if n.key == stage_key), None)
+    refs = secret_refs(spec, node) if node is not None else []
+    if found := _SECRET_KEY.search(stuck.message):
+        key, name = found.groups()
+        return [field for field, ref in refs if ref.name == name and ref.key == key]
+    if found := _SECRET.search(stuck.message):
+        return [field for field, ref in refs if ref.name == found.group(1)]
+    return []
+
+
+def stuck_failure(stuck: Stuck, timeout: int, now: datetime, *, stage_key: str = "",
+                  fields: Iterable[str] = ()) -> str | None:
+    """The failure message of a stage stuck for its `stuck_timeout` (at once for a cause waiting cannot fix),
     or None while it may still come unstuck (a node being added, a Secret synced by another controller, a
-    registry back up: why image pull and config errors wait too)."""
+    registry back up: why image pull and config errors wait too). `fields` (`spec_fields`) lead the message."""
     if stuck.waits:
         return None
     if stuck.permanent:
@@ -150,7 +193,11 @@ def stuck_failure(stuck: Stuck, timeout: int, now: datetime) -> str | None:
     else:
         since = parse_time(stuck.since) or now
         age = max(0.0, (now - since).total_seconds())
-        if age < timeout:
+        allowed = stuck_timeout(stuck, stage_key, timeout)
+        if age < allowed:
             return None
-        why = f"stuck for {int(age)} s; spec.stuckPodTimeoutSeconds is {timeout}"
-    return clip(f"{stuck.reason}: {stuck.message} ({why})")
+        why = (f"the pre-flight's pod could not start for {int(age)} s; the pre-flight waits {allowed} s on its "
+               "image and Secrets" if allowed < timeout else
+               f"stuck for {int(age)} s; spec.stuckPodTimeoutSeconds is {timeout}")
+    named = ", ".join(fields)
+    return clip(f"{named + ': ' if named else ''}{stuck.reason}: {stuck.message} ({why})")
