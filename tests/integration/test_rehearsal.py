@@ -47,7 +47,6 @@ CPU_NODE = {"cpu": "32", "memory": "128Gi", "ephemeral-storage": "500Gi"}
 # per iteration, instead of the examples' 50000 and 10000; 2 iterations instead of 4 (iteration 2 has every stage
 # kind a later one has) keep the two runs within ~3 minutes on a busy 2-core machine
 PROMPTS, PAIRS, ITERATIONS = 200, 40, 2
-NEVER_ADMITTED = "> maximum capacity"  # Kueue: a stage asks for more than the whole queue holds
 
 
 # ---- quantities ---------------------------------------------------------------------------------
@@ -256,8 +255,7 @@ def test_example_rehearsed_on_a_cluster_shaped_like_the_real_one(
         prepare_namespace(kube, namespace, team_queue, doc["spec"], created)
         kubectl_apply(dev_cluster.kubeconfig, doc)
         name = doc["metadata"]["name"]
-        done = wait_run(kube, namespace, name, lambda s: s.get("phase") in ("Succeeded", "Failed") or any(
-            NEVER_ADMITTED in (st.get("message") or "") for st in s.get("stages") or []), timeout=300)
+        done = wait_run(kube, namespace, name, lambda s: s.get("phase") in ("Succeeded", "Failed"), timeout=300)
         rows = placement_rows(kube, namespace, shaped_nodes)
         print(f"\nplacements of {example} ({len(rows)} pods):\n{format_table(rows)}")
         assert done["status"]["phase"] == "Succeeded", done["status"]
