@@ -85,6 +85,9 @@ def test_report(e2e, tmp_path):
     assert "| 0 |" in text and "| 2 |" in text and (run / "report.png").stat().st_size > 1000
     assert "| 2 | M0 | 6 |" in text and "| 2 | references | 6 |" in text and "| 0 | M0 |" not in text
     assert "rewardAccuracy" in text
+    # the paired tests read every evaluate stage's per-prompt verdicts: 6 prompts in each comparison
+    assert "| 2 | M2 vs M0 head to head (its win rate against M0) | 6 |" in text
+    assert "| 2 | M2 vs M1, each against the references | 6 |" in text
 
 
 def test_done_stage_is_not_redone_and_cli_reemits_result(e2e, tmp_path):

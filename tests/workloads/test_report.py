@@ -1,42 +1,42 @@
-"""The report's tables and plot series from per-iteration rows (report.collect's shape)."""
+"""The report's paired tests: which models it compares, on which prompts (pure; no run needed)."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
-from synpo_workloads import report
+from synpo_workloads.report import markdown, paired_tests
 
 pytestmark = pytest.mark.workloads
 
-ROWS = [
-    {"iteration": 0, "comparisons": {"references": {"n": 20, "winRate": 0.4, "winRateLow": 0.2, "winRateHigh": 0.6,
-                                                    "lcWinRate": 0.45, "lcWinRateLow": 0.3, "lcWinRateHigh": 0.6}}},
-    {"iteration": 1, "rewardAccuracy": 0.75, "rewardMargin": -0.31, "trainLoss": 1.4,
-     "comparisons": {"references": {"n": 20, "winRate": 0.5, "winRateLow": 0.3, "winRateHigh": 0.7,
-                                    "lcWinRateReason": "cross-validation chose C = 0.0001 …",
-                                    "positionConsistency": 0.6, "ties": 8, "firstPositionRate": 0.7,
-                                    "positionBiased": True}}},
-    {"iteration": 2, "rewardAccuracy": 0.9, "rewardMargin": 0.52,
-     "comparisons": {"references": {"n": 20, "winRate": 0.6, "winRateLow": 0.4, "winRateHigh": 0.8,
-                                    "lcWinRate": 0.55, "lcWinRateLow": 0.4, "lcWinRateHigh": 0.7,
-                                    "positionConsistency": 0.95, "ties": 1, "firstPositionRate": 0.525,
-                                    "positionBiased": False}}},
-]
+
+def test_paired_tests_compare_models_on_the_same_prompts():
+    outcomes = {
+        0: {"references": {0: 1.0, 1: 0.0, 2: 0.0, 3: 1.0}},
+        1: {"references": {0: 1.0, 1: 1.0, 2: 1.0, 3: 0.5}, "M0": {0: 1.0, 1: 1.0, 2: 0.0, 3: 0.5}},
+        2: {"references": {0: 0.0, 1: 1.0, 3: 1.0}, "M0": {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.0}},
+    }
+    rows = paired_tests(outcomes)
+    assert [(x["iteration"], x["comparison"]) for x in rows] == [
+        (1, "M1 vs M0 head to head (its win rate against M0)"),
+        (1, "M1 vs M0, each against the references"),
+        (2, "M2 vs M0 head to head (its win rate against M0)"),
+        (2, "M2 vs M0, each against the references"),
+        (2, "M2 vs M1, each against the references"),
+    ]
+    h2h, vs_m0, m2_m0, m2_m1 = rows[0], rows[1], rows[3], rows[4]
+    assert (h2h["better"], h2h["worse"], h2h["same"]) == (2, 1, 1)
+    assert (vs_m0["better"], vs_m0["worse"], vs_m0["same"], vs_m0["n"]) == (2, 1, 1, 4)
+    # prompt 2 has no verdict for M2: left out, not counted as a loss
+    assert (m2_m0["n"], m2_m0["better"], m2_m0["worse"], m2_m0["same"]) == (3, 1, 1, 1)
+    assert (m2_m1["n"], m2_m1["better"], m2_m1["worse"]) == (3, 1, 1)
+    assert rows[2]["worse"] == 4 and rows[2]["pValue"] == 0.125
 
 
-def test_lc_series_breaks_at_a_null_and_carries_its_intervals():
-    figs = [(r["iteration"], r["comparisons"]["references"]) for r in ROWS]
-    x, y, (low, high) = report._series(figs, "lcWinRate")
-    assert x == [0, 1, 2] and y[0] == 0.45 and math.isnan(y[1]) and y[2] == 0.55  # NaN: no line through it
-    assert low[0] == pytest.approx(0.15) and high[2] == pytest.approx(0.15) and math.isnan(low[1])
-
-
-def test_markdown_shows_position_figures_and_reward_accuracy(tmp_path):
-    md = report.markdown(ROWS, "t")
-    assert "| 1 | references | 20 | 0.500 [0.300, 0.700] | – (cross-validation chose C" in md
-    assert "| 0.6 | 8 | BIASED: 70% first |" in md and "| 0.95 | 1 | 52% first |" in md
-    assert "| 1 | – | – | – | – | – | 1.4 | 0.75 | -0.31 | – | – |" in md
-    report.plot(ROWS, str(tmp_path / "r.png"))
-    assert (tmp_path / "r.png").stat().st_size > 1000
+def test_the_report_lists_the_paired_tests():
+    rows = [{"iteration": 0, "outcomes": {"references": {0: 1.0, 1: 1.0}}},
+            {"iteration": 1, "outcomes": {"references": {0: 0.0, 1: 0.0}, "M0": {0: 0.0, 1: 0.0}}}]
+    text = markdown(rows, "t")
+    assert "## Paired tests (first judge)" in text
+    assert "| 1 | M1 vs M0, each against the references | 2 | 0 / 2 / 0 | 0.5 |" in text
+    assert "| 1 | M1 vs M0 head to head (its win rate against M0) | 2 | 0 / 2 / 0 | 0.5 |" in text
+    assert "Paired tests" not in markdown([{"iteration": 0}], "t")

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from synpo_workloads.winrate import figure, is_extreme_change, lc_win_rate, length_features, wilson_interval
+from synpo_workloads.winrate import (
+    figure,
+    is_extreme_change,
+    lc_win_rate,
+    length_features,
+    sign_test,
+    wilson_interval,
+)
 
 pytestmark = pytest.mark.workloads
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,3 +108,31 @@ def test_the_interval_bootstraps_the_same_estimator():
     lc = lc_win_rate(prefs, ml, ol)
     assert lc.value == pytest.approx(0.5554, abs=1e-4)
     assert abs((lc.low + lc.high) / 2 - lc.value) < 0.05 and lc.high < 0.75
+
+
+def test_sign_test_is_the_exact_binomial_test():
+    """Hand-worked p-values, then scipy's exact binomial test over every split up to 30 discordant prompts."""
+    assert sign_test([1, 1, 1, 1, 1]) == {"n": 5, "better": 5, "worse": 0, "same": 0, "pValue": 0.0625}
+    assert sign_test([0.5] + [-0.5] * 9 + [0.0] * 3)["pValue"] == pytest.approx(2 * 11 / 1024)  # 1 of 10
+    assert sign_test([0.0, 0.0]) == {"n": 2, "better": 0, "worse": 0, "same": 2, "pValue": 1.0}
+    assert sign_test([1, -1, 0.25, -0.25])["pValue"] == 1.0
+    binomtest = pytest.importorskip("scipy.stats").binomtest
+    for m in range(1, 31):
+        for k in range(m + 1):
+            p = sign_test([1.0] * k + [-1.0] * (m - k))["pValue"]
+            assert p == pytest.approx(binomtest(k, m, 0.5).pvalue, rel=1e-9), (k, m)
+
+
+def test_a_paired_test_finds_what_overlapping_intervals_miss():
+    """45 of 60 against 35 of 60 (0.750 vs 0.583): the Wilson intervals overlap, yet with the 10 changed
+    prompts all one way the paired test is significant; the same totals with changes both ways are not."""
+    a = [1.0] * 45 + [0.0] * 15
+    one_way = [1.0] * 35 + [0.0] * 25
+    lo_a, _ = wilson_interval(0.75, 60)
+    _, hi_b = wilson_interval(35 / 60, 60)
+    assert lo_a < hi_b
+    assert sign_test([x - y for x, y in zip(a, one_way, strict=True)])["pValue"] < 0.01
+    both_ways = [0.0] * 20 + [1.0] * 35 + [0.0] * 5  # 20 prompts changed one way, 10 the other
+    assert sum(both_ways) == 35
+    split = sign_test([x - y for x, y in zip(a, both_ways, strict=True)])
+    assert (split["better"], split["worse"]) == (20, 10) and split["pValue"] > 0.05

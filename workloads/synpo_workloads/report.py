@@ -5,7 +5,9 @@ artifacts as the stage finishes (so it includes that evaluation), and the result
 
 Reads only the stage manifests under <run_dir>/iter-<t>/<stage>/ (no torch). Iteration 0 is M0 (the baseline
 evaluation); iterations 1..T are M_t with their pair counts. Win rates are listed and drawn per opponent
-(references, M0), each with n and its 95% interval, never on one line. matplotlib runs on the Agg backend.
+(references, M0), each with n and its 95% interval, never on one line. Comparisons between models are paired
+tests on the evaluate stages' per-prompt verdicts (outputs.jsonl), not overlapping intervals (`paired_tests`).
+matplotlib runs on the Agg backend.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ from typing import Any
 from synpo_operator.api.evaluation import OPPONENTS, unflatten
 
 from . import store
+from .winrate import sign_test
 
 log = logging.getLogger("synpo_workloads")
 
 _ITER = re.compile(r"^iter-(\d+)$")
 REPORT = "report.md"
 """The report's name in the run's artifact root (report.png beside it)."""
-COLUMNS = ("iteration", "score", "judgeErrors", "pairsKept", "pairsAdded", "pairsTotal", "trainLoss",
+COLUMNS = ("iteration", "score", "answerTokens", "judgeErrors", "pairsKept", "pairsAdded", "pairsTotal", "trainLoss",
            "rewardAccuracy", "rewardMargin", "heldOutRewardAccuracy", "heldOutRewardMargin", "seconds")
 TRAIN_KEYS = ("rewardAccuracy", "rewardMargin", "heldOutRewardAccuracy", "heldOutRewardMargin")
+PAIRED_COLUMNS = ("iteration", "comparison", "n", "better / worse / same", "p (exact two-sided sign test)")
 WIN_COLUMNS = ("iteration", "against", "n", "win rate [95% CI]", "LC win rate [95% CI]", "position consistency",
                "ties", "position bias")
 
@@ -69,6 +73,9 @@ def collect(run_dir: str, pending: Mapping[tuple[int, str], dict[str, Any]] | No
                     if key in res:
                         row[key] = res[key]
                 row["comparisons"] = unflatten(res)
+                if res.get("generatedPrompts"):
+                    row["answerTokens"] = round(res.get("generatedTokens", 0) / res["generatedPrompts"], 1)
+                row["outcomes"] = _outcomes(store.join(it_dir, stage), res.get("judge"), (t, stage) in pending)
             elif stage == "pairs":
                 for key in ("pairsKept", "pairsAdded", "pairsTotal"):
                     if key in res:
@@ -80,6 +87,43 @@ def collect(run_dir: str, pending: Mapping[tuple[int, str], dict[str, Any]] | No
         row["seconds"] = round(seconds, 1)
         rows.append(row)
     return rows
+
+
+def _outcomes(stage_dir: str, judge: str | None, pending: bool = False) -> dict[str, dict[int, float]]:
+    """The judge's per-prompt preference for the model against each opponent, by eval-row index. A pending
+    stage (this process wrote its outputs, its manifest comes next) is read before its manifest lists them."""
+    out: dict[str, dict[int, float]] = {}
+    rows = store.iter_jsonl(store.join(stage_dir, "outputs.jsonl")) if pending else store.read_rows(stage_dir, "outputs")
+    try:
+        for r in rows:
+            for opponent, p in ((r.get("preferences") or {}).get(judge) or {}).items():
+                if p is not None:
+                    out.setdefault(opponent, {})[r["index"]] = p
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def paired_tests(outcomes: dict[int, dict[str, dict[int, float]]]) -> list[dict[str, Any]]:
+    """Paired comparisons of the models on the same prompts, one row each: M_t against M0 head to head, and M_t
+    against M0 and against M_{t-1} by their verdicts against the references (prompts both were judged on).
+    outcomes: iteration -> opponent -> eval-row index -> preference for the model."""
+    tests = []
+    for t in sorted(outcomes):
+        if t == 0:
+            continue
+        h2h = outcomes[t].get("M0") or {}
+        if h2h:
+            tests.append({"iteration": t, "comparison": f"M{t} vs M0 head to head (its win rate against M0)",
+                          **sign_test([p - 0.5 for p in h2h.values()])})
+        mine = outcomes[t].get("references") or {}
+        for s in sorted({0, t - 1}):
+            theirs = (outcomes.get(s) or {}).get("references") or {}
+            common = sorted(set(mine) & set(theirs))
+            if common:
+                tests.append({"iteration": t, "comparison": f"M{t} vs M{s}, each against the references",
+                              **sign_test([mine[i] - theirs[i] for i in common])})
+    return tests
 
 
 def _fmt(value: Any) -> str:
@@ -123,9 +167,20 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
                 lines.append(f"| {row['iteration']} | {opponent} | {fig.get('n')} | {_interval(fig, 'winRate')} | "
                              f"{_interval(fig, 'lcWinRate')} | {_fmt(fig.get('positionConsistency'))} | "
                              f"{_fmt(fig.get('ties'))} | {_bias(fig)} |")
+    tests = paired_tests({r["iteration"]: r["outcomes"] for r in rows if r.get("outcomes")})
+    if tests:
+        lines += ["", "## Paired tests (first judge)", "",
+                  "Two models compared on the same prompts: better / worse / same count the prompts where the first "
+                  "model's verdict beats, trails or equals the second's (head to head: its wins, losses and ties "
+                  "against M0). p is the exact two-sided sign test on better against worse (McNemar's exact test "
+                  "for win/loss verdicts): the probability of a split at least this uneven if neither model were "
+                  "better.", "", "| " + " | ".join(PAIRED_COLUMNS) + " |", "|" + "---|" * len(PAIRED_COLUMNS)]
+        for x in tests:
+            lines.append(f"| {x['iteration']} | {x['comparison']} | {x['n']} | {x['better']} / {x['worse']} / "
+                         f"{x['same']} | {x['pValue']:.3g} |")
     lines += ["", "## Per iteration", "", "rewardAccuracy / rewardMargin: M_t's reward accuracy and mean margin "
               "(chosen − rejected implicit reward, as TRL logs them) on its training pairs (heldOut…: on held-out "
-              "pairs).", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+              "pairs). answerTokens: the evaluate stage's mean generated tokens per eval answer.", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row.get(c)) for c in COLUMNS) + " |")
     return "\n".join(lines) + "\n"

@@ -63,6 +63,19 @@ def preference_from_scores(model: float, other: float, tie: float = 1e-9) -> flo
     return 1.0 if model > other else 0.0
 
 
+def sign_test(differences: Sequence[float], tie: float = 1e-9) -> dict:
+    """Exact two-sided sign test on paired per-prompt differences (> 0: the first side better on that prompt,
+    < 0: worse, 0: the same, left out). On win/loss outcomes of two models against one opponent it is McNemar's
+    exact test; on head-to-head preferences minus 0.5 it is the sign test of wins against losses.
+    pValue: the probability, were better and worse equally likely, of a split at least this uneven."""
+    better = sum(1 for d in differences if d > tie)
+    worse = sum(1 for d in differences if d < -tie)
+    m = better + worse
+    tail = sum(math.comb(m, i) for i in range(min(better, worse) + 1)) / 2 ** m
+    return {"n": len(differences), "better": better, "worse": worse, "same": len(differences) - m,
+            "pValue": min(1.0, 2 * tail)}
+
+
 def length_features(model_lengths: Sequence[int], other_lengths: Sequence[int]) -> list[float]:
     """tanh of the length difference over its sample standard deviation (ddof=1, as pandas' .std()); all 0
     when the difference does not vary."""
