@@ -145,10 +145,18 @@ def test_unwritable_storage(tiny_model, tmp_path):
     assert "Not a directory" in problems["spec.storage.uri"]
 
 
-def test_storage_on_s3_with_a_missing_bucket(tiny_model, s3_env, tmp_path):
-    spec = tiny_spec(tiny_model, "s3://no-such-bucket-synpo/runs")
-    problems = failed(spec, "s3://no-such-bucket-synpo/runs/ns/run")
-    assert "spec.storage.uri" in problems and problems["spec.storage.uri"]
+def test_storage_on_s3_with_a_missing_bucket_and_wrong_credentials(tiny_model, s3_env, tmp_path, monkeypatch):
+    # both: moto checks no credentials, and SeaweedFS creates a missing bucket on a signed write
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    import fsspec
+
+    fsspec.filesystem("s3").clear_instance_cache()  # a cached client would keep the right secret
+    try:
+        spec = tiny_spec(tiny_model, "s3://no-such-bucket-synpo/runs")
+        problems = failed(spec, "s3://no-such-bucket-synpo/runs/ns/run")
+        assert "spec.storage.uri" in problems and problems["spec.storage.uri"]
+    finally:
+        fsspec.filesystem("s3").clear_instance_cache()  # nor may later tests get this one's wrong secret
 
 
 def test_the_stage_records_its_spec_key_and_fails_with_exit_code_2(tiny_model, tmp_path):
