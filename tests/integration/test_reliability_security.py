@@ -219,10 +219,12 @@ def test_operator_with_only_the_charts_rbac(installed_rbac, kube, dev_cluster, c
     """The chart's namespaced RBAC (watching the test namespace) runs a run with secret references to
     success — the operator never needs to read a Secret — and some actions test_helm_install.py does not
     try stay forbidden."""
-    _, sa = installed_rbac({"rbac": {"scope": "namespaced"}, "watchNamespaces": [namespace]})
+    release, sa = installed_rbac({"rbac": {"scope": "namespaced"}, "watchNamespaces": [namespace]})
     _wait_allowed(sa, "create", "jobs", namespace, "batch")
     value = _plant_secrets(kube, namespace)
-    op = Operator(kube_config(kube, tmp_path, token=sa.token), namespace, tmp_path)
+    # the chart's Role reads and renews only its own Lease, named as the chart's Deployment names it
+    op = Operator(kube_config(kube, tmp_path, token=sa.token), namespace, tmp_path,
+                  extra_args=("--lease-name", f"{release}-synpo-operator"))
     op.start()
     try:
         kube.post(RUNS.format(ns=namespace), _secret_run("least"))
