@@ -27,7 +27,7 @@ from .api.run import IterationSummary, StageStatus, SynPORun, SynPORunStatus
 from .clock import parse_time, rfc3339
 from .executors.stuck import stuck_timeout
 from .plan.executor import Executor, StageRecord, StageRefused
-from .plan.graph import PREFLIGHT, STAGES, StageId, model_artifact
+from .plan.graph import PREFLIGHT_KEY, STAGES, StageId, model_artifact
 from .plan.planner import Decision, StagePhase, StageState, plan
 from .plan.resources import global_batch_problems
 from .plan.stage_config import artifacts_uri
@@ -137,7 +137,7 @@ def stale_preflight(run: SynPORun, records: Mapping[str, StageRecord],
                     previous: Mapping[str, Mapping[str, Any]]) -> str | None:
     """The pre-flight's key when its recorded result names another spec than the run's (api/preflight.py):
     a passed pre-flight holds for the spec it checked only. None when it is current, unknown or not done."""
-    key = StageId(0, PREFLIGHT).key
+    key = PREFLIGHT_KEY
     rec = records.get(key)
     if rec is not None:
         result = rec.result if rec.state.phase is StagePhase.SUCCEEDED else None
@@ -278,7 +278,7 @@ def reconcile(body: Mapping[str, Any], executor: Executor | None, now: datetime 
     records = executor.records()
     stale = stale_preflight(run, records, prev_stages)
     if ready_reason(previous) == reasons.PREFLIGHT_FAILED and previous.get("observedGeneration") != generation:
-        stale = StageId(0, PREFLIGHT).key  # failed on an older spec: the edited one is checked afresh
+        stale = PREFLIGHT_KEY  # failed on an older spec: the edited one is checked afresh
     if stale is not None:  # it checked an older spec: checked again before anything else starts
         executor.discard([stale])
         records = {k: r for k, r in records.items() if k != stale}

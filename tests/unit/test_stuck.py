@@ -13,7 +13,6 @@ from synpo_operator.api.run import SynPORunSpec
 from synpo_operator.executors.manifests import ANNOTATION_STUCK_FAILURE
 from synpo_operator.executors.stuck import (
     PREFLIGHT_GRACE_SECONDS,
-    PREFLIGHT_KEY,
     failed_create,
     fits_when_free,
     pod_stuck,
@@ -24,6 +23,7 @@ from synpo_operator.executors.stuck import (
 )
 from synpo_operator.kube import KubeError
 from synpo_operator.plan.executor import Stuck
+from synpo_operator.plan.graph import PREFLIGHT_KEY
 
 from .test_reconcile import RUN_DOC, T0, Harness, ts
 

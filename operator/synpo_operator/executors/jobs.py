@@ -22,7 +22,7 @@ from ..clock import parse_time
 from ..kube import KubeError, WatchCache, collection_path, informer, request
 from ..modelinfo import capacity_problems, model_problems
 from ..plan.executor import StageRecord, StageRefused
-from ..plan.graph import stage_graph
+from ..plan.graph import PREFLIGHT_KEY, stage_graph
 from ..plan.planner import Start
 from .job_status import WORKLOAD_JOB_UID_LABEL, job_record, jobset_record, owned_by, pods_lag
 from .jobset_manifest import COMPLETION_INDEX_ANNOTATION, LABEL_JOBSET_NAME
@@ -36,7 +36,7 @@ from .manifests import (
     stage_config_problems,
     uses_jobset,
 )
-from .stuck import FAILED_CREATE, PREFLIGHT_KEY, awaits_pods, spec_fields, stage_stuck, stuck_failure
+from .stuck import FAILED_CREATE, awaits_pods, spec_fields, stage_stuck, stuck_failure
 
 Request = Callable[..., Any]
 log = logging.getLogger("synpo.operator")

@@ -30,7 +30,7 @@ from ..api.conditions import clip
 from ..api.run import SynPORunSpec
 from ..clock import parse_time
 from ..plan.executor import Stuck
-from ..plan.graph import PREFLIGHT, StageId, stage_graph
+from ..plan.graph import PREFLIGHT_KEY, stage_graph
 from .manifests import secret_refs
 
 FAILED_CREATE = "FailedCreate"
@@ -45,7 +45,6 @@ PREFLIGHT_GRACE_SECONDS = 60
 """How long the pre-flight's pod may wait on a configuration cause before the run fails with PreflightFailed
 (spec.stuckPodTimeoutSeconds when shorter): a Secret another controller syncs a moment after the apply still
 works, and a misconfigured run fails within minutes, not after the stuck timeout meant for busy clusters."""
-PREFLIGHT_KEY = StageId(0, PREFLIGHT).key
 _COMBINED = "(combined from similar events): "
 # the kubelet's words for a Secret it cannot read (pkg/kubelet: the Secret manager's NotFound or the authorizer's
 # Forbidden; makeEnvironmentVariables for a missing key)

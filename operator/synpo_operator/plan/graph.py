@@ -100,6 +100,10 @@ def evaluated_iterations(spec: SynPORunSpec) -> list[int]:
     return ([0] if spec.evaluation.baseline else []) + chosen
 
 
+PREFLIGHT_KEY = StageId(0, PREFLIGHT).key
+"""The pre-flight's stage key (`i0-preflight`): its Job name suffix and its key in status."""
+
+
 def preflight_node(spec: SynPORunSpec) -> StageNode:
     """The pre-flight: reads the whole spec (every model, data file, judge and the storage), on a CPU."""
     sid = StageId(0, PREFLIGHT)
